@@ -1,0 +1,24 @@
+"""sparse_trax: Trax-style layers on modern JAX for Scaling Transformers and Terraformer."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name='sparse_trax',
+    version='0.1.0',
+    description=('Trax-style neural-network layers on modern JAX: Scaling '
+                 'Transformer (sparse FF, sparse QKV, sparse loss) and Terraformer.'),
+    long_description=open('README.md', encoding='utf-8').read(),
+    long_description_content_type='text/markdown',
+    packages=find_packages(include=['sparse_trax', 'sparse_trax.*']),
+    python_requires='>=3.11',
+    install_requires=[
+        'jax==0.10.2',
+        'jaxlib==0.10.2',
+        'numpy>=2.0',
+        'gin-config==0.5.0',
+        'optax==0.2.8',
+    ],
+    extras_require={
+        'test': ['pytest>=8'],
+    },
+)

@@ -1,0 +1,320 @@
+"""The layer contract: immutable layers, pure `init` / `apply`, readable errors.
+
+A layer is an immutable description (its constructor arguments). It owns no
+arrays: `init` builds the weights and state pytrees from an input signature,
+and `apply` is a pure function of (weights, state, inputs, rng), so `jax.jit`,
+`jax.grad`, `jax.vmap`, optax and checkpointing take it as is.
+
+Stack conventions (as in Trax): a layer takes `n_in` stack items and gives
+`n_out`. At the public API a layer with `n_in == 1` takes a bare array and a
+layer with `n_out == 1` returns a bare array; otherwise tuples.
+
+Weights mirror the layer tree: a layer with sublayers holds a tuple with one
+entry per sublayer (`()` where a sublayer has none); a leaf holds a dict of
+named arrays. A layer instance used in several places (weight sharing) keeps
+its weights only at its first place in depth-first order; the later places hold
+`()` and read the first one's weights, so a gradient sums every use.
+"""
+
+import os
+import sys
+from typing import Any, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+
+MODES = ('train', 'eval', 'predict')
+
+_LIBRARY_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_INTERNAL_DIRS = (os.path.join(_LIBRARY_DIR, 'layers'),)
+
+
+class LayerError(Exception):
+  """An error inside a layer's `init` or `apply`, told from the user's side.
+
+  Attributes:
+    layer_name: name of the failing layer.
+    path: the layer's path in the model, e.g. `Serial/2/Dense`.
+    created_at: `file:line` where the failing layer was constructed.
+    phase: 'init', 'apply' or 'construct'.
+    input_shapes: the shapes and dtypes the layer received, as text.
+    message: the original error message.
+  """
+
+  def __init__(self, layer_name, created_at, phase, input_shapes, message):
+    super().__init__(message)
+    self.layer_name = layer_name
+    self.created_at = created_at
+    self.phase = phase
+    self.input_shapes = input_shapes
+    self.message = message
+    self._path = [layer_name]
+
+  @property
+  def path(self) -> str:
+    return '/'.join(self._path)
+
+  def prepend_path(self, *parts: str) -> None:
+    """Adds enclosing path components (outermost first) to the path."""
+    self._path[:0] = list(parts)
+
+  def __str__(self):
+    inputs = ('' if self.phase == 'construct'
+              else f'  Inputs it got: {self.input_shapes}\n')
+    return (f'{self.layer_name} failed in {self.phase} at path {self.path} '
+            f'(layer created at {self.created_at}).\n'
+            f'{inputs}  Error: {self.message}')
+
+
+def describe_shapes(tree) -> str:
+  """Formats the arrays in a pytree as `float32[2, 8]`, for error messages."""
+  def one(x):
+    if hasattr(x, 'shape') and hasattr(x, 'dtype'):
+      return f'{jnp.dtype(x.dtype).name}{list(x.shape)}'
+    return repr(x)
+  if isinstance(tree, (tuple, list)):
+    return '(' + ', '.join(describe_shapes(t) for t in tree) + ')'
+  if isinstance(tree, dict):
+    return '{' + ', '.join(f'{k}: {describe_shapes(v)}' for k, v in tree.items()) + '}'
+  return one(tree)
+
+
+def to_signature(x):
+  """Turns an array, a ShapeDtypeStruct, or a tuple of them into signatures."""
+  if isinstance(x, (tuple, list)):
+    return tuple(to_signature(t) for t in x)
+  if isinstance(x, jax.ShapeDtypeStruct):
+    return x
+  if hasattr(x, 'shape') and hasattr(x, 'dtype'):
+    return jax.ShapeDtypeStruct(tuple(x.shape), x.dtype)
+  raise TypeError(f'expected an array or jax.ShapeDtypeStruct, got {x!r}')
+
+
+def _creation_site() -> str:
+  """Returns `file:line` of the first caller frame outside sparse_trax/layers."""
+  frame = sys._getframe(2)  # pylint: disable=protected-access
+  while frame is not None:
+    filename = os.path.abspath(frame.f_code.co_filename)
+    if not filename.startswith(_INTERNAL_DIRS):
+      return f'{filename}:{frame.f_lineno}'
+    frame = frame.f_back
+  return '<unknown>'
+
+
+def _derived_mode(sublayers) -> str:
+  """A combinator's mode: 'predict' if any sublayer predicts, else 'eval' if any evals."""
+  modes = {layer.mode for layer in sublayers}
+  for mode in ('predict', 'eval'):
+    if mode in modes:
+      return mode
+  return 'train'
+
+
+class _FrozenAfterInit(type):
+  """Metaclass that makes instances immutable once `__init__` returns."""
+
+  def __call__(cls, *args, **kwargs):
+    instance = super().__call__(*args, **kwargs)
+    object.__setattr__(instance, '_frozen', True)
+    return instance
+
+
+class Layer(metaclass=_FrozenAfterInit):
+  """Base class of every layer.
+
+  Subclasses without sublayers override `init_weights_and_state` and
+  `forward`. Subclasses with sublayers (combinators) pass `sublayers` to the
+  constructor, override `init_with_signature` and `forward`, and call their
+  sublayers through `init_sublayer` / `apply_sublayer`, which keep the paths
+  in error messages right.
+  """
+
+  def __init__(self, n_in: int = 1, n_out: int = 1, *, name: Optional[str] = None,
+               mode: Optional[str] = None, sublayers: Sequence['Layer'] = ()):
+    if mode is None:
+      mode = _derived_mode(sublayers)
+    if mode not in MODES:
+      raise ValueError(f'mode must be one of {MODES}, got {mode!r}')
+    self.n_in = n_in
+    self.n_out = n_out
+    self.name = name or type(self).__name__
+    self.mode = mode
+    self.sublayers = tuple(sublayers)
+    self.created_at = _creation_site()
+
+  def __setattr__(self, key, value):
+    if getattr(self, '_frozen', False):
+      raise AttributeError(f'{self.name} is immutable: cannot set {key!r}; '
+                           'build a new layer instead')
+    object.__setattr__(self, key, value)
+
+  def __repr__(self):
+    if not self.sublayers:
+      return f'{self.name}[in={self.n_in}, out={self.n_out}]'
+    inner = ', '.join(repr(s) for s in self.sublayers)
+    return f'{self.name}[{inner}]'
+
+  # -------------------------------------------------------------- public API
+
+  def init(self, input_signature, *, rng) -> Tuple[Any, Any]:
+    """Creates weights and state for inputs of the given signature.
+
+    Args:
+      input_signature: a `jax.ShapeDtypeStruct` (or array) when `n_in == 1`,
+        else a tuple of `n_in` of them. Shapes flow by abstract evaluation;
+        no input data is computed on.
+      rng: a `jax.random.key`; sublayer i gets `fold_in(rng, i)`.
+
+    Returns:
+      (weights, state), both pytrees of arrays.
+    """
+    signature = to_signature(input_signature)
+    weights, state, _ = self._init_checked(signature, rng)
+    return _unshare(self, weights, {}), state
+
+  def output_signature(self, input_signature):
+    """Returns the output signature for inputs of the given signature."""
+    signature = to_signature(input_signature)
+    def build():
+      return self._init_checked(signature, jax.random.key(0))[2]
+    return jax.eval_shape(build)
+
+  def apply(self, weights, state, inputs, *, rng=None) -> Tuple[Any, Any]:
+    """Runs the layer: a pure function, safe under `jax.jit` and `jax.grad`.
+
+    Args:
+      weights: the weights pytree from `init` (or a trained one).
+      state: the state pytree from `init` or from the previous `apply`.
+      inputs: a bare array when `n_in == 1`, else a tuple of `n_in` arrays.
+      rng: a `jax.random.key`, needed by layers that draw randomness in
+        'train' mode (dropout, Gumbel noise).
+
+    Returns:
+      (outputs, new_state); outputs a bare array when `n_out == 1`.
+    """
+    expanded = _share(self, weights, {})
+    return self._apply_checked(expanded, state, inputs, rng)
+
+  # ------------------------------------------------------------ to override
+
+  def init_weights_and_state(self, input_signature, rng) -> Tuple[Any, Any]:
+    """Leaf layers: returns (weights, state). Default: none of either."""
+    del input_signature, rng
+    return {}, {}
+
+  def init_with_signature(self, input_signature, rng) -> Tuple[Any, Any, Any]:
+    """Returns (weights, state, output_signature).
+
+    Leaf layers keep this default, which finds the output signature by
+    abstract evaluation of `forward`. Combinators override it and chain
+    their sublayers' signatures.
+    """
+    weights, state = self.init_weights_and_state(input_signature, rng)
+    def run(w, s, x, key):
+      return self.forward(w, s, x, key)[0]
+    rng_signature = jax.eval_shape(lambda: jax.random.key(0))
+    output_signature = jax.eval_shape(run, weights, state, input_signature,
+                                      rng_signature)
+    return weights, state, output_signature
+
+  def forward(self, weights, state, inputs, rng) -> Tuple[Any, Any]:
+    """Returns (outputs, new_state). Subclasses must override."""
+    raise NotImplementedError(f'{type(self).__name__} must define forward')
+
+  # -------------------------------------------------- helpers for subclasses
+
+  def init_sublayer(self, index: int, input_signature, rng):
+    """Initializes sublayer `index` with rng `fold_in(rng, index)`."""
+    sublayer = self.sublayers[index]
+    sub_rng = jax.random.fold_in(rng, index)
+    try:
+      return sublayer._init_checked(input_signature, sub_rng)  # pylint: disable=protected-access
+    except LayerError as e:
+      e.prepend_path(str(index))
+      raise
+
+  def apply_sublayer(self, index: int, weights, state, inputs, rng):
+    """Applies sublayer `index` with rng `fold_in(rng, index)` (if any)."""
+    sublayer = self.sublayers[index]
+    sub_rng = None if rng is None else jax.random.fold_in(rng, index)
+    try:
+      return sublayer._apply_checked(weights, state, inputs, sub_rng)  # pylint: disable=protected-access
+    except LayerError as e:
+      e.prepend_path(str(index))
+      raise
+
+  def error(self, message: str, inputs=None, phase: str = 'apply') -> LayerError:
+    """Builds a LayerError for this layer (to `raise` from init or forward)."""
+    return LayerError(self.name, self.created_at, phase,
+                      describe_shapes(inputs), message)
+
+  def check_rank(self, x, rank: int, what: str = 'input') -> None:
+    """Raises a ValueError unless `x` has the given rank."""
+    if len(x.shape) != rank:
+      raise ValueError(f'{what} must have rank {rank}, got shape {tuple(x.shape)}')
+
+  # ---------------------------------------------------------------- private
+
+  def _check_n_items(self, inputs):
+    if self.n_in == 1:
+      if isinstance(inputs, (tuple, list)):
+        raise ValueError(f'expected a single array, got a tuple of {len(inputs)}')
+      return
+    if not isinstance(inputs, (tuple, list)) or len(inputs) != self.n_in:
+      got = len(inputs) if isinstance(inputs, (tuple, list)) else 1
+      raise ValueError(f'expected {self.n_in} inputs, got {got}')
+
+  def _init_checked(self, input_signature, rng):
+    try:
+      self._check_n_items(input_signature)
+      return self.init_with_signature(input_signature, rng)
+    except LayerError as e:
+      e.prepend_path(self.name)
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      raise LayerError(self.name, self.created_at, 'init',
+                       describe_shapes(input_signature),
+                       f'{type(e).__name__}: {e}') from e
+
+  def _apply_checked(self, weights, state, inputs, rng):
+    try:
+      self._check_n_items(inputs)
+      return self.forward(weights, state, inputs, rng)
+    except LayerError as e:
+      e.prepend_path(self.name)
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      raise LayerError(self.name, self.created_at, 'apply',
+                       describe_shapes(inputs),
+                       f'{type(e).__name__}: {e}') from e
+
+
+# ---------------------------------------------------------------- sharing
+# A layer instance seen again (depth first) keeps `()` in its weights slot.
+# `_unshare` turns init's full weights into that form; `_share` fills the
+# slots back in with the first occurrence's (same) arrays before a forward
+# pass, so autodiff sums the gradient over every use.
+
+def _unshare(layer: Layer, weights, seen: dict):
+  if id(layer) in seen:
+    return ()
+  if layer.sublayers:
+    weights = tuple(_unshare(sub, w, seen)
+                    for sub, w in zip(layer.sublayers, weights))
+  seen[id(layer)] = True
+  return weights
+
+
+def _share(layer: Layer, weights, first: dict):
+  if id(layer) in first:
+    return first[id(layer)]
+  if layer.sublayers:
+    if not isinstance(weights, tuple) or len(weights) != len(layer.sublayers):
+      raise LayerError(layer.name, layer.created_at, 'apply',
+                       describe_shapes(weights),
+                       f'weights must be a tuple of {len(layer.sublayers)} '
+                       f'entries, one per sublayer')
+    weights = tuple(_share(sub, w, first)
+                    for sub, w in zip(layer.sublayers, weights))
+  first[id(layer)] = weights
+  return weights
