@@ -1,0 +1,208 @@
+"""Multi-head dot-product attention: causal, padding-masked, encoder-decoder.
+
+Activations are [batch, length, d_model]; heads split d_model into
+`n_heads` of `d_model // n_heads`. Masks are boolean, True where attending
+is allowed. Softmax runs in float32.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from sparse_trax.layers.base import Layer
+
+
+def dot_product_attention(q, k, v, mask, *, dropout_rate=0.0, rng=None):
+  """Scaled dot-product attention over heads.
+
+  Args:
+    q: [batch, length_q, n_heads, d_head] queries.
+    k: [batch, length_k, n_heads, d_head] keys.
+    v: [batch, length_k, n_heads, d_head] values.
+    mask: boolean, broadcastable to [batch, n_heads, length_q, length_k];
+      True where query i may attend to key j.
+    dropout_rate: dropout on the attention weights (needs `rng` when > 0).
+    rng: key for the dropout.
+
+  Returns:
+    [batch, length_q, n_heads, d_head].
+  """
+  d_head = q.shape[-1]
+  logits = jnp.einsum('bqhd,bkhd->bhqk', q, k) / jnp.sqrt(jnp.float32(d_head))
+  logits = jnp.where(mask, logits.astype(jnp.float32), jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(logits, axis=-1)
+  if dropout_rate > 0.0 and rng is not None:
+    keep = jax.random.bernoulli(rng, 1.0 - dropout_rate, probs.shape)
+    probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
+  return jnp.einsum('bhqk,bkhd->bqhd', probs.astype(v.dtype), v)
+
+
+def causal_mask(length_q: int, length_k: int, offset=0):
+  """[length_q, length_k] bool: query i (at absolute position offset + i) sees keys <= it."""
+  query_positions = offset + jnp.arange(length_q)[:, None]
+  return jnp.arange(length_k)[None, :] <= query_positions
+
+
+class _MultiHeadAttention(Layer):
+  """Shared weights and projections of the attention layers below.
+
+  Weights: `wq`, `wk`, `wv`, `wo` [d_model, d_model], `bo` [d_model].
+  """
+
+  def __init__(self, d_model: int, n_heads: int, dropout: float, mode: str,
+               n_in: int, n_out: int):
+    if d_model % n_heads:
+      raise ValueError(f'd_model {d_model} is not divisible by n_heads {n_heads}')
+    super().__init__(n_in, n_out, mode=mode)
+    self.d_model = d_model
+    self.n_heads = n_heads
+    self.dropout = dropout
+
+  def _init_weights(self, rng):
+    keys = jax.random.split(rng, 4)
+    init = jax.nn.initializers.glorot_uniform()
+    shape = (self.d_model, self.d_model)
+    weights = {name: init(key, shape, jnp.float32)
+               for name, key in zip(('wq', 'wk', 'wv', 'wo'), keys)}
+    weights['bo'] = jnp.zeros((self.d_model,), jnp.float32)
+    return weights
+
+  def _check_input(self, x, what='input'):
+    if x.ndim != 3 or x.shape[-1] != self.d_model:
+      raise ValueError(f'{what} must be [batch, length, {self.d_model}], '
+                       f'got shape {tuple(x.shape)}')
+
+  def _heads(self, x, w):
+    """[batch, length, d_model] @ w -> [batch, length, n_heads, d_head]."""
+    y = jnp.dot(x, w)
+    return y.reshape(y.shape[:2] + (self.n_heads, self.d_model // self.n_heads))
+
+  def _attend(self, weights, q, k, v, mask, rng):
+    rate = self.dropout if self.mode == 'train' else 0.0
+    if rate > 0.0 and rng is None:
+      raise ValueError("attention dropout in 'train' mode needs an rng")
+    out = dot_product_attention(q, k, v, mask, dropout_rate=rate, rng=rng)
+    out = out.reshape(out.shape[:2] + (self.d_model,))
+    return jnp.dot(out, weights['wo']) + weights['bo']
+
+
+class CausalAttention(_MultiHeadAttention):
+  """Causal self-attention: [batch, length, d_model] -> [batch, length, d_model].
+
+  In 'predict' mode the state holds a key/value cache of `max_len` positions
+  and the next position; each call appends its tokens (usually one) and
+  attends over the filled part.
+
+  Args:
+    d_model: model width.
+    n_heads: number of heads (dividing d_model).
+    dropout: dropout rate on attention weights in 'train'.
+    max_len: cache length in 'predict' mode.
+    mode: 'train', 'eval' or 'predict'.
+  """
+
+  def __init__(self, d_model: int, n_heads: int = 1, dropout: float = 0.0,
+               max_len: int = 2048, mode: str = 'train'):
+    super().__init__(d_model, n_heads, dropout, mode, n_in=1, n_out=1)
+    self.max_len = max_len
+
+  def init_weights_and_state(self, input_signature, rng):
+    self._check_input(input_signature)
+    state = {}
+    if self.mode == 'predict':
+      batch = input_signature.shape[0]
+      cache_shape = (batch, self.max_len, self.n_heads, self.d_model // self.n_heads)
+      state = {'keys': jnp.zeros(cache_shape, jnp.float32),
+               'values': jnp.zeros(cache_shape, jnp.float32),
+               'position': jnp.zeros((), jnp.int32)}
+    return self._init_weights(rng), state
+
+  def forward(self, weights, state, x, rng):
+    self._check_input(x)
+    q = self._heads(x, weights['wq'])
+    k = self._heads(x, weights['wk'])
+    v = self._heads(x, weights['wv'])
+    length = x.shape[1]
+    if self.mode != 'predict':
+      mask = causal_mask(length, length)[None, None]
+      return self._attend(weights, q, k, v, mask, rng), state
+    if length > self.max_len:
+      raise ValueError(f'{length} tokens do not fit the cache of max_len {self.max_len}')
+    position = state['position']
+    keys = jax.lax.dynamic_update_slice_in_dim(state['keys'], k, position, axis=1)
+    values = jax.lax.dynamic_update_slice_in_dim(state['values'], v, position, axis=1)
+    mask = causal_mask(length, self.max_len, offset=position)[None, None]
+    y = self._attend(weights, q, keys, values, mask, rng)
+    return y, {'keys': keys, 'values': values, 'position': position + length}
+
+
+class Attention(_MultiHeadAttention):
+  """Self-attention with a padding mask: (x, mask) -> (y, mask).
+
+  x: [batch, length, d_model]; mask: [batch, length] bool, True on real
+  tokens. Every query attends to every unmasked key (no causality).
+  """
+
+  def __init__(self, d_model: int, n_heads: int = 1, dropout: float = 0.0,
+               mode: str = 'train'):
+    super().__init__(d_model, n_heads, dropout, mode, n_in=2, n_out=2)
+
+  def init_weights_and_state(self, input_signature, rng):
+    self._check_input(input_signature[0])
+    return self._init_weights(rng), {}
+
+  def forward(self, weights, state, inputs, rng):
+    x, mask = inputs
+    self._check_input(x)
+    if mask.shape != x.shape[:2]:
+      raise ValueError(f'mask must be [batch, length] = {tuple(x.shape[:2])}, '
+                       f'got {tuple(mask.shape)}')
+    q, k, v = (self._heads(x, weights[n]) for n in ('wq', 'wk', 'wv'))
+    y = self._attend(weights, q, k, v, mask[:, None, None, :], rng)
+    return (y, mask), state
+
+
+class EncDecAttention(_MultiHeadAttention):
+  """Decoder-to-encoder attention: (x, encoded, mask) -> (y, encoded, mask).
+
+  x: [batch, length_dec, d_model] queries; encoded: [batch, length_enc,
+  d_model] keys and values; mask: [batch, length_enc] bool padding mask. In
+  'predict' mode the encoder's keys and values are computed on the first
+  call and kept in state.
+  """
+
+  def __init__(self, d_model: int, n_heads: int = 1, dropout: float = 0.0,
+               mode: str = 'train'):
+    super().__init__(d_model, n_heads, dropout, mode, n_in=3, n_out=3)
+
+  def init_weights_and_state(self, input_signature, rng):
+    x, encoded, _ = input_signature
+    self._check_input(x)
+    self._check_input(encoded, 'encoded')
+    state = {}
+    if self.mode == 'predict':
+      shape = encoded.shape[:2] + (self.n_heads, self.d_model // self.n_heads)
+      state = {'keys': jnp.zeros(shape, jnp.float32),
+               'values': jnp.zeros(shape, jnp.float32),
+               'filled': jnp.zeros((), jnp.bool_)}
+    return self._init_weights(rng), state
+
+  def forward(self, weights, state, inputs, rng):
+    x, encoded, mask = inputs
+    self._check_input(x)
+    self._check_input(encoded, 'encoded')
+    if mask.shape != encoded.shape[:2]:
+      raise ValueError(f'mask must be [batch, length_enc] = {tuple(encoded.shape[:2])}, '
+                       f'got {tuple(mask.shape)}')
+
+    def project(_):
+      return self._heads(encoded, weights['wk']), self._heads(encoded, weights['wv'])
+
+    if self.mode == 'predict':
+      k, v = jax.lax.cond(state['filled'], lambda _: (state['keys'], state['values']),
+                          project, None)
+      state = {'keys': k, 'values': v, 'filled': jnp.ones((), jnp.bool_)}
+    else:
+      k, v = project(None)
+    q = self._heads(x, weights['wq'])
+    y = self._attend(weights, q, k, v, mask[:, None, None, :], rng)
+    return (y, encoded, mask), state

@@ -1,0 +1,121 @@
+"""Attention: masks, a numpy reference, the predict-mode cache."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import sparse_trax.layers as tl
+from conftest import sig
+
+
+def reference_attention(x_q, x_kv, weights, n_heads, mask):
+  """Plain numpy multi-head attention; mask [length_q, length_k] or [b, q, k]."""
+  x_q, x_kv = np.asarray(x_q, np.float64), np.asarray(x_kv, np.float64)
+  w = {k: np.asarray(v, np.float64) for k, v in weights.items()}
+  batch, lq, d = x_q.shape
+  dh = d // n_heads
+  q = (x_q @ w['wq']).reshape(batch, lq, n_heads, dh)
+  k = (x_kv @ w['wk']).reshape(batch, -1, n_heads, dh)
+  v = (x_kv @ w['wv']).reshape(batch, -1, n_heads, dh)
+  logits = np.einsum('bqhd,bkhd->bhqk', q, k) / np.sqrt(dh)
+  mask = np.broadcast_to(mask if mask.ndim == 3 else mask[None], (batch,) + logits.shape[2:])
+  logits = np.where(mask[:, None], logits, -1e30)
+  probs = np.exp(logits - logits.max(-1, keepdims=True))
+  probs /= probs.sum(-1, keepdims=True)
+  out = np.einsum('bhqk,bkhd->bqhd', probs, v).reshape(batch, lq, d)
+  return out @ w['wo'] + w['bo']
+
+
+def test_causal_attention_matches_reference():
+  layer = tl.CausalAttention(8, n_heads=2, mode='eval')
+  x = jax.random.normal(jax.random.key(1), (2, 5, 8))
+  weights, state = layer.init(sig(2, 5, 8), rng=jax.random.key(0))
+  y = layer.apply(weights, state, x)[0]
+  want = reference_attention(x, x, weights, 2, np.tril(np.ones((5, 5), bool)))
+  np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-5)
+
+
+def test_causal_attention_does_not_look_ahead():
+  layer = tl.CausalAttention(8, n_heads=2)
+  x = jax.random.normal(jax.random.key(1), (1, 6, 8))
+  weights, state = layer.init(sig(1, 6, 8), rng=jax.random.key(0))
+  y1 = layer.apply(weights, state, x)[0]
+  y2 = layer.apply(weights, state, x.at[:, 4:].set(9.0))[0]
+  np.testing.assert_allclose(y1[:, :4], y2[:, :4], rtol=1e-6)
+  assert not np.allclose(y1[:, 4:], y2[:, 4:])
+
+
+def test_attention_padding_mask():
+  layer = tl.Attention(8, n_heads=4, mode='eval')
+  x = jax.random.normal(jax.random.key(1), (2, 5, 8))
+  mask = jnp.array([[True] * 5, [True, True, True, False, False]])
+  weights, state = layer.init((sig(2, 5, 8), sig(2, 5, dtype=jnp.bool_)), rng=jax.random.key(0))
+  (y, mask_out), _ = layer.apply(weights, state, (x, mask))
+  np.testing.assert_array_equal(mask_out, mask)
+  want = reference_attention(x, x, weights, 4, np.asarray(mask)[:, None, :].repeat(5, 1))
+  np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-5)
+  # Changing padded positions leaves the real ones unchanged.
+  (y2, _), _ = layer.apply(weights, state, (x.at[1, 3:].set(7.0), mask))
+  np.testing.assert_allclose(y[1, :3], y2[1, :3], rtol=1e-5)
+
+
+def test_enc_dec_attention_matches_reference():
+  layer = tl.EncDecAttention(8, n_heads=2, mode='eval')
+  x = jax.random.normal(jax.random.key(1), (2, 3, 8))
+  enc = jax.random.normal(jax.random.key(2), (2, 6, 8))
+  mask = jnp.array([[True] * 6, [True] * 4 + [False] * 2])
+  signature = (sig(2, 3, 8), sig(2, 6, 8), sig(2, 6, dtype=jnp.bool_))
+  weights, state = layer.init(signature, rng=jax.random.key(0))
+  (y, enc_out, _), _ = layer.apply(weights, state, (x, enc, mask))
+  np.testing.assert_array_equal(enc_out, enc)
+  want = reference_attention(x, enc, weights, 2, np.asarray(mask)[:, None, :].repeat(3, 1))
+  np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('chunk', [1, 2])
+def test_causal_attention_predict_equals_eval(chunk):
+  x = jax.random.normal(jax.random.key(1), (2, 6, 8))
+  eval_layer = tl.CausalAttention(8, n_heads=2, mode='eval')
+  weights, state = eval_layer.init(sig(2, 6, 8), rng=jax.random.key(0))
+  full = eval_layer.apply(weights, state, x)[0]
+  predict = tl.CausalAttention(8, n_heads=2, max_len=10, mode='predict')
+  _, cache = predict.init(sig(2, chunk, 8), rng=jax.random.key(0))
+  assert cache['keys'].shape == (2, 10, 2, 4)
+  outs = []
+  step = jax.jit(predict.apply)
+  for t in range(0, 6, chunk):
+    y, cache = step(weights, cache, x[:, t:t + chunk])
+    outs.append(y)
+  np.testing.assert_allclose(jnp.concatenate(outs, 1), full, rtol=1e-5, atol=1e-5)
+  assert int(cache['position']) == 6
+
+
+def test_enc_dec_attention_predict_caches_keys():
+  layer = tl.EncDecAttention(8, n_heads=2, mode='predict')
+  enc = jax.random.normal(jax.random.key(2), (1, 4, 8))
+  mask = jnp.ones((1, 4), bool)
+  x = jax.random.normal(jax.random.key(1), (1, 1, 8))
+  weights, state = layer.init((sig(1, 1, 8), sig(1, 4, 8), sig(1, 4, dtype=jnp.bool_)),
+                              rng=jax.random.key(0))
+  (y1, _, _), state = layer.apply(weights, state, (x, enc, mask))
+  assert bool(state['filled'])
+  (y2, _, _), state = layer.apply(weights, state, (x, enc * 0, mask))  # cached keys used
+  np.testing.assert_allclose(y1, y2, rtol=1e-6)
+
+
+def test_attention_dropout_only_in_train():
+  x = jax.random.normal(jax.random.key(1), (1, 6, 8))
+  train = tl.CausalAttention(8, 2, dropout=0.5, mode='train')
+  weights, state = train.init(sig(1, 6, 8), rng=jax.random.key(0))
+  y1 = train.apply(weights, state, x, rng=jax.random.key(1))[0]
+  y2 = train.apply(weights, state, x, rng=jax.random.key(2))[0]
+  assert not np.allclose(y1, y2)
+  evaluate = tl.CausalAttention(8, 2, dropout=0.5, mode='eval')
+  np.testing.assert_array_equal(evaluate.apply(weights, state, x, rng=jax.random.key(1))[0],
+                                evaluate.apply(weights, state, x, rng=jax.random.key(2))[0])
+
+
+def test_heads_must_divide_width():
+  with pytest.raises(ValueError, match='divisible'):
+    tl.CausalAttention(10, n_heads=3)
