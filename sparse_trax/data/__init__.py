@@ -1,0 +1,11 @@
+"""sparse_trax.data: sources, tokenizers and batching. The only place TensorFlow is used."""
+
+from sparse_trax.data.pipeline import Inputs
+from sparse_trax.data.sources import AdditionTask
+from sparse_trax.data.sources import CopyTask
+from sparse_trax.data.sources import ShippedCorpus
+from sparse_trax.data.sources import TextFiles
+from sparse_trax.data.sources import TFDSSource
+from sparse_trax.data.sources import default_data_dir
+from sparse_trax.data.tokenizers import ByteTokenizer
+from sparse_trax.data.tokenizers import SentencePieceTokenizer

@@ -1,0 +1,190 @@
+"""From a source and a tokenizer to batches of numpy arrays.
+
+Batches are dicts: 'targets' int32 [batch, max_length], 'weights' float32
+[batch, max_length] (0 on padding and, for a language model reading a
+sequence-to-sequence task, on the inputs part), and for encoder-decoder
+models 'inputs' int32 [batch, max_input_length].
+
+The training stream is deterministic for a seed; `train_batches(position)`
+continues it from batch number `position`, so a resumed run sees exactly the
+batches an uninterrupted one would.
+"""
+
+from typing import Dict, Iterator, Optional, Sequence
+
+import numpy as np
+
+from sparse_trax.data.tf_setup import tf
+
+Batch = Dict[str, np.ndarray]
+
+
+class Inputs:
+  """The input pipeline of one experiment.
+
+  Args:
+    source: a data source (ShippedCorpus, TFDSSource, TextFiles, AdditionTask, ...).
+    tokenizer: a tokenizer config (SentencePieceTokenizer, ByteTokenizer); built
+      here on the source's training split.
+    max_length: length of training sequences (targets, or inputs+targets
+      for a language model on a sequence-to-sequence task).
+    batch_size: training batch size.
+    eval_batch_size: eval batch size (default: batch_size).
+    eval_max_length: length of eval sequences (default: max_length).
+    max_input_length: length of encoder inputs (default: max_length).
+    pack: concatenate plain text into full windows of max_length (default:
+      True for sources without inputs). Otherwise examples longer than the
+      length are dropped and the rest padded.
+    bucket_boundaries: with pack=False, batch examples of similar length,
+      padded to the next boundary (the last must be >= max_length).
+    shuffle_buffer: examples in the shuffle buffer.
+    n_eval_batches: how many eval batches (default: the whole eval split).
+    seed: shuffling seed.
+  """
+
+  def __init__(self, source, tokenizer, max_length: int = 128, batch_size: int = 16,
+               eval_batch_size: Optional[int] = None, eval_max_length: Optional[int] = None,
+               max_input_length: Optional[int] = None, pack: Optional[bool] = None,
+               bucket_boundaries: Optional[Sequence[int]] = None, shuffle_buffer: int = 1024,
+               n_eval_batches: Optional[int] = None, seed: int = 0):
+    self.source = source
+    self.tokenizer = tokenizer.build(source)
+    self.max_length = max_length
+    self.batch_size = batch_size
+    self.eval_batch_size = eval_batch_size or batch_size
+    self.eval_max_length = eval_max_length or max_length
+    self.max_input_length = max_input_length or max_length
+    self.pack = (not source.has_inputs) if pack is None else pack
+    if self.pack and source.has_inputs:
+      raise ValueError(f'pack=True needs plain text; source {source.name!r} has inputs')
+    if bucket_boundaries is not None and max(bucket_boundaries) < max_length:
+      raise ValueError('the last bucket boundary must be >= max_length')
+    self.bucket_boundaries = bucket_boundaries
+    self.shuffle_buffer = shuffle_buffer
+    self.n_eval_batches = n_eval_batches
+    self.seed = seed
+
+  # ------------------------------------------------------------ public
+
+  def train_batches(self, position: int = 0, *, lm: bool = True) -> Iterator[Batch]:
+    """Endless training batches starting at batch number `position`.
+
+    Args:
+      position: how many batches to skip (a resumed run's data position).
+      lm: True for a language model (one sequence per example), False for
+        an encoder-decoder (separate 'inputs').
+    """
+    ds = self._encoded('train', lm)
+    if self.pack:
+      ds = ds.shuffle(self.shuffle_buffer, seed=self.seed, reshuffle_each_iteration=True)
+      ds = self._packed(ds.repeat(), self.max_length)
+      ds = ds.batch(self.batch_size, drop_remainder=True)
+    else:
+      ds = ds.filter(self._fits(self.max_length, lm))
+      ds = ds.shuffle(self.shuffle_buffer, seed=self.seed, reshuffle_each_iteration=True)
+      ds = self._padded_batches(ds.repeat(), self.batch_size, self.max_length, lm,
+                                drop_remainder=True)
+    ds = ds.skip(position).prefetch(2)
+    return _numpy_batches(ds, f'no training batch: does any example of {self.source.name!r} '
+                              f'fit max_length={self.max_length}?')
+
+  def eval_batches(self, *, lm: bool = True) -> Iterator[Batch]:
+    """The eval batches, the same every call."""
+    ds = self._encoded('eval', lm)
+    if self.pack:
+      ds = self._packed(ds, self.eval_max_length).batch(self.eval_batch_size)
+    else:
+      ds = ds.filter(self._fits(self.eval_max_length, lm))
+      ds = self._padded_batches(ds, self.eval_batch_size, self.eval_max_length, lm,
+                                drop_remainder=False)
+    if self.n_eval_batches is not None:
+      ds = ds.take(self.n_eval_batches)
+    return _numpy_batches(ds, None)
+
+  def unigram_log_perplexity(self, *, lm: bool = True, max_train_tokens: int = 2_000_000) -> float:
+    """Eval cross-entropy (nats per token) of add-one-smoothed unigram frequencies.
+
+    The frequencies are counted on up to `max_train_tokens` training tokens;
+    the cross-entropy uses the same weighted positions as the model's eval loss.
+    """
+    counts = np.ones(self.tokenizer.vocab_size, np.float64)
+    seen = 0
+    for example in self._encoded('train', lm).as_numpy_iterator():
+      targets = example['targets'][example['weights'] > 0]
+      counts += np.bincount(targets, minlength=counts.size)[:counts.size]
+      seen += targets.size
+      if seen >= max_train_tokens:
+        break
+    log_probs = np.log(counts / counts.sum())
+    total, weight = 0.0, 0.0
+    for batch in self.eval_batches(lm=lm):
+      total -= float(np.sum(log_probs[batch['targets']] * batch['weights']))
+      weight += float(batch['weights'].sum())
+    return total / max(weight, 1.0)
+
+  # ----------------------------------------------------------- private
+
+  def _encoded(self, split: str, lm: bool) -> tf.data.Dataset:
+    """Examples as {'targets', 'weights'[, 'inputs']} id tensors (with EOS)."""
+    tokenizer, has_inputs = self.tokenizer, self.source.has_inputs
+    eos = tf.constant([tokenizer.eos_id], tf.int32)
+
+    def encode(example):
+      targets = tf.concat([tokenizer.encode(example['targets']), eos], 0)
+      weights = tf.ones_like(targets, tf.float32)
+      if not has_inputs:
+        return {'targets': targets, 'weights': weights}
+      inputs = tokenizer.encode(example['inputs'])
+      if lm:
+        return {'targets': tf.concat([inputs, targets], 0),
+                'weights': tf.concat([tf.zeros_like(inputs, tf.float32), weights], 0)}
+      return {'inputs': tf.concat([inputs, eos], 0), 'targets': targets, 'weights': weights}
+
+    options = tf.data.Options()
+    options.deterministic = True
+    return self.source.dataset(split).map(encode).with_options(options)
+
+  def _fits(self, length: int, lm: bool):
+    max_input_length = self.max_input_length
+
+    def fits(example):
+      ok = tf.shape(example['targets'])[0] <= length
+      if 'inputs' in example and not lm:
+        ok = tf.logical_and(ok, tf.shape(example['inputs'])[0] <= max_input_length)
+      return ok
+    return fits
+
+  @staticmethod
+  def _packed(ds: tf.data.Dataset, length: int) -> tf.data.Dataset:
+    """Concatenates the token stream and cuts it into windows of `length`."""
+    windows = ds.map(lambda ex: ex['targets']).unbatch().batch(length, drop_remainder=True)
+    return windows.map(lambda t: {'targets': t, 'weights': tf.ones_like(t, tf.float32)})
+
+  def _padded_batches(self, ds, batch_size, length, lm, drop_remainder):
+    shapes = {'targets': [length], 'weights': [length]}
+    if self.source.has_inputs and not lm:
+      shapes['inputs'] = [self.max_input_length]
+    if self.bucket_boundaries is None:
+      return ds.padded_batch(batch_size, padded_shapes=shapes, drop_remainder=drop_remainder)
+    # TF pads a bucket to (boundary - 1): shift the boundaries by one so a
+    # bucket's batches have exactly the boundary's length.
+    boundaries = [b + 1 for b in self.bucket_boundaries if b < length] + [length + 1]
+    shapes = {k: [None] for k in shapes}
+    if 'inputs' in shapes:
+      max_input_length = self.max_input_length
+      ds = ds.map(lambda ex: dict(ex, inputs=tf.pad(
+          ex['inputs'], [[0, max_input_length - tf.shape(ex['inputs'])[0]]])))
+      shapes['inputs'] = [max_input_length]
+    return ds.bucket_by_sequence_length(
+        lambda ex: tf.shape(ex['targets'])[0], bucket_boundaries=boundaries,
+        bucket_batch_sizes=[batch_size] * (len(boundaries) + 1), padded_shapes=shapes,
+        pad_to_bucket_boundary=True, drop_remainder=drop_remainder)
+
+
+def _numpy_batches(ds: tf.data.Dataset, empty_message: Optional[str]) -> Iterator[Batch]:
+  empty = True
+  for batch in ds.as_numpy_iterator():
+    empty = False
+    yield batch
+  if empty and empty_message:
+    raise ValueError(empty_message)

@@ -1,0 +1,184 @@
+"""Data sources: text examples as a `tf.data.Dataset` of {'inputs'?, 'targets'} strings.
+
+A source has a `name`, says whether its examples have `inputs` (a
+sequence-to-sequence task) or only `targets` (plain text), and gives a
+dataset per split ('train' or 'eval'). Nothing here downloads: TFDS datasets
+must already be prepared in `data_dir`.
+"""
+
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from sparse_trax.data import corpus
+from sparse_trax.data.tf_setup import tf
+
+
+def default_data_dir() -> str:
+  """$SPARSE_TRAX_DATA_DIR, else ~/.cache/sparse_trax."""
+  return os.environ.get('SPARSE_TRAX_DATA_DIR',
+                        os.path.join(os.path.expanduser('~'), '.cache', 'sparse_trax'))
+
+
+class ShippedCorpus:
+  """The King James Bible (shipped with the install), built offline with tfds."""
+
+  has_inputs = False
+
+  def __init__(self, data_dir: Optional[str] = None):
+    self.data_dir = data_dir or default_data_dir()
+    self.name = 'king_james_bible'
+
+  def dataset(self, split: str) -> tf.data.Dataset:
+    builder = corpus.KingJamesBible(data_dir=self.data_dir)
+    builder.download_and_prepare()   # generates from the local file; no download
+    tfds_split = {'train': 'train', 'eval': 'validation'}[split]
+    return builder.as_dataset(split=tfds_split, shuffle_files=False).map(
+        lambda ex: {'targets': ex['text']})
+
+
+class TFDSSource:
+  """A TFDS dataset by name (`c4/en`, `lm1b`, `scientific_papers/arxiv`, ...).
+
+  Args:
+    name: the TFDS name, with config and version if needed.
+    data_dir: where the prepared dataset lives (nothing is downloaded).
+    target_key: feature holding the text to predict.
+    input_key: feature holding the inputs of a sequence-to-sequence task.
+    train_split, eval_split: TFDS split names.
+  """
+
+  def __init__(self, name: str, data_dir: Optional[str] = None, target_key: str = 'text',
+               input_key: Optional[str] = None, train_split: str = 'train',
+               eval_split: str = 'validation'):
+    self.name = name.replace('/', '_')
+    self.tfds_name = name
+    self.data_dir = data_dir
+    self.target_key = target_key
+    self.input_key = input_key
+    self.has_inputs = input_key is not None
+    self.splits = {'train': train_split, 'eval': eval_split}
+
+  def dataset(self, split: str) -> tf.data.Dataset:
+    try:
+      ds = tfds.load(self.tfds_name, split=self.splits[split], data_dir=self.data_dir,
+                     download=False, shuffle_files=False)
+    except tfds.core.registered.DatasetNotFoundError as e:
+      first_line = str(e).strip().splitlines()[0]
+      raise ValueError(f'unknown TFDS dataset {self.tfds_name!r}: {first_line}') from e
+    except AssertionError as e:   # tfds: "Dataset ...: could not find data in ..."
+      raise FileNotFoundError(
+          f'TFDS dataset {self.tfds_name!r} is not prepared in data_dir '
+          f'{self.data_dir!r}; sparse_trax never downloads: prepare it with '
+          f'`tfds build {self.tfds_name} --data_dir=...` where there is network. ({e})') from e
+    input_key, target_key = self.input_key, self.target_key
+
+    def select(ex):
+      if target_key not in ex or (input_key and input_key not in ex):
+        raise KeyError(f'TFDS dataset {self.tfds_name!r} has features {list(ex)}; '
+                       f'asked for target_key={target_key!r}, input_key={input_key!r}')
+      out = {'targets': ex[target_key]}
+      if input_key:
+        out['inputs'] = ex[input_key]
+      return out
+    return ds.map(select)
+
+
+class TextFiles:
+  """Local text files, one example per non-empty line.
+
+  Args:
+    train_files: paths read for the 'train' split.
+    eval_files: paths read for the 'eval' split.
+  """
+
+  has_inputs = False
+
+  def __init__(self, train_files: Sequence[str], eval_files: Sequence[str],
+               name: str = 'text_files'):
+    self.files = {'train': list(train_files), 'eval': list(eval_files)}
+    self.name = name
+    for path in self.files['train'] + self.files['eval']:
+      if not os.path.isfile(path):
+        raise FileNotFoundError(f'TextFiles: data file {path!r} does not exist')
+
+  def dataset(self, split: str) -> tf.data.Dataset:
+    lines = tf.data.TextLineDataset(self.files[split])
+    lines = lines.filter(lambda line: tf.strings.length(tf.strings.strip(line)) > 0)
+    return lines.map(lambda line: {'targets': line})
+
+
+class _DigitTask:
+  """Base of the synthetic digit tasks: seeded generators of string pairs."""
+
+  has_inputs = True
+  name = 'digits'
+
+  def __init__(self, train_min_digits: int = 1, train_max_digits: int = 128,
+               eval_min_digits: int = 256, eval_max_digits: int = 300,
+               n_eval_examples: int = 256, seed: int = 0):
+    if not 1 <= train_min_digits <= train_max_digits:
+      raise ValueError('need 1 <= train_min_digits <= train_max_digits')
+    if not 1 <= eval_min_digits <= eval_max_digits:
+      raise ValueError('need 1 <= eval_min_digits <= eval_max_digits')
+    self.lengths = {'train': (train_min_digits, train_max_digits),
+                    'eval': (eval_min_digits, eval_max_digits)}
+    self.n_eval_examples = n_eval_examples
+    self.seed = seed
+
+  def example(self, rng: np.random.Generator, min_digits: int, max_digits: int):
+    raise NotImplementedError
+
+  def examples(self, split: str):
+    """Yields (inputs, targets) strings; endless for 'train', finite for 'eval'."""
+    rng = np.random.default_rng([self.seed, 0 if split == 'train' else 1])
+    low, high = self.lengths[split]
+    count = 0
+    while split == 'train' or count < self.n_eval_examples:
+      yield self.example(rng, low, high)
+      count += 1
+
+  def dataset(self, split: str) -> tf.data.Dataset:
+    signature = {'inputs': tf.TensorSpec((), tf.string),
+                 'targets': tf.TensorSpec((), tf.string)}
+    def generate():
+      for inputs, targets in self.examples(split):
+        yield {'inputs': inputs, 'targets': targets}
+    return tf.data.Dataset.from_generator(generate, output_signature=signature)
+
+
+def random_digits(rng: np.random.Generator, min_digits: int, max_digits: int) -> str:
+  """A decimal number's digits, little-endian (least significant first), no leading zero."""
+  n = int(rng.integers(min_digits, max_digits + 1))
+  digits = rng.integers(0, 10, size=n)
+  if n > 1 and digits[-1] == 0:
+    digits[-1] = int(rng.integers(1, 10))
+  return ''.join(str(d) for d in digits)
+
+
+class AdditionTask(_DigitTask):
+  """Long addition, digits little-endian: inputs '123+45=' -> targets '573' (321 + 54 = 375).
+
+  Each operand has between min and max digits of its split's range.
+  """
+
+  name = 'addition'
+
+  def example(self, rng, min_digits, max_digits):
+    x = random_digits(rng, min_digits, max_digits)
+    y = random_digits(rng, min_digits, max_digits)
+    total = int(x[::-1]) + int(y[::-1])
+    return f'{x}+{y}=', str(total)[::-1]
+
+
+class CopyTask(_DigitTask):
+  """Copy a decimal digit sequence: inputs '40917=' -> targets '40917'."""
+
+  name = 'copy'
+
+  def example(self, rng, min_digits, max_digits):
+    n = int(rng.integers(min_digits, max_digits + 1))
+    digits = ''.join(str(d) for d in rng.integers(0, 10, size=n))
+    return f'{digits}=', digits

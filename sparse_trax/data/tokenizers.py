@@ -1,0 +1,129 @@
+"""Tokenizers: SentencePiece (trained offline, applied by tensorflow-text) and bytes.
+
+Every tokenizer reserves id 0 for padding and id 1 for end-of-sequence.
+`build(source)` returns a ready tokenizer with `encode` (a TF op on a string
+scalar -> int32 ids), `decode` (ids -> Python str) and `vocab_size`.
+"""
+
+import hashlib
+import io
+import os
+from typing import Iterator, Optional
+
+import numpy as np
+import sentencepiece
+import tensorflow_text
+
+from sparse_trax.data import sources
+from sparse_trax.data.tf_setup import tf
+
+PAD_ID = 0
+EOS_ID = 1
+
+
+class ByteTokenizer:
+  """UTF-8 bytes as tokens: id = byte + 2 (vocab 258), split by tensorflow-text."""
+
+  vocab_size = 258
+  pad_id = PAD_ID
+  eos_id = EOS_ID
+
+  def __init__(self):
+    self._splitter = tensorflow_text.ByteSplitter()
+
+  def build(self, source) -> 'ByteTokenizer':
+    del source
+    return self
+
+  def encode(self, text):
+    """tf.string scalar -> int32 [n]."""
+    return tf.cast(self._splitter.split(text), tf.int32) + 2
+
+  def decode(self, ids) -> str:
+    data = bytes(int(i) - 2 for i in np.asarray(ids).reshape(-1) if int(i) >= 2)
+    return data.decode('utf-8', errors='replace')
+
+
+class SentencePieceTokenizer:
+  """A SentencePiece model trained on the source's training split, cached on disk.
+
+  The model is trained by the `sentencepiece` package (offline, seconds for a
+  few MB) the first time and saved to `cache_dir`; later runs reuse it. It is
+  applied with `tensorflow_text.SentencepieceTokenizer`.
+
+  Args:
+    vocab_size: number of pieces (ids 0 pad, 1 eos, 2 unknown included).
+    model_type: 'unigram' or 'bpe'.
+    cache_dir: where trained models are kept (default: the data directory).
+    max_training_chars: how much training text the trainer reads.
+  """
+
+  pad_id = PAD_ID
+  eos_id = EOS_ID
+
+  def __init__(self, vocab_size: int = 2000, model_type: str = 'unigram',
+               cache_dir: Optional[str] = None, max_training_chars: int = 5_000_000):
+    self.vocab_size = vocab_size
+    self.model_type = model_type
+    self.cache_dir = cache_dir or os.path.join(sources.default_data_dir(), 'tokenizers')
+    self.max_training_chars = max_training_chars
+    self.model_bytes = None
+    self._tokenizer = None
+
+  def model_path(self, source) -> str:
+    key = f'{source.name}.{self.model_type}{self.vocab_size}.{self.max_training_chars}'
+    return os.path.join(self.cache_dir, f'{key}.spm.model')
+
+  def build(self, source) -> 'SentencePieceTokenizer':
+    """Loads the cached model for `source`, training it first if needed."""
+    path = self.model_path(source)
+    if not os.path.exists(path):
+      os.makedirs(self.cache_dir, exist_ok=True)
+      model = self._train(_training_text(source, self.max_training_chars))
+      temporary = f'{path}.tmp{os.getpid()}'
+      with open(temporary, 'wb') as f:
+        f.write(model)
+      os.replace(temporary, path)   # atomic: never a half-written model
+    built = SentencePieceTokenizer(self.vocab_size, self.model_type, self.cache_dir,
+                                   self.max_training_chars)
+    with open(path, 'rb') as f:
+      built.model_bytes = f.read()
+    built._tokenizer = tensorflow_text.SentencepieceTokenizer(model=built.model_bytes)  # pylint: disable=protected-access
+    built.model_sha256 = hashlib.sha256(built.model_bytes).hexdigest()
+    return built
+
+  def _train(self, sentences: Iterator[str]) -> bytes:
+    writer = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=sentences, model_writer=writer, vocab_size=self.vocab_size,
+        model_type=self.model_type, pad_id=PAD_ID, eos_id=EOS_ID, unk_id=2, bos_id=-1,
+        character_coverage=1.0, max_sentence_length=1 << 16, num_threads=2,
+        minloglevel=2)
+    return writer.getvalue()
+
+  def _require_built(self):
+    if self._tokenizer is None:
+      raise RuntimeError('call build(source) first: this SentencePieceTokenizer has no model')
+
+  def encode(self, text):
+    """tf.string scalar -> int32 [n]."""
+    self._require_built()
+    return tf.cast(self._tokenizer.tokenize(text), tf.int32)
+
+  def decode(self, ids) -> str:
+    self._require_built()
+    ids = [int(i) for i in np.asarray(ids).reshape(-1) if int(i) > EOS_ID]
+    return self._tokenizer.detokenize(tf.constant(ids, tf.int32)).numpy().decode('utf-8')
+
+
+def _training_text(source, max_chars: int) -> Iterator[str]:
+  """Yields training-split texts (inputs and targets) up to about max_chars."""
+  total = 0
+  for example in source.dataset('train').as_numpy_iterator():
+    for key in ('inputs', 'targets'):
+      if key in example:
+        text = example[key].decode('utf-8')
+        total += len(text)
+        yield text
+    if total >= max_chars:
+      return

@@ -1,0 +1,186 @@
+"""The data pipeline: sources, tokenizers through tensorflow-text, batching, resuming."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from sparse_trax import data
+from sparse_trax.data import corpus
+
+
+@pytest.fixture(scope='module')
+def text_files(tmp_path_factory):
+  folder = tmp_path_factory.mktemp('text')
+  paragraphs = corpus.kjv_paragraphs()
+  train, evaluation = folder / 'train.txt', folder / 'eval.txt'
+  train.write_text('\n'.join(paragraphs[:300]), encoding='utf-8')
+  evaluation.write_text('\n'.join(paragraphs[300:330]), encoding='utf-8')
+  return str(train), str(evaluation)
+
+
+@pytest.fixture(scope='module')
+def sentencepiece_inputs(text_files, tmp_path_factory):
+  source = data.TextFiles(*[[p] for p in text_files])
+  tokenizer = data.SentencePieceTokenizer(300, cache_dir=str(tmp_path_factory.mktemp('spm')))
+  return data.Inputs(source, tokenizer, max_length=32, batch_size=4, n_eval_batches=3)
+
+
+def test_kjv_text_is_read_without_importing_the_package():
+  paragraphs = corpus.kjv_paragraphs()
+  assert paragraphs[0].startswith('In the beginning God created the heaven and the earth.')
+  assert sum(len(p) for p in paragraphs) > 4_000_000
+
+
+def test_shipped_corpus_builds_offline_with_tfds(tmp_path):
+  source = data.ShippedCorpus(data_dir=str(tmp_path))
+  train = [ex['targets'].decode() for ex in source.dataset('train').as_numpy_iterator()]
+  n_eval = sum(1 for _ in source.dataset('eval'))
+  assert any(text.startswith('In the beginning God created') for text in train)
+  assert 4000 < len(train) < 5000 and 200 < n_eval < 300
+  assert os.path.isdir(tmp_path / 'king_james_bible' / '1.0.0')
+
+
+def test_sentencepiece_round_trip_through_tensorflow_text(sentencepiece_inputs):
+  tokenizer = sentencepiece_inputs.tokenizer
+  assert tokenizer.vocab_size == 300
+  text = 'And God said, Let there be light: and there was light.'
+  ids = tokenizer.encode(text).numpy()
+  assert ids.dtype == np.int32 and ids.min() > 1 and ids.max() < 300
+  assert tokenizer.decode(ids) == text
+
+
+def test_sentencepiece_model_is_cached_and_reused(text_files, tmp_path):
+  source = data.TextFiles([text_files[0]], [text_files[1]])
+  config = data.SentencePieceTokenizer(200, cache_dir=str(tmp_path))
+  first = config.build(source)
+  path = config.model_path(source)
+  assert os.path.exists(path)
+  modified = os.path.getmtime(path)
+  second = config.build(source)
+  assert os.path.getmtime(path) == modified
+  assert first.model_sha256 == second.model_sha256
+
+
+def test_byte_tokenizer_round_trip():
+  tokenizer = data.ByteTokenizer().build(None)
+  text = 'héllo, 123+45='
+  ids = tokenizer.encode(text).numpy()
+  assert len(ids) == len(text.encode('utf-8')) and ids.min() >= 2
+  assert tokenizer.decode(ids) == text
+
+
+def test_packed_batches_and_weights(sentencepiece_inputs):
+  batch = next(sentencepiece_inputs.train_batches())
+  assert batch['targets'].shape == (4, 32) and batch['targets'].dtype == np.int32
+  np.testing.assert_array_equal(batch['weights'], 1.0)   # packed: no padding
+  assert (batch['targets'] == data.tokenizers.EOS_ID).any() or batch['targets'].min() > 1
+
+
+def test_training_stream_is_deterministic_and_resumable(sentencepiece_inputs):
+  first = [b['targets'] for _, b in zip(range(8), sentencepiece_inputs.train_batches())]
+  again = [b['targets'] for _, b in zip(range(8), sentencepiece_inputs.train_batches())]
+  resumed = [b['targets'] for _, b in zip(range(3), sentencepiece_inputs.train_batches(5))]
+  for a, b in zip(first, again):
+    np.testing.assert_array_equal(a, b)
+  for a, b in zip(first[5:], resumed):
+    np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(first[0], first[1])
+
+
+def test_eval_batches_repeat_exactly(sentencepiece_inputs):
+  a = [b['targets'] for b in sentencepiece_inputs.eval_batches()]
+  b = [b['targets'] for b in sentencepiece_inputs.eval_batches()]
+  assert len(a) == 3
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_unigram_baseline_is_plausible(sentencepiece_inputs):
+  value = sentencepiece_inputs.unigram_log_perplexity()
+  assert 3.0 < value < np.log(300)
+
+
+def _examples(task, split, n):
+  return [e for _, e in zip(range(n), task.examples(split))]
+
+
+def test_addition_targets_are_correct_sums():
+  task = data.AdditionTask(1, 12, 20, 23, n_eval_examples=30, seed=3)
+  for split, (low, high) in (('train', (1, 12)), ('eval', (20, 23))):
+    for inputs, targets in _examples(task, split, 30):
+      x, y = inputs.rstrip('=').split('+')
+      assert low <= len(x) <= high and low <= len(y) <= high
+      assert int(targets[::-1]) == int(x[::-1]) + int(y[::-1])   # little-endian
+  assert len(list(task.examples('eval'))) == 30
+
+
+def test_copy_targets_copy_the_digits():
+  task = data.CopyTask(3, 5, 8, 9, seed=1)
+  for inputs, targets in _examples(task, 'train', 20):
+    assert inputs == targets + '=' and 3 <= len(targets) <= 5 and targets.isdigit()
+
+
+def test_task_batches_weight_only_the_answer():
+  inputs = data.Inputs(data.AdditionTask(1, 6, seed=0), data.ByteTokenizer(), max_length=24,
+                       batch_size=8)
+  batch = next(inputs.train_batches())
+  tokenizer = inputs.tokenizer
+  for targets, weights in zip(batch['targets'], batch['weights']):
+    text = tokenizer.decode(targets)
+    question, answer = text.split('=')
+    n_question = len(question) + 1
+    n_answer = len(answer) + 1   # + EOS
+    np.testing.assert_array_equal(weights[:n_question], 0.0)
+    np.testing.assert_array_equal(weights[n_question:n_question + n_answer], 1.0)
+    np.testing.assert_array_equal(weights[n_question + n_answer:], 0.0)   # padding
+    np.testing.assert_array_equal(targets[n_question + n_answer:], 0)
+    assert targets[n_question + n_answer - 1] == tokenizer.eos_id
+
+
+def test_encoder_decoder_batches_and_length_filter():
+  inputs = data.Inputs(data.CopyTask(1, 20, seed=0), data.ByteTokenizer(), max_length=12,
+                       max_input_length=12, batch_size=8)
+  for _, batch in zip(range(5), inputs.train_batches(lm=False)):
+    assert batch['inputs'].shape == (8, 12) and batch['targets'].shape == (8, 12)
+    lengths = (batch['weights'] > 0).sum(1)
+    assert lengths.max() <= 12   # longer examples were dropped, not cut
+
+
+def test_bucketing_pads_to_boundaries():
+  inputs = data.Inputs(data.CopyTask(1, 30, seed=0), data.ByteTokenizer(), max_length=64,
+                       batch_size=4, bucket_boundaries=[16, 32, 64])
+  shapes = {b['targets'].shape[1] for _, b in zip(range(30), inputs.train_batches())}
+  assert shapes <= {16, 32, 64} and len(shapes) >= 2
+
+
+def test_tfds_mock_data_through_the_full_pipeline():
+  with tfds.testing.mock_data(num_examples=16):
+    source = data.TFDSSource('lm1b', data_dir='/nonexistent')
+    inputs = data.Inputs(source, data.ByteTokenizer(), max_length=16, batch_size=4,
+                         n_eval_batches=2)
+    batch = next(inputs.train_batches())
+    assert batch['targets'].shape == (4, 16)
+    assert len(list(inputs.eval_batches())) == 2
+    arxiv = data.TFDSSource('scientific_papers/arxiv', input_key='article',
+                            target_key='abstract', data_dir='/nonexistent')
+    pairs = data.Inputs(arxiv, data.ByteTokenizer(), max_length=64, batch_size=2, pack=False)
+    batch = next(pairs.train_batches(lm=False))
+    assert set(batch) == {'inputs', 'targets', 'weights'}
+
+
+def test_unknown_tfds_name_fails_naming_it():
+  with pytest.raises(ValueError, match='no_such_dataset'):
+    data.TFDSSource('no_such_dataset').dataset('train')
+
+
+def test_unprepared_tfds_dataset_fails_fast_without_download(tmp_path):
+  with pytest.raises(FileNotFoundError, match="'lm1b' is not prepared"):
+    data.TFDSSource('lm1b', data_dir=str(tmp_path)).dataset('train')
+
+
+def test_missing_text_file_fails_naming_it(tmp_path):
+  missing = str(tmp_path / 'nope.txt')
+  with pytest.raises(FileNotFoundError, match='nope.txt'):
+    data.TextFiles([missing], [missing])
