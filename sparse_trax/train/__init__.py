@@ -1,0 +1,5 @@
+"""sparse_trax.train: optimizers, schedules, checkpoints and the training loop."""
+
+from sparse_trax.train import checkpoints
+from sparse_trax.train import optimizers
+from sparse_trax.train.loop import train

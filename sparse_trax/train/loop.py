@@ -1,0 +1,238 @@
+"""The training loop: jitted steps, evaluation, metrics, checkpoints, a decoded sample.
+
+A run writes into `output_dir`:
+  checkpoints/<step>/   orbax checkpoints (the last `keep_checkpoints`)
+  metrics.jsonl         one JSON object per logged train step and per eval
+  config.gin            the operative gin config (written by the trainer)
+
+Rerunning with the same output_dir resumes from the newest good checkpoint:
+step, weights, optimizer state, rng and data position. The step's rng is
+`fold_in(rng, step)` and the data stream is skipped to the recorded position,
+so the resumed steps compute exactly what an uninterrupted run would.
+"""
+
+import inspect
+import json
+import os
+import time
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import tqdm
+
+from sparse_trax import decoding
+from sparse_trax.layers import losses
+from sparse_trax.train import checkpoints
+from sparse_trax.train import optimizers
+
+
+def build_model(model_fn: Callable, mode: str, vocab_size: int):
+  """Calls a model function, filling in vocabulary sizes from the tokenizer."""
+  parameters = inspect.signature(model_fn).parameters
+  kwargs = {name: vocab_size for name in ('vocab_size', 'input_vocab_size', 'output_vocab_size')
+            if name in parameters}
+  return model_fn(mode=mode, **kwargs)
+
+
+def model_inputs(batch, lm: bool):
+  """What the model takes from a batch: targets (an LM), or (inputs, targets)."""
+  return batch['targets'] if lm else (batch['inputs'], batch['targets'])
+
+
+def _signature(batch):
+  return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), batch)
+
+
+def make_train_step(model, optimizer: optax.GradientTransformation, lm: bool):
+  """A jitted step: (weights, model_state, opt_state, batch, rng) -> (..., metrics)."""
+  def loss_fn(weights, model_state, batch, rng):
+    logits, model_state = model.apply(weights, model_state, model_inputs(batch, lm), rng=rng)
+    loss = losses.weighted_cross_entropy(logits, batch['targets'], batch['weights'])
+    return loss, (model_state, logits)
+
+  @jax.jit
+  def step(weights, model_state, opt_state, batch, rng):
+    (loss, (model_state, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        weights, model_state, batch, rng)
+    updates, opt_state = optimizer.update(grads, opt_state, weights)
+    weights = optax.apply_updates(weights, updates)
+    metrics = {'loss': loss, 'gradient_norm': optax.tree.norm(grads),
+               'accuracy': losses.weighted_accuracy(logits, batch['targets'], batch['weights'])}
+    return weights, model_state, opt_state, metrics
+  return step
+
+
+def make_eval_step(model, lm: bool):
+  """A jitted step: (weights, model_state, batch) -> (summed nll, summed correct, weight)."""
+  @jax.jit
+  def step(weights, model_state, batch):
+    logits, _ = model.apply(weights, model_state, model_inputs(batch, lm))
+    w = batch['weights']
+    total = jnp.sum(w)
+    nll = losses.weighted_cross_entropy(logits, batch['targets'], w) * total
+    correct = losses.weighted_accuracy(logits, batch['targets'], w) * total
+    return nll, correct, total
+  return step
+
+
+def evaluate(eval_step, weights, model_state, batches) -> dict:
+  """Eval loss (= log-perplexity, nats per token) and accuracy over all batches."""
+  nll, correct, total = 0.0, 0.0, 0.0
+  for batch in batches:
+    n, c, t = eval_step(weights, model_state, batch)
+    nll, correct, total = nll + float(n), correct + float(c), total + float(t)
+  if total == 0:
+    raise ValueError('the eval split gave no weighted tokens')
+  return {'eval_loss': nll / total, 'eval_log_perplexity': nll / total,
+          'eval_accuracy': correct / total}
+
+
+def decode_sample(model_fn, vocab_size, weights, batch, tokenizer, lm: bool, length: int,
+                  temperature: float, rng) -> dict:
+  """Decodes from the start of the first eval example; returns the texts."""
+  model = build_model(model_fn, 'predict', vocab_size)
+  kwargs = dict(max_length=length, temperature=temperature, eos_id=tokenizer.eos_id, rng=rng)
+  if lm:
+    targets, weights_row = batch['targets'][0], batch['weights'][0]
+    prompt_length = int(np.argmax(weights_row > 0)) or min(16, targets.size)
+    prompt = targets[None, :prompt_length]
+    tokens = decoding.autoregressive_sample(model, weights, prompt, **kwargs)
+  else:
+    prompt = batch['inputs'][:1]
+    tokens = decoding.autoregressive_sample(model, weights, inputs=prompt, **kwargs)
+  prompt_text = tokenizer.decode(prompt[0])
+  if not lm:
+    return {'prompt': prompt_text, 'continuation': tokenizer.decode(tokens[0])}
+  # Decode prompt and continuation together, so the text at the seam is right.
+  full_text = tokenizer.decode(np.concatenate([prompt[0], tokens[0]]))
+  return {'prompt': prompt_text, 'continuation': full_text[len(prompt_text):]}
+
+
+def _append_jsonl(path: str, record: dict) -> None:
+  with open(path, 'a', encoding='utf-8') as f:
+    f.write(json.dumps(record) + '\n')
+
+
+def train(output_dir: str, model: Callable, inputs, optimizer: Callable = optimizers.Adam,
+          learning_rate=1e-3, clip_gradient_norm: Optional[float] = 1.0, n_steps: int = 1000,
+          eval_every: int = 200, checkpoint_every: int = 200, keep_checkpoints: int = 3,
+          log_every: int = 10, seed: int = 0, decode_length: int = 32,
+          decode_temperature: float = 0.0, progress_bar: bool = True,
+          on_start: Optional[Callable[[], None]] = None) -> dict:
+  """Trains `model` on `inputs`, evaluating, checkpointing and resuming.
+
+  Args:
+    output_dir: where checkpoints, metrics.jsonl (and config.gin) go.
+    model: a model function taking `mode` (and vocabulary sizes, filled in
+      from the tokenizer), e.g. TransformerLM.
+    inputs: a `sparse_trax.data.Inputs`.
+    optimizer: a function learning_rate -> optax.GradientTransformation.
+    learning_rate: a number or a schedule step -> rate.
+    clip_gradient_norm: global gradient-norm clipping (None: off).
+    n_steps: total training steps (a resumed run trains up to this).
+    eval_every, checkpoint_every, log_every: intervals in steps.
+    keep_checkpoints: how many of the latest checkpoints to keep.
+    seed: seeds the weights and the per-step rngs.
+    decode_length: tokens decoded for the sample printed at the end (0: none).
+    decode_temperature: 0 for greedy.
+    progress_bar: show a tqdm bar (step, loss, tokens/s).
+    on_start: called once everything is built, before the first step.
+
+  Returns:
+    The final eval metrics, the unigram baseline and the decoded sample.
+  """
+  os.makedirs(output_dir, exist_ok=True)
+  metrics_path = os.path.join(output_dir, 'metrics.jsonl')
+  vocab_size = inputs.tokenizer.vocab_size
+  train_model = build_model(model, 'train', vocab_size)
+  eval_model = build_model(model, 'eval', vocab_size)
+  lm = train_model.n_in == 1
+  tx = optimizers.with_gradient_clipping(optimizer(learning_rate), clip_gradient_norm)
+
+  first_batch = next(inputs.train_batches(lm=lm))
+  weights, model_state = train_model.init(_signature(model_inputs(first_batch, lm)),
+                                          rng=jax.random.key(seed))
+  output_signature = train_model.output_signature(_signature(model_inputs(first_batch, lm)))
+  if output_signature.shape[-1] != vocab_size:
+    raise ValueError(f'the model outputs {output_signature.shape[-1]} logits per token but '
+                     f'the tokenizer has {vocab_size} ids')
+  train_state = {'weights': weights, 'model_state': model_state,
+                 'opt_state': tx.init(weights),
+                 'rng': jax.random.key_data(jax.random.key(seed))}
+  checkpointer = checkpoints.Checkpointer(os.path.join(output_dir, 'checkpoints'),
+                                          keep=keep_checkpoints)
+  restored = checkpointer.restore_latest(train_state)
+  start_step, position = 0, 0
+  if restored is not None:
+    train_state, metadata = restored
+    start_step, position = metadata['step'], metadata['data_position']
+    print(f'Resuming from step {start_step} ({checkpointer.directory}/{start_step}).')
+  unigram = inputs.unigram_log_perplexity(lm=lm)
+
+  train_step = make_train_step(train_model, tx, lm)
+  eval_step = make_eval_step(eval_model, lm)
+  rng = jax.random.wrap_key_data(jnp.asarray(train_state['rng']))
+  weights, model_state = train_state['weights'], train_state['model_state']
+  opt_state = train_state['opt_state']
+  batches = inputs.train_batches(position, lm=lm)
+  if on_start is not None:
+    on_start()
+
+  def save(step):
+    checkpointer.save(step, {'weights': weights, 'model_state': model_state,
+                             'opt_state': opt_state, 'rng': jax.random.key_data(rng)},
+                      {'data_position': position, 'seed': seed})
+
+  def run_eval(step):
+    record = dict(evaluate(eval_step, weights, model_state, inputs.eval_batches(lm=lm)),
+                  step=step, unigram_log_perplexity=unigram)
+    _append_jsonl(metrics_path, record)
+    tqdm.tqdm.write(f'step {step}: eval log-perplexity {record["eval_log_perplexity"]:.4f} '
+                    f'(unigram baseline {unigram:.4f}), accuracy {record["eval_accuracy"]:.4f}')
+    return record
+
+  bar = tqdm.tqdm(total=n_steps, initial=start_step, disable=not progress_bar,
+                  desc='training', unit='step', dynamic_ncols=True)
+  record, tokens, clock = None, 0, time.perf_counter()
+  for step in range(start_step + 1, n_steps + 1):
+    batch = next(batches)
+    position += 1
+    weights, model_state, opt_state, metrics = train_step(
+        weights, model_state, opt_state, batch, jax.random.fold_in(rng, step))
+    loss = float(metrics['loss'])
+    if not np.isfinite(loss):
+      bar.close()
+      kept = checkpointer.steps()
+      raise FloatingPointError(
+          f'the training loss is {loss} at step {step}; stopping. The last good checkpoint '
+          f'is kept: {checkpointer.directory}/{kept[-1] if kept else "(none yet)"}')
+    tokens += batch['targets'].size
+    bar.update(1)
+    if step % log_every == 0 or step == n_steps:
+      rate = tokens / max(time.perf_counter() - clock, 1e-9)
+      bar.set_postfix(loss=f'{loss:.3f}', tokens_per_s=f'{rate:,.0f}')
+      _append_jsonl(metrics_path, {'step': step, 'loss': loss, 'tokens_per_s': rate,
+                                   'accuracy': float(metrics['accuracy']),
+                                   'gradient_norm': float(metrics['gradient_norm'])})
+      tokens, clock = 0, time.perf_counter()
+    if step % eval_every == 0 or step == n_steps:
+      record = run_eval(step)
+    if step % checkpoint_every == 0 or step == n_steps:
+      save(step)
+  bar.close()
+  if record is None:
+    record = run_eval(start_step)
+  result = dict(record)
+  if decode_length > 0:
+    sample = decode_sample(model, vocab_size, weights, next(inputs.eval_batches(lm=lm)),
+                           inputs.tokenizer, lm, decode_length, decode_temperature,
+                           jax.random.fold_in(rng, n_steps + 1))
+    print(f'Decoded sample (temperature {decode_temperature}):\n'
+          f'  prompt:       {sample["prompt"]!r}\n'
+          f'  continuation: {sample["continuation"]!r}')
+    result['sample'] = sample
+  checkpointer.close()
+  return result
