@@ -19,6 +19,8 @@ def test_readme_compose_example_runs(capsys):
 
 def test_ci_runs_the_readme_test_command():
   text = open(README, encoding='utf-8').read()
-  command = re.search(r'```bash\n(.*?)\n```', text, re.S).group(1).strip()
+  commands = re.findall(r'```bash\n(.*?)\n```', text, re.S)
+  assert 'trainer --config_file gin/quickstart.gin' in commands[0]
+  command = commands[1].strip()
   ci = open(os.path.join(os.path.dirname(README), '.ci', 'run'), encoding='utf-8').read()
   assert command in ci
