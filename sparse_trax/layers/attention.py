@@ -42,6 +42,52 @@ def causal_mask(length_q: int, length_k: int, offset=0):
   return jnp.arange(length_k)[None, :] <= query_positions
 
 
+def split_heads(x, n_heads: int):
+  """[batch, length, d] -> [batch, length, n_heads, d // n_heads]."""
+  return x.reshape(x.shape[:2] + (n_heads, x.shape[-1] // n_heads))
+
+
+def merge_heads(x):
+  """[batch, length, n_heads, d_head] -> [batch, length, n_heads * d_head]."""
+  return x.reshape(x.shape[:2] + (-1,))
+
+
+def empty_kv_cache(batch: int, max_len: int, n_heads: int, d_head: int) -> dict:
+  """The predict-mode state of causal attention: keys, values, next position."""
+  shape = (batch, max_len, n_heads, d_head)
+  return {'keys': jnp.zeros(shape, jnp.float32), 'values': jnp.zeros(shape, jnp.float32),
+          'position': jnp.zeros((), jnp.int32)}
+
+
+def causal_attention(q, k, v, state, *, mode: str, dropout_rate: float, rng):
+  """Causal attention over heads, with the predict-mode cache.
+
+  Args:
+    q, k, v: [batch, length, n_heads, d_head].
+    state: {} outside 'predict'; else the cache from `empty_kv_cache`, to
+      which these `length` positions are appended.
+    mode: the layer's mode.
+    dropout_rate: dropout on the attention weights (0 outside 'train').
+    rng: key for that dropout.
+
+  Returns:
+    ([batch, length, n_heads, d_head], new state).
+  """
+  length = q.shape[1]
+  if mode != 'predict':
+    mask = causal_mask(length, length)[None, None]
+    return dot_product_attention(q, k, v, mask, dropout_rate=dropout_rate, rng=rng), state
+  max_len = state['keys'].shape[1]
+  if length > max_len:
+    raise ValueError(f'{length} tokens do not fit the cache of max_len {max_len}')
+  position = state['position']
+  keys = jax.lax.dynamic_update_slice_in_dim(state['keys'], k, position, axis=1)
+  values = jax.lax.dynamic_update_slice_in_dim(state['values'], v, position, axis=1)
+  mask = causal_mask(length, max_len, offset=position)[None, None]
+  out = dot_product_attention(q, keys, values, mask)
+  return out, {'keys': keys, 'values': values, 'position': position + length}
+
+
 class _MultiHeadAttention(Layer):
   """Shared weights and projections of the attention layers below.
 
@@ -73,16 +119,20 @@ class _MultiHeadAttention(Layer):
 
   def _heads(self, x, w):
     """[batch, length, d_model] @ w -> [batch, length, n_heads, d_head]."""
-    y = jnp.dot(x, w)
-    return y.reshape(y.shape[:2] + (self.n_heads, self.d_model // self.n_heads))
+    return split_heads(jnp.dot(x, w), self.n_heads)
 
-  def _attend(self, weights, q, k, v, mask, rng):
+  def _dropout_rate(self, rng):
     rate = self.dropout if self.mode == 'train' else 0.0
     if rate > 0.0 and rng is None:
       raise ValueError("attention dropout in 'train' mode needs an rng")
-    out = dot_product_attention(q, k, v, mask, dropout_rate=rate, rng=rng)
-    out = out.reshape(out.shape[:2] + (self.d_model,))
-    return jnp.dot(out, weights['wo']) + weights['bo']
+    return rate
+
+  def _output(self, weights, heads):
+    return jnp.dot(merge_heads(heads), weights['wo']) + weights['bo']
+
+  def _attend(self, weights, q, k, v, mask, rng):
+    out = dot_product_attention(q, k, v, mask, dropout_rate=self._dropout_rate(rng), rng=rng)
+    return self._output(weights, out)
 
 
 class CausalAttention(_MultiHeadAttention):
@@ -109,30 +159,16 @@ class CausalAttention(_MultiHeadAttention):
     self._check_input(input_signature)
     state = {}
     if self.mode == 'predict':
-      batch = input_signature.shape[0]
-      cache_shape = (batch, self.max_len, self.n_heads, self.d_model // self.n_heads)
-      state = {'keys': jnp.zeros(cache_shape, jnp.float32),
-               'values': jnp.zeros(cache_shape, jnp.float32),
-               'position': jnp.zeros((), jnp.int32)}
+      state = empty_kv_cache(input_signature.shape[0], self.max_len, self.n_heads,
+                             self.d_model // self.n_heads)
     return self._init_weights(rng), state
 
   def forward(self, weights, state, x, rng):
     self._check_input(x)
-    q = self._heads(x, weights['wq'])
-    k = self._heads(x, weights['wk'])
-    v = self._heads(x, weights['wv'])
-    length = x.shape[1]
-    if self.mode != 'predict':
-      mask = causal_mask(length, length)[None, None]
-      return self._attend(weights, q, k, v, mask, rng), state
-    if length > self.max_len:
-      raise ValueError(f'{length} tokens do not fit the cache of max_len {self.max_len}')
-    position = state['position']
-    keys = jax.lax.dynamic_update_slice_in_dim(state['keys'], k, position, axis=1)
-    values = jax.lax.dynamic_update_slice_in_dim(state['values'], v, position, axis=1)
-    mask = causal_mask(length, self.max_len, offset=position)[None, None]
-    y = self._attend(weights, q, keys, values, mask, rng)
-    return y, {'keys': keys, 'values': values, 'position': position + length}
+    q, k, v = (self._heads(x, weights[n]) for n in ('wq', 'wk', 'wv'))
+    out, state = causal_attention(q, k, v, state, mode=self.mode,
+                                  dropout_rate=self._dropout_rate(rng), rng=rng)
+    return self._output(weights, out), state
 
 
 class Attention(_MultiHeadAttention):
@@ -206,3 +242,65 @@ class EncDecAttention(_MultiHeadAttention):
     q = self._heads(x, weights['wq'])
     y = self._attend(weights, q, k, v, mask[:, None, None, :], rng)
     return (y, encoded, mask), state
+
+
+class DotProductCausalAttention(Layer):
+  """Causal attention on given projections: (q, k, v) -> y, all [batch, length, d].
+
+  No weights: the projections come from the layers before it (e.g. the
+  sparse QKV of MultiplicativeConvCausalAttention). In 'predict' mode the
+  state is a key/value cache of max_len positions.
+  """
+
+  def __init__(self, n_heads: int = 1, dropout: float = 0.0, max_len: int = 2048,
+               mode: str = 'train'):
+    super().__init__(3, 1, mode=mode)
+    self.n_heads = n_heads
+    self.dropout = dropout
+    self.max_len = max_len
+
+  def _check(self, inputs):
+    q, k, v = inputs
+    if q.ndim != 3 or q.shape != k.shape or q.shape != v.shape or q.shape[-1] % self.n_heads:
+      raise ValueError(f'q, k, v must be [batch, length, d] with d divisible by '
+                       f'n_heads={self.n_heads}; got {q.shape}, {k.shape}, {v.shape}')
+
+  def init_weights_and_state(self, input_signature, rng):
+    self._check(input_signature)
+    if self.mode != 'predict':
+      return {}, {}
+    batch, _, d = input_signature[0].shape
+    return {}, empty_kv_cache(batch, self.max_len, self.n_heads, d // self.n_heads)
+
+  def forward(self, weights, state, inputs, rng):
+    self._check(inputs)
+    rate = self.dropout if self.mode == 'train' else 0.0
+    if rate > 0.0 and rng is None:
+      raise ValueError("attention dropout in 'train' mode needs an rng")
+    q, k, v = (split_heads(t, self.n_heads) for t in inputs)
+    out, state = causal_attention(q, k, v, state, mode=self.mode, dropout_rate=rate, rng=rng)
+    return merge_heads(out), state
+
+
+class DotProductAttention(Layer):
+  """Padding-masked attention on given projections: (q, k, v, mask) -> (y, mask).
+
+  q, k, v: [batch, length, d]; mask: [batch, length] bool, True on real tokens.
+  """
+
+  def __init__(self, n_heads: int = 1, dropout: float = 0.0, mode: str = 'train'):
+    super().__init__(4, 2, mode=mode)
+    self.n_heads = n_heads
+    self.dropout = dropout
+
+  def forward(self, weights, state, inputs, rng):
+    q, k, v, mask = inputs
+    if q.ndim != 3 or q.shape[-1] % self.n_heads or mask.shape != q.shape[:2]:
+      raise ValueError(f'need q, k, v [batch, length, d] (d divisible by {self.n_heads}) '
+                       f'and mask [batch, length]; got {q.shape}, mask {mask.shape}')
+    rate = self.dropout if self.mode == 'train' else 0.0
+    if rate > 0.0 and rng is None:
+      raise ValueError("attention dropout in 'train' mode needs an rng")
+    heads = [split_heads(t, self.n_heads) for t in (q, k, v)]
+    out = dot_product_attention(*heads, mask[:, None, None, :], dropout_rate=rate, rng=rng)
+    return (merge_heads(out), mask), state
