@@ -1,0 +1,212 @@
+"""Sparse feed-forward layers: one active unit per block (SparseFF) and one expert (MoE).
+
+SparseFF (Scaling Transformer): a low-rank controller picks, for every token,
+one active unit in each block of N hidden units. With d_ff units there are
+B = d_ff / N blocks, so a token uses B units instead of d_ff; in 'predict'
+mode only those B columns of W1 and rows of W2 are read.
+
+Activations are [batch, length, d_model] (any leading axes).
+"""
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from sparse_trax.layers.base import Layer
+
+_glorot = jax.nn.initializers.glorot_uniform()
+
+
+def _gumbel_one_hot_mask(log_probs, rng, temperature, quant_prob, index=None):
+  """Training mask over the last axis: hard one-hot or soft, straight-through.
+
+  index = argmax(log_probs + temperature * gumbel) (or the given `index`, to
+  repeat an earlier choice); the hard mask is one_hot + p - stop_gradient(p)
+  (forward one-hot, gradient through p). With probability quant_prob (one
+  draw per call, from `rng`) the hard mask is used, else p.
+
+  Returns:
+    (mask with log_probs' shape, index [...] int32).
+  """
+  noise_rng, quant_rng = jax.random.split(rng)
+  if index is None:
+    noise = jax.random.gumbel(noise_rng, log_probs.shape, log_probs.dtype)
+    index = jnp.argmax(log_probs + temperature * noise, axis=-1).astype(jnp.int32)
+  probs = jnp.exp(log_probs)
+  hard = jax.nn.one_hot(index, log_probs.shape[-1], dtype=probs.dtype)
+  hard = hard + probs - jax.lax.stop_gradient(probs)
+  use_hard = jax.random.uniform(quant_rng) < quant_prob
+  return jnp.where(use_hard, hard, probs), index
+
+
+class SparseFF(Layer):
+  """Feed-forward with one active unit per block of N, chosen by a low-rank controller.
+
+  [..., d_model] -> [..., d_model]. Hidden width d_ff is split into
+  d_ff / N blocks of N units. The controller computes logits
+  x @ C1 @ C2 + c (C1: [d_model, d_lowrank], C2: [d_lowrank, d_ff]);
+  in each block:
+    'train': Gumbel noise (scaled by temperature) picks a unit; the mask is
+      the straight-through one-hot with probability quant_prob, else softmax;
+    'eval': the argmax unit, applied as a mask on the full product;
+    'predict': the argmax unit, and only its column of W1 and row of W2 are
+      gathered and multiplied (B columns instead of d_ff).
+  y = (relu(x @ W1 + b1) * mask) @ W2 + b2.
+
+  Weights: w1 [d_model, d_ff], b1 [d_ff], w2 [d_ff, d_model], b2 [d_model],
+  controller_in [d_model, d_lowrank], controller_out [d_lowrank, d_ff],
+  controller_bias [d_ff].
+
+  Args:
+    d_ff: hidden width (a multiple of n_elements_in_block).
+    n_elements_in_block: N, the units per block.
+    d_lowrank: controller rank (default d_ff / N).
+    temperature: scale of the Gumbel noise in training.
+    quant_prob: probability of training with the hard (one-hot) mask.
+    dropout: dropout rate on the hidden units in 'train'.
+    mode: 'train', 'eval' or 'predict'.
+  """
+
+  def __init__(self, d_ff: int, n_elements_in_block: int = 64, d_lowrank: Optional[int] = None,
+               temperature: float = 0.1, quant_prob: float = 0.3, dropout: float = 0.0,
+               mode: str = 'train'):
+    if d_ff % n_elements_in_block:
+      raise ValueError(f'd_ff {d_ff} is not a multiple of n_elements_in_block '
+                       f'{n_elements_in_block}')
+    super().__init__(1, 1, mode=mode)
+    self.d_ff = d_ff
+    self.n_elements_in_block = n_elements_in_block
+    self.n_blocks = d_ff // n_elements_in_block
+    self.d_lowrank = d_lowrank or self.n_blocks
+    self.temperature = temperature
+    self.quant_prob = quant_prob
+    self.dropout = dropout
+
+  def init_weights_and_state(self, input_signature, rng):
+    d_model = input_signature.shape[-1]
+    keys = jax.random.split(rng, 4)
+    return {'w1': _glorot(keys[0], (d_model, self.d_ff), jnp.float32),
+            'b1': jnp.zeros((self.d_ff,), jnp.float32),
+            'w2': _glorot(keys[1], (self.d_ff, d_model), jnp.float32),
+            'b2': jnp.zeros((d_model,), jnp.float32),
+            'controller_in': _glorot(keys[2], (d_model, self.d_lowrank), jnp.float32),
+            'controller_out': _glorot(keys[3], (self.d_lowrank, self.d_ff), jnp.float32),
+            'controller_bias': jnp.zeros((self.d_ff,), jnp.float32)}, {}
+
+  def controller_log_probs(self, weights, x):
+    """[..., d_model] -> log-probabilities [..., n_blocks, N] of each unit in its block."""
+    logits = jnp.dot(jnp.dot(x, weights['controller_in']), weights['controller_out'])
+    logits = logits + weights['controller_bias']
+    logits = logits.reshape(x.shape[:-1] + (self.n_blocks, self.n_elements_in_block))
+    return jax.nn.log_softmax(logits, axis=-1)
+
+  def forward(self, weights, state, x, rng):
+    return self.forward_with_units(weights, x, rng)[0], state
+
+  def forward_with_units(self, weights, x, rng, units=None):
+    """Like `apply`, also returning the chosen units [..., n_blocks] (int32).
+
+    Pass `units` (from an earlier call) to reuse the same choice when the
+    layer is recomputed, e.g. in a reversible backward pass.
+    """
+    if x.shape[-1] != weights['w1'].shape[0]:
+      raise ValueError(f'last input dimension must be {weights["w1"].shape[0]}, '
+                       f'got input shape {tuple(x.shape)}')
+    log_probs = self.controller_log_probs(weights, x)
+    if self.mode == 'predict':
+      units = jnp.argmax(log_probs, axis=-1).astype(jnp.int32) if units is None else units
+      return self._gathered(weights, x, units), units
+    if self.mode == 'train':
+      if rng is None:
+        raise ValueError("SparseFF in 'train' mode needs an rng (Gumbel noise)")
+      mask_rng, dropout_rng = jax.random.split(rng)
+      mask, chosen = _gumbel_one_hot_mask(log_probs, mask_rng, self.temperature,
+                                          self.quant_prob, index=units)
+    else:
+      dropout_rng = None
+      chosen = jnp.argmax(log_probs, axis=-1).astype(jnp.int32) if units is None else units
+      mask = jax.nn.one_hot(chosen, self.n_elements_in_block, dtype=x.dtype)
+    hidden = jax.nn.relu(jnp.dot(x, weights['w1']) + weights['b1'])
+    hidden = hidden * mask.reshape(hidden.shape)
+    if self.mode == 'train' and self.dropout > 0.0:
+      keep = jax.random.bernoulli(dropout_rng, 1.0 - self.dropout, hidden.shape)
+      hidden = jnp.where(keep, hidden / (1.0 - self.dropout), 0.0)
+    return jnp.dot(hidden, weights['w2']) + weights['b2'], chosen
+
+  def _gathered(self, weights, x, units):
+    """Reads only the chosen unit's W1 column and W2 row in each block."""
+    flat_units = self.n_elements_in_block * jnp.arange(self.n_blocks) + units   # [..., B]
+    w1 = jnp.take(weights['w1'], flat_units, axis=1)                           # [d, ..., B]
+    w1 = jnp.moveaxis(w1, 0, -2)                                               # [..., d, B]
+    b1 = jnp.take(weights['b1'], flat_units)                                   # [..., B]
+    w2 = jnp.take(weights['w2'], flat_units, axis=0)                           # [..., B, d]
+    hidden = jax.nn.relu(jnp.einsum('...d,...db->...b', x, w1) + b1)
+    return jnp.einsum('...b,...bd->...d', hidden, w2) + weights['b2']
+
+
+class BlockSparseFF(Layer):
+  """Mixture-of-experts FF: one contiguous expert of d_ff / n_experts units per token.
+
+  [..., d_model] -> [..., d_model]. A router (x @ R + r) picks the expert:
+  Gumbel + straight-through in 'train' (as SparseFF, with n_experts choices),
+  argmax in 'eval' (a mask on the full product) and 'predict' (only the
+  expert's slice of W1 and W2 is read).
+
+  Weights: w1 [d_model, d_ff], b1 [d_ff], w2 [d_ff, d_model], b2 [d_model],
+  router [d_model, n_experts], router_bias [n_experts].
+  """
+
+  def __init__(self, d_ff: int, n_experts: int = 16, temperature: float = 0.1,
+               quant_prob: float = 0.3, dropout: float = 0.0, mode: str = 'train'):
+    if d_ff % n_experts:
+      raise ValueError(f'd_ff {d_ff} is not a multiple of n_experts {n_experts}')
+    super().__init__(1, 1, mode=mode)
+    self.d_ff = d_ff
+    self.n_experts = n_experts
+    self.d_expert = d_ff // n_experts
+    self.temperature = temperature
+    self.quant_prob = quant_prob
+    self.dropout = dropout
+
+  def init_weights_and_state(self, input_signature, rng):
+    d_model = input_signature.shape[-1]
+    keys = jax.random.split(rng, 3)
+    return {'w1': _glorot(keys[0], (d_model, self.d_ff), jnp.float32),
+            'b1': jnp.zeros((self.d_ff,), jnp.float32),
+            'w2': _glorot(keys[1], (self.d_ff, d_model), jnp.float32),
+            'b2': jnp.zeros((d_model,), jnp.float32),
+            'router': _glorot(keys[2], (d_model, self.n_experts), jnp.float32),
+            'router_bias': jnp.zeros((self.n_experts,), jnp.float32)}, {}
+
+  def forward(self, weights, state, x, rng):
+    if x.shape[-1] != weights['w1'].shape[0]:
+      raise ValueError(f'last input dimension must be {weights["w1"].shape[0]}, '
+                       f'got input shape {tuple(x.shape)}')
+    log_probs = jax.nn.log_softmax(jnp.dot(x, weights['router']) + weights['router_bias'])
+    if self.mode == 'predict':
+      return self._gathered(weights, x, jnp.argmax(log_probs, axis=-1)), state
+    if self.mode == 'train':
+      if rng is None:
+        raise ValueError("BlockSparseFF in 'train' mode needs an rng (Gumbel noise)")
+      mask_rng, dropout_rng = jax.random.split(rng)
+      mask, _ = _gumbel_one_hot_mask(log_probs, mask_rng, self.temperature, self.quant_prob)
+    else:
+      mask = jax.nn.one_hot(jnp.argmax(log_probs, axis=-1), self.n_experts, dtype=x.dtype)
+    hidden = jax.nn.relu(jnp.dot(x, weights['w1']) + weights['b1'])
+    hidden = hidden.reshape(x.shape[:-1] + (self.n_experts, self.d_expert)) * mask[..., None]
+    hidden = hidden.reshape(x.shape[:-1] + (self.d_ff,))
+    if self.mode == 'train' and self.dropout > 0.0:
+      keep = jax.random.bernoulli(dropout_rng, 1.0 - self.dropout, hidden.shape)
+      hidden = jnp.where(keep, hidden / (1.0 - self.dropout), 0.0)
+    return jnp.dot(hidden, weights['w2']) + weights['b2'], state
+
+  def _gathered(self, weights, x, expert):
+    """Reads only the chosen expert's d_ff / n_experts columns and rows."""
+    d_model = x.shape[-1]
+    w1 = weights['w1'].reshape(d_model, self.n_experts, self.d_expert)
+    w1 = jnp.moveaxis(jnp.take(w1, expert, axis=1), 0, -2)                     # [..., d, M]
+    b1 = jnp.take(weights['b1'].reshape(self.n_experts, self.d_expert), expert, axis=0)
+    w2 = jnp.take(weights['w2'].reshape(self.n_experts, self.d_expert, d_model), expert, axis=0)
+    hidden = jax.nn.relu(jnp.einsum('...d,...dm->...m', x, w1) + b1)
+    return jnp.einsum('...m,...md->...d', hidden, w2) + weights['b2']

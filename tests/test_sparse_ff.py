@@ -1,0 +1,150 @@
+"""SparseFF and BlockSparseFF: gather decoding == masked dense, masks, gradients, counts."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import sparse_trax.layers as tl
+from sparse_trax.layers.sparse_ff import _gumbel_one_hot_mask
+from conftest import sig
+
+D, D_FF, N = 12, 48, 8     # 6 blocks of 8
+
+
+def make(layer_class, mode, **kwargs):
+  layer = layer_class(D_FF, mode=mode, **kwargs)
+  weights, state = layer.init(sig(2, 5, D), rng=jax.random.key(0))
+  return layer, weights, state
+
+
+def x_random(seed=1, shape=(2, 5, D)):
+  return jax.random.normal(jax.random.key(seed), shape)
+
+
+def test_sparse_ff_eval_equals_numpy_reference():
+  layer, w, state = make(tl.SparseFF, 'eval', n_elements_in_block=N)
+  x = x_random()
+  y = layer.apply(w, state, x)[0]
+  xn = np.asarray(x, np.float64)
+  wn = {k: np.asarray(v, np.float64) for k, v in w.items()}
+  logits = xn @ wn['controller_in'] @ wn['controller_out'] + wn['controller_bias']
+  chosen = logits.reshape(2, 5, D_FF // N, N).argmax(-1)
+  mask = np.eye(N)[chosen].reshape(2, 5, D_FF)
+  want = (np.maximum(xn @ wn['w1'] + wn['b1'], 0) * mask) @ wn['w2'] + wn['b2']
+  np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-5)
+
+
+def test_sparse_ff_predict_gather_equals_eval_masked_dense():
+  evaluate, w, state = make(tl.SparseFF, 'eval', n_elements_in_block=N)
+  predict = tl.SparseFF(D_FF, n_elements_in_block=N, mode='predict')
+  for shape in [(2, 5, D), (1, 1, D)]:
+    x = x_random(3, shape)
+    np.testing.assert_allclose(predict.apply(w, {}, x)[0], evaluate.apply(w, state, x)[0],
+                               rtol=1e-5, atol=1e-5)
+
+
+def all_equations(jaxpr):
+  """Every equation of a jaxpr, descending into sub-jaxprs (jit, custom rules)."""
+  for eqn in jaxpr.eqns:
+    yield eqn
+    for value in eqn.params.values():
+      for sub in (value if isinstance(value, (tuple, list)) else [value]):
+        inner = getattr(sub, 'jaxpr', sub)
+        if hasattr(inner, 'eqns'):
+          yield from all_equations(inner)
+
+
+def test_sparse_ff_predict_reads_only_chosen_columns():
+  predict = tl.SparseFF(D_FF, n_elements_in_block=N, mode='predict')
+  w, _ = predict.init(sig(1, 1, D), rng=jax.random.key(0))
+  jaxpr = jax.make_jaxpr(lambda w, x: predict.apply(w, {}, x)[0])(w, jnp.ones((1, 1, D)))
+  equations = list(all_equations(jaxpr.jaxpr))
+  dot_shapes = [tuple(v.aval.shape) for eqn in equations if eqn.primitive.name == 'dot_general'
+                for v in eqn.invars]
+  assert dot_shapes, 'expected matrix products'
+  assert (D, D_FF) not in dot_shapes and (D_FF, D) not in dot_shapes   # no full W1 or W2 product
+  gathered = [tuple(eqn.outvars[0].aval.shape) for eqn in equations
+              if eqn.primitive.name == 'gather']
+  n_blocks = D_FF // N
+  assert (D, 1, 1, n_blocks) in gathered and (1, 1, n_blocks, D) in gathered   # B columns, B rows
+
+
+def test_hard_mask_has_one_unit_per_block():
+  log_probs = jax.nn.log_softmax(jax.random.normal(jax.random.key(0), (3, 4, 6, N)))
+  mask, index = _gumbel_one_hot_mask(log_probs, jax.random.key(1), 0.1, quant_prob=1.0)
+  np.testing.assert_allclose(mask.sum(-1), 1.0, atol=1e-6)
+  np.testing.assert_allclose(mask.max(-1), 1.0, atol=1e-6)
+  assert ((np.asarray(mask) > 1e-6).sum(-1) == 1).all()
+  np.testing.assert_array_equal(np.asarray(mask).argmax(-1), index)
+  soft, _ = _gumbel_one_hot_mask(log_probs, jax.random.key(1), 0.1, quant_prob=0.0)
+  np.testing.assert_allclose(soft, jnp.exp(log_probs), rtol=1e-6)
+
+
+def test_eval_units_are_one_per_block():
+  layer, w, _ = make(tl.SparseFF, 'eval', n_elements_in_block=N)
+  _, units = layer.forward_with_units(w, x_random(), None)
+  assert units.shape == (2, 5, D_FF // N)
+  assert units.min() >= 0 and units.max() < N
+
+
+def test_controller_gets_gradient_in_training():
+  layer, w, state = make(tl.SparseFF, 'train', n_elements_in_block=N)
+  x = x_random()
+  for seed in range(4):   # both the soft and the straight-through hard mask
+    grads = jax.grad(lambda w_: jnp.sum(layer.apply(w_, state, x, rng=jax.random.key(seed))[0] ** 2))(w)
+    assert float(jnp.abs(grads['controller_in']).sum()) > 0
+    assert float(jnp.abs(grads['controller_out']).sum()) > 0
+
+
+def test_reusing_units_reproduces_the_forward_pass():
+  layer, w, _ = make(tl.SparseFF, 'train', n_elements_in_block=N, dropout=0.2)
+  x = x_random()
+  y, units = layer.forward_with_units(w, x, jax.random.key(5))
+  y_again, units_again = layer.forward_with_units(w, x + 1e-3, jax.random.key(5), units=units)
+  np.testing.assert_array_equal(units, units_again)
+  y_same_input, _ = layer.forward_with_units(w, x, jax.random.key(5), units=units)
+  np.testing.assert_allclose(y_same_input, y, rtol=1e-6)
+  assert y_again.shape == y.shape
+
+
+def test_train_mode_needs_rng():
+  layer, w, state = make(tl.SparseFF, 'train', n_elements_in_block=N)
+  with pytest.raises(tl.LayerError, match='rng'):
+    layer.apply(w, state, x_random())
+
+
+def test_d_lowrank_default_and_parameter_count():
+  layer, w, _ = make(tl.SparseFF, 'eval', n_elements_in_block=N)
+  r = D_FF // N
+  assert layer.d_lowrank == r and w['controller_in'].shape == (D, r)
+  assert tl.count_parameters(w) == 2 * D * D_FF + D_FF + D + D * r + r * D_FF + D_FF
+  custom = tl.SparseFF(D_FF, n_elements_in_block=N, d_lowrank=5)
+  w5, _ = custom.init(sig(1, D), rng=jax.random.key(0))
+  assert w5['controller_out'].shape == (5, D_FF)
+
+
+def test_block_size_must_divide_d_ff():
+  with pytest.raises(ValueError, match='multiple'):
+    tl.SparseFF(50, n_elements_in_block=8)
+
+
+def test_block_sparse_ff_predict_equals_eval_and_reference():
+  evaluate, w, state = make(tl.BlockSparseFF, 'eval', n_experts=4)
+  predict = tl.BlockSparseFF(D_FF, n_experts=4, mode='predict')
+  x = x_random()
+  y = evaluate.apply(w, state, x)[0]
+  np.testing.assert_allclose(predict.apply(w, {}, x)[0], y, rtol=1e-5, atol=1e-5)
+  xn = np.asarray(x, np.float64)
+  wn = {k: np.asarray(v, np.float64) for k, v in w.items()}
+  expert = (xn @ wn['router'] + wn['router_bias']).argmax(-1)
+  mask = np.repeat(np.eye(4)[expert], D_FF // 4, axis=-1)
+  want = (np.maximum(xn @ wn['w1'] + wn['b1'], 0) * mask) @ wn['w2'] + wn['b2']
+  np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-5)
+
+
+def test_block_sparse_ff_router_gradient_and_count():
+  layer, w, state = make(tl.BlockSparseFF, 'train', n_experts=4)
+  grads = jax.grad(lambda w_: jnp.sum(layer.apply(w_, state, x_random(), rng=jax.random.key(2))[0] ** 2))(w)
+  assert float(jnp.abs(grads['router']).sum()) > 0
+  assert tl.count_parameters(w) == 2 * D * D_FF + D_FF + D + D * 4 + 4
