@@ -5,6 +5,8 @@ Nothing here imports TensorFlow or gin.
 
 from sparse_trax.layers.attention import Attention
 from sparse_trax.layers.attention import CausalAttention
+from sparse_trax.layers.attention import DotProductAttention
+from sparse_trax.layers.attention import DotProductCausalAttention
 from sparse_trax.layers.attention import EncDecAttention
 from sparse_trax.layers.attention import causal_mask
 from sparse_trax.layers.attention import dot_product_attention
@@ -46,6 +48,12 @@ from sparse_trax.layers.losses import SequenceAccuracy
 from sparse_trax.layers.losses import sequence_accuracy
 from sparse_trax.layers.losses import weighted_accuracy
 from sparse_trax.layers.losses import weighted_cross_entropy
+from sparse_trax.layers.sparse_ff import BlockSparseFF
+from sparse_trax.layers.sparse_ff import SparseFF
+from sparse_trax.layers.sparse_qkv import LocallyConvDense
+from sparse_trax.layers.sparse_qkv import MultiplicativeConvAttention
+from sparse_trax.layers.sparse_qkv import MultiplicativeConvCausalAttention
+from sparse_trax.layers.sparse_qkv import MultiplicativeDense
 from sparse_trax.layers.summary import count_parameters
 from sparse_trax.layers.summary import named_weights
 from sparse_trax.layers.summary import summary

@@ -1,0 +1,185 @@
+"""Sparse QKV (Scaling Transformer): a multiplicative layer, then a convolution.
+
+MultiplicativeDense replaces a d x d_out matrix by two thin ones: with S
+modules of M = d_out / S units, y[s, m] = sum_i x[i] D[i, s] E[i, m] + b,
+so d*S + d*M weights instead of d*d_out. LocallyConvDense is a convolution
+over (length, module) with weights shared across modules. Q, K and V come
+from one shared multiplicative layer followed by three such convolutions.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from sparse_trax.layers import attention
+from sparse_trax.layers import combinators as cb
+from sparse_trax.layers import core
+from sparse_trax.layers.base import Layer
+
+_glorot = jax.nn.initializers.glorot_uniform()
+
+
+class MultiplicativeDense(Layer):
+  """y[s, m] = sum_i x[i] D[i, s] E[i, m] + b[s, m]: [..., d_in] -> [..., d_out].
+
+  The output is flattened module-major (index s * M + m), M = d_out / n_modules.
+  Weights: `modules` D [d_in, n_modules], `units` E [d_in, M], `b` [d_out].
+  Parameters: d_in * n_modules + d_in * d_out / n_modules + d_out.
+  """
+
+  def __init__(self, n_modules: int, d_out: int):
+    if d_out % n_modules:
+      raise ValueError(f'd_out {d_out} is not a multiple of n_modules {n_modules}')
+    super().__init__(1, 1)
+    self.n_modules = n_modules
+    self.d_out = d_out
+
+  def init_weights_and_state(self, input_signature, rng):
+    d_in = input_signature.shape[-1]
+    m = self.d_out // self.n_modules
+    modules_rng, units_rng = jax.random.split(rng)
+    # Each output sums d_in products of two factors: scale both so the
+    # output variance matches a Glorot-initialized dense layer's.
+    scale = (2.0 / (d_in + self.d_out)) ** 0.25 * 3.0 ** 0.5
+    return {'modules': jax.random.uniform(modules_rng, (d_in, self.n_modules), jnp.float32,
+                                          -scale, scale),
+            'units': jax.random.uniform(units_rng, (d_in, m), jnp.float32, -scale, scale),
+            'b': jnp.zeros((self.d_out,), jnp.float32)}, {}
+
+  def forward(self, weights, state, x, rng):
+    d_in = weights['modules'].shape[0]
+    if x.ndim < 1 or x.shape[-1] != d_in:
+      raise ValueError(f'last input dimension must be {d_in}, got input shape {tuple(x.shape)}')
+    scaled = x[..., :, None] * weights['modules']                       # [..., d_in, S]
+    y = jnp.einsum('...is,im->...sm', scaled, weights['units'])         # [..., S, M]
+    return y.reshape(x.shape[:-1] + (self.d_out,)) + weights['b'], state
+
+
+class LocallyConvDense(Layer):
+  """A convolution over (length, module), weights shared across modules.
+
+  [batch, length, d_in] is viewed as [batch, length, n_modules, d_in / n_modules]
+  and convolved with a kernel of (length_kernel_size, kernel_size) to
+  d_out_per_module channels; the output is [batch, length, n_modules *
+  d_out_per_module]. Along length the convolution is causal (left padding;
+  in 'predict' mode the last length_kernel_size - 1 inputs live in state),
+  unless causal=False (centered). Along modules it is centered ('SAME').
+
+  Weights: `kernel` [length_kernel_size, kernel_size, d_in / S, d_out_per_module],
+  `b` [d_out_per_module].
+  """
+
+  def __init__(self, n_modules: int, d_out_per_module: int, kernel_size: int = 1,
+               length_kernel_size: int = 1, causal: bool = True, mode: str = 'train'):
+    super().__init__(1, 1, mode=mode)
+    if not causal and mode == 'predict':
+      raise ValueError("a non-causal LocallyConvDense cannot run in 'predict' mode")
+    self.n_modules = n_modules
+    self.d_out_per_module = d_out_per_module
+    self.kernel_size = kernel_size
+    self.length_kernel_size = length_kernel_size
+    self.causal = causal
+
+  def _modules_shape(self, shape):
+    """[batch, length, d] -> [batch, length, n_modules, d / n_modules]."""
+    if len(shape) != 3 or shape[-1] % self.n_modules:
+      raise ValueError(f'input must be [batch, length, d] with d divisible by n_modules='
+                       f'{self.n_modules}, got shape {tuple(shape)}')
+    return tuple(shape[:2]) + (self.n_modules, shape[-1] // self.n_modules)
+
+  def init_weights_and_state(self, input_signature, rng):
+    batch, _, _, d_in_per_module = self._modules_shape(input_signature.shape)
+    kernel_shape = (self.length_kernel_size, self.kernel_size, d_in_per_module,
+                    self.d_out_per_module)
+    fan = self.length_kernel_size * self.kernel_size
+    kernel = _glorot(rng, (fan * d_in_per_module, self.d_out_per_module), jnp.float32)
+    weights = {'kernel': kernel.reshape(kernel_shape),
+               'b': jnp.zeros((self.d_out_per_module,), jnp.float32)}
+    state = {}
+    if self.mode == 'predict':
+      state = {'history': jnp.zeros((batch, self.length_kernel_size - 1, self.n_modules,
+                                     d_in_per_module), jnp.float32)}
+    return weights, state
+
+  def forward(self, weights, state, x, rng):
+    viewed = x.reshape(self._modules_shape(x.shape))                     # [b, l, S, c_in]
+    k_len = self.length_kernel_size
+    if self.mode == 'predict':
+      viewed = jnp.concatenate([state['history'], viewed], axis=1)
+      state = {'history': viewed[:, viewed.shape[1] - (k_len - 1):]}
+      length_padding = (0, 0)
+    elif self.causal:
+      length_padding = (k_len - 1, 0)
+    else:
+      length_padding = ((k_len - 1) // 2, k_len // 2)
+    module_padding = ((self.kernel_size - 1) // 2, self.kernel_size // 2)
+    y = jax.lax.conv_general_dilated(
+        viewed, weights['kernel'], window_strides=(1, 1),
+        padding=(length_padding, module_padding),
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    y = y + weights['b']
+    return y.reshape(y.shape[:2] + (-1,)), state
+
+
+def _output_layer(output_layer_type: str, d_model: int, sparsity: int):
+  if output_layer_type == 'none':
+    return []
+  if output_layer_type == 'mult':
+    return [MultiplicativeDense(sparsity, d_model)]
+  if output_layer_type == 'dense':
+    return [core.Dense(d_model)]
+  raise ValueError(f"output_layer_type must be 'none', 'mult' or 'dense', "
+                   f'got {output_layer_type!r}')
+
+
+def _check_sparsity(d_model: int, n_heads: int, sparsity: int):
+  if d_model % sparsity or d_model % n_heads:
+    raise ValueError(f'd_model {d_model} must be divisible by sparsity {sparsity} '
+                     f'and by n_heads {n_heads}')
+
+
+def MultiplicativeConvCausalAttention(  # pylint: disable=invalid-name
+    d_model: int, n_heads: int = 1, sparsity: int = 16, length_kernel_size: int = 3,
+    dropout: float = 0.0, max_len: int = 2048, output_layer_type: str = 'none',
+    mode: str = 'train') -> Layer:
+  """Causal self-attention with sparse QKV: [batch, length, d_model] -> same.
+
+  One MultiplicativeDense(sparsity, d_model) shared by Q, K and V, then
+  LocallyConvDense with kernel 3 over modules for Q and K, 1 for V, and
+  `length_kernel_size` along length (causal); causal attention with the
+  predict-mode cache; an optional output layer ('none' | 'mult' | 'dense').
+  """
+  _check_sparsity(d_model, n_heads, sparsity)
+  d_module = d_model // sparsity
+
+  def conv(kernel_size):
+    return LocallyConvDense(sparsity, d_module, kernel_size=kernel_size,
+                            length_kernel_size=length_kernel_size, mode=mode)
+  return cb.Serial(
+      MultiplicativeDense(sparsity, d_model),                      # x -> m
+      cb.Branch(conv(3), conv(3), conv(1)),                        # m -> q k v
+      attention.DotProductCausalAttention(n_heads, dropout, max_len, mode=mode),  # -> y
+      _output_layer(output_layer_type, d_model, sparsity),
+      name='MultiplicativeConvCausalAttention')
+
+
+def MultiplicativeConvAttention(  # pylint: disable=invalid-name
+    d_model: int, n_heads: int = 1, sparsity: int = 16, length_kernel_size: int = 3,
+    dropout: float = 0.0, output_layer_type: str = 'none', mode: str = 'train') -> Layer:
+  """Padding-masked self-attention with sparse QKV: (x, mask) -> (y, mask).
+
+  As MultiplicativeConvCausalAttention, with a centered (not causal)
+  convolution along length; for encoders.
+  """
+  _check_sparsity(d_model, n_heads, sparsity)
+  d_module = d_model // sparsity
+
+  def conv(kernel_size):
+    return LocallyConvDense(sparsity, d_module, kernel_size=kernel_size,
+                            length_kernel_size=length_kernel_size, causal=False, mode=mode)
+  return cb.Serial(
+      MultiplicativeDense(sparsity, d_model),                      # x mask -> m mask
+      cb.Branch(conv(3), conv(3), conv(1)),                        # -> q k v mask
+      attention.DotProductAttention(n_heads, dropout, mode=mode),  # -> y mask
+      _output_layer(output_layer_type, d_model, sparsity),
+      name='MultiplicativeConvAttention')
+

@@ -1,0 +1,141 @@
+"""MultiplicativeDense, LocallyConvDense and sparse-QKV attention against references."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import sparse_trax.layers as tl
+from conftest import sig
+
+
+def test_multiplicative_dense_equals_einsum_reference():
+  layer = tl.MultiplicativeDense(4, 24)
+  x = jax.random.normal(jax.random.key(1), (2, 3, 10))
+  w, state = layer.init(sig(2, 3, 10), rng=jax.random.key(0))
+  y = layer.apply(w, state, x)[0]
+  want = np.einsum('bli,is,im->blsm', np.asarray(x, np.float64), np.asarray(w['modules'], np.float64),
+                   np.asarray(w['units'], np.float64)).reshape(2, 3, 24) + np.asarray(w['b'])
+  np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)
+  assert tl.count_parameters(w) == 10 * 4 + 10 * 6 + 24
+
+
+def test_multiplicative_dense_can_express_a_permutation():
+  # D = all ones (one module), E = a permutation matrix: y = x permuted.
+  layer = tl.MultiplicativeDense(1, 5)
+  permutation = np.array([3, 0, 4, 1, 2])
+  weights = {'modules': jnp.ones((5, 1)), 'units': jnp.eye(5)[:, permutation], 'b': jnp.zeros(5)}
+  x = jnp.arange(5.0)
+  np.testing.assert_allclose(layer.apply(weights, {}, x)[0], x[permutation])
+
+
+def reference_conv(x, kernel, bias, n_modules, causal=True):
+  """Explicit loops: out[b, t, s, o] = sum over the (length, module) window."""
+  x = np.asarray(x, np.float64)
+  kernel = np.asarray(kernel, np.float64)
+  batch, length, d = x.shape
+  k_len, k_mod, c_in, c_out = kernel.shape
+  xv = x.reshape(batch, length, n_modules, c_in)
+  out = np.zeros((batch, length, n_modules, c_out))
+  first_t = -(k_len - 1) if causal else -((k_len - 1) // 2)
+  first_s = -((k_mod - 1) // 2)
+  for t in range(length):
+    for s in range(n_modules):
+      for i in range(k_len):
+        for j in range(k_mod):
+          tt, ss = t + first_t + i, s + first_s + j
+          if 0 <= tt < length and 0 <= ss < n_modules:
+            out[:, t, s] += xv[:, tt, ss] @ kernel[i, j]
+  return (out + np.asarray(bias)).reshape(batch, length, -1)
+
+
+@pytest.mark.parametrize('causal', [True, False])
+def test_locally_conv_dense_equals_loop_reference(causal):
+  layer = tl.LocallyConvDense(4, 3, kernel_size=3, length_kernel_size=3, causal=causal)
+  x = jax.random.normal(jax.random.key(1), (2, 7, 8))
+  w, state = layer.init(sig(2, 7, 8), rng=jax.random.key(0))
+  want = reference_conv(x, w['kernel'], w['b'], 4, causal)
+  np.testing.assert_allclose(layer.apply(w, state, x)[0], want, rtol=1e-5, atol=1e-5)
+  assert tl.count_parameters(w) == 3 * 3 * 2 * 3 + 3
+
+
+def test_locally_conv_dense_is_causal():
+  layer = tl.LocallyConvDense(4, 3, kernel_size=3, length_kernel_size=3)
+  x = jax.random.normal(jax.random.key(1), (1, 8, 8))
+  w, state = layer.init(sig(1, 8, 8), rng=jax.random.key(0))
+  y = layer.apply(w, state, x)[0]
+  changed = layer.apply(w, state, x.at[:, 5:].set(3.0))[0]
+  np.testing.assert_allclose(y[:, :5], changed[:, :5], rtol=1e-6)
+  assert not np.allclose(y[:, 5:], changed[:, 5:])
+
+
+def test_locally_conv_dense_predict_step_by_step_equals_full():
+  full = tl.LocallyConvDense(4, 3, kernel_size=3, length_kernel_size=3, mode='eval')
+  x = jax.random.normal(jax.random.key(1), (2, 6, 8))
+  w, state = full.init(sig(2, 6, 8), rng=jax.random.key(0))
+  want = full.apply(w, state, x)[0]
+  predict = tl.LocallyConvDense(4, 3, kernel_size=3, length_kernel_size=3, mode='predict')
+  _, history = predict.init(sig(2, 1, 8), rng=jax.random.key(0))
+  assert history['history'].shape == (2, 2, 4, 2)
+  outs = []
+  for t in range(6):
+    y, history = predict.apply(w, history, x[:, t:t + 1])
+    outs.append(y)
+  np.testing.assert_allclose(jnp.concatenate(outs, 1), want, rtol=1e-5, atol=1e-5)
+
+
+def attention_parameter_count(d, s, length_kernel_size=3):
+  m = d // s
+  mult = d * s + d * m + d
+  conv = lambda k: length_kernel_size * k * m * m + m
+  return mult + 2 * conv(3) + conv(1)
+
+
+@pytest.mark.parametrize('output_layer_type', ['none', 'mult', 'dense'])
+def test_mult_conv_attention_predict_equals_eval(output_layer_type):
+  d, s, heads = 16, 4, 2
+  evaluate = tl.MultiplicativeConvCausalAttention(d, heads, sparsity=s, max_len=12,
+                                                  output_layer_type=output_layer_type, mode='eval')
+  x = jax.random.normal(jax.random.key(1), (2, 7, d))
+  w, state = evaluate.init(sig(2, 7, d), rng=jax.random.key(0))
+  want = evaluate.apply(w, state, x)[0]
+  predict = tl.MultiplicativeConvCausalAttention(d, heads, sparsity=s, max_len=12,
+                                                 output_layer_type=output_layer_type, mode='predict')
+  _, cache = predict.init(sig(2, 1, d), rng=jax.random.key(0))
+  step = jax.jit(predict.apply)
+  outs = []
+  for t in range(7):
+    y, cache = step(w, cache, x[:, t:t + 1])
+    outs.append(y)
+  np.testing.assert_allclose(jnp.concatenate(outs, 1), want, rtol=1e-4, atol=1e-5)
+  extra = {'none': 0, 'mult': d * s + d * (d // s) + d, 'dense': d * d + d}[output_layer_type]
+  assert tl.count_parameters(w) == attention_parameter_count(d, s) + extra
+
+
+def test_mult_conv_attention_is_causal_and_has_no_output_projection_by_default():
+  d = 16
+  layer = tl.MultiplicativeConvCausalAttention(d, 2, sparsity=4, mode='eval')
+  x = jax.random.normal(jax.random.key(1), (1, 8, d))
+  w, state = layer.init(sig(1, 8, d), rng=jax.random.key(0))
+  y = layer.apply(w, state, x)[0]
+  changed = layer.apply(w, state, x.at[:, 6:].set(2.0))[0]
+  np.testing.assert_allclose(y[:, :6], changed[:, :6], rtol=1e-5, atol=1e-6)
+  names = [p for p, _ in tl.named_weights(layer, w)]
+  assert not any('/Dense/' in p for p in names)
+
+
+def test_mult_conv_attention_encoder_variant_respects_padding():
+  d = 16
+  layer = tl.MultiplicativeConvAttention(d, 2, sparsity=4, mode='eval')
+  x = jax.random.normal(jax.random.key(1), (1, 6, d))
+  mask = jnp.array([[True] * 4 + [False] * 2])
+  w, state = layer.init((sig(1, 6, d), sig(1, 6, dtype=jnp.bool_)), rng=jax.random.key(0))
+  (y, mask_out), _ = layer.apply(w, state, (x, mask))
+  assert y.shape == x.shape and (mask_out == mask).all()
+
+
+def test_bad_sparsity_is_rejected():
+  with pytest.raises(ValueError, match='divisible'):
+    tl.MultiplicativeConvCausalAttention(18, 2, sparsity=4)
+  with pytest.raises(ValueError, match='multiple'):
+    tl.MultiplicativeDense(3, 10)
