@@ -1,13 +1,19 @@
-"""Blocks shared by the models: feed-forward, decoder, encoder, cross-attention.
+"""Blocks and model skeletons shared by every model.
 
-Every block is pre-norm: Residual(LayerNorm, sublayer, Dropout).
+Every block is pre-norm: Residual(LayerNorm, sublayer, Dropout). The model
+skeletons take factories `f(mode) -> Layer` for attention and feed-forward,
+so dense and sparse models differ only in those choices.
 """
+
+from typing import Callable
 
 from sparse_trax import layers as tl
 
+LayerFactory = Callable[[str], tl.Layer]
+
 
 def FeedForward(d_model: int, d_ff: int, dropout: float, mode: str):  # pylint: disable=invalid-name
-  """Position-wise FF: [batch, length, d_model] -> same; Dense(d_ff), Relu, Dense(d_model)."""
+  """Dense position-wise FF: [batch, length, d_model] -> same."""
   return tl.Serial(
       tl.Dense(d_ff),                      # x -> h
       tl.Relu(),
@@ -16,49 +22,93 @@ def FeedForward(d_model: int, d_ff: int, dropout: float, mode: str):  # pylint: 
       name='FeedForward')
 
 
-def FeedForwardBlock(d_model: int, d_ff: int, dropout: float, mode: str):  # pylint: disable=invalid-name
-  """x -> x + FF(LayerNorm(x))."""
-  return tl.Residual(
-      tl.LayerNorm(),
-      FeedForward(d_model, d_ff, dropout, mode),
-      tl.Dropout(dropout, mode=mode),
-      name='FeedForwardBlock')
+def _pre_norm(sublayer: tl.Layer, dropout: float, mode: str, name: str):
+  """x -> x + Dropout(sublayer(LayerNorm(x))) (extra stack items pass through sublayer)."""
+  return tl.Residual(tl.LayerNorm(), sublayer, tl.Dropout(dropout, mode=mode), name=name)
 
 
-def DecoderBlock(d_model: int, d_ff: int, n_heads: int, dropout: float,  # pylint: disable=invalid-name
-                 max_len: int, mode: str):
+def DecoderBlock(attention: tl.Layer, feed_forward: tl.Layer, dropout: float,  # pylint: disable=invalid-name
+                 mode: str):
   """Causal self-attention then FF: [batch, length, d_model] -> same."""
   return tl.Serial(
-      tl.Residual(                         # x -> x
-          tl.LayerNorm(),
-          tl.CausalAttention(d_model, n_heads, dropout, max_len=max_len, mode=mode),
-          tl.Dropout(dropout, mode=mode)),
-      FeedForwardBlock(d_model, d_ff, dropout, mode),  # x -> x
+      _pre_norm(attention, dropout, mode, 'AttentionBlock'),          # x -> x
+      _pre_norm(feed_forward, dropout, mode, 'FeedForwardBlock'),     # x -> x
       name='DecoderBlock')
 
 
-def EncoderBlock(d_model: int, d_ff: int, n_heads: int, dropout: float, mode: str):  # pylint: disable=invalid-name
+def EncoderBlock(attention: tl.Layer, feed_forward: tl.Layer, dropout: float,  # pylint: disable=invalid-name
+                 mode: str):
   """Masked self-attention then FF: (x, mask) -> (x, mask)."""
   return tl.Serial(
-      tl.Residual(                         # x mask -> x mask
-          tl.LayerNorm(),
-          tl.Attention(d_model, n_heads, dropout, mode=mode),
-          tl.Dropout(dropout, mode=mode)),
-      FeedForwardBlock(d_model, d_ff, dropout, mode),  # x mask -> x mask
+      _pre_norm(attention, dropout, mode, 'AttentionBlock'),          # x mask -> x mask
+      _pre_norm(feed_forward, dropout, mode, 'FeedForwardBlock'),     # x mask -> x mask
       name='EncoderBlock')
 
 
-def EncoderDecoderBlock(d_model: int, d_ff: int, n_heads: int, dropout: float,  # pylint: disable=invalid-name
-                        max_len: int, mode: str):
+def EncoderDecoderBlock(self_attention: tl.Layer, cross_attention: tl.Layer,  # pylint: disable=invalid-name
+                        feed_forward: tl.Layer, dropout: float, mode: str):
   """Causal self-attention, cross-attention, FF: (y, encoded, mask) -> same."""
   return tl.Serial(
-      tl.Residual(                         # y encoded mask -> y encoded mask
-          tl.LayerNorm(),
-          tl.CausalAttention(d_model, n_heads, dropout, max_len=max_len, mode=mode),
-          tl.Dropout(dropout, mode=mode)),
-      tl.Residual(                         # y encoded mask -> y encoded mask
-          tl.LayerNorm(),
-          tl.EncDecAttention(d_model, n_heads, dropout, mode=mode),
-          tl.Dropout(dropout, mode=mode)),
-      FeedForwardBlock(d_model, d_ff, dropout, mode),  # y encoded mask -> same
+      _pre_norm(self_attention, dropout, mode, 'AttentionBlock'),     # y encoded mask -> same
+      _pre_norm(cross_attention, dropout, mode, 'CrossAttentionBlock'),
+      _pre_norm(feed_forward, dropout, mode, 'FeedForwardBlock'),
       name='EncoderDecoderBlock')
+
+
+def DecoderOnlyLM(vocab_size: int, d_model: int, n_layers: int, max_len: int,  # pylint: disable=invalid-name
+                  dropout: float, mode: str, attention: LayerFactory,
+                  feed_forward: LayerFactory, logits: tl.Layer, name: str):
+  """Token ids [batch, length] -> logits [batch, length, vocab] (inputs shifted right)."""
+  return tl.Serial(
+      tl.ShiftRight(mode=mode),                        # tokens -> tokens
+      tl.Embedding(vocab_size, d_model),               # tokens -> x
+      tl.Dropout(dropout, mode=mode),
+      tl.PositionalEncoding(max_len, mode=mode),
+      [DecoderBlock(attention(mode), feed_forward(mode), dropout, mode)
+       for _ in range(n_layers)],                      # x -> x
+      tl.LayerNorm(),
+      logits,                                          # x -> logits
+      name=name)
+
+
+def Encoder(vocab_size: int, d_model: int, n_layers: int, max_len: int, dropout: float,  # pylint: disable=invalid-name
+            mode: str, attention: LayerFactory, feed_forward: LayerFactory):
+  """Token ids [batch, length] -> (encoded [batch, length, d_model], mask [batch, length])."""
+  return tl.Serial(
+      tl.Branch(                                       # ids -> x mask
+          tl.Serial(tl.Embedding(vocab_size, d_model),
+                    tl.Dropout(dropout, mode=mode),
+                    tl.PositionalEncoding(max_len, mode=mode)),
+          tl.PaddingMask()),
+      [EncoderBlock(attention(mode), feed_forward(mode), dropout, mode)
+       for _ in range(n_layers)],                      # x mask -> x mask
+      tl.Parallel(tl.LayerNorm(), None),               # x mask -> encoded mask
+      name='Encoder')
+
+
+def EncoderDecoder(input_vocab_size: int, output_vocab_size: int, d_model: int,  # pylint: disable=invalid-name
+                   n_encoder_layers: int, n_decoder_layers: int, max_len: int,
+                   dropout: float, mode: str, encoder_attention: LayerFactory,
+                   decoder_attention: LayerFactory, cross_attention: LayerFactory,
+                   feed_forward: LayerFactory, logits: tl.Layer, name: str):
+  """(source ids, target ids) -> logits [batch, length_tgt, output_vocab_size].
+
+  In 'predict' mode the encoder runs (in 'eval' mode) on the first call only.
+  """
+  encoder_mode = 'eval' if mode == 'predict' else mode
+  encoder = Encoder(input_vocab_size, d_model, n_encoder_layers, max_len, dropout,
+                    encoder_mode, encoder_attention, feed_forward)
+  return tl.Serial(
+      tl.Cache(encoder, mode=mode),                    # src tgt -> encoded mask tgt
+      tl.Select([2, 0, 1]),                            # -> tgt encoded mask
+      tl.ShiftRight(mode=mode),
+      tl.Embedding(output_vocab_size, d_model),        # tgt -> y
+      tl.Dropout(dropout, mode=mode),
+      tl.PositionalEncoding(max_len, mode=mode),
+      [EncoderDecoderBlock(decoder_attention(mode), cross_attention(mode),
+                           feed_forward(mode), dropout, mode)
+       for _ in range(n_decoder_layers)],              # y encoded mask -> same
+      tl.Select([0], n_in=3),                          # y encoded mask -> y
+      tl.LayerNorm(),
+      logits,                                          # y -> logits
+      name=name)

@@ -16,32 +16,11 @@ def TransformerLM(vocab_size: int, d_model: int = 512, d_ff: int = 2048,  # pyli
   'predict' mode feed the previous token ([batch, 1]) and get the next
   token's logits; state holds every attention cache and the position.
   """
-  return tl.Serial(
-      tl.ShiftRight(mode=mode),                        # tokens -> tokens
-      tl.Embedding(vocab_size, d_model),               # tokens -> x
-      tl.Dropout(dropout, mode=mode),
-      tl.PositionalEncoding(max_len, mode=mode),
-      [blocks.DecoderBlock(d_model, d_ff, n_heads, dropout, max_len, mode)
-       for _ in range(n_layers)],                      # x -> x
-      tl.LayerNorm(),
-      tl.Dense(vocab_size),                            # x -> logits
-      name='TransformerLM')
-
-
-def TransformerEncoder(vocab_size: int, d_model: int, d_ff: int, n_layers: int,  # pylint: disable=invalid-name
-                       n_heads: int, max_len: int, dropout: float,
-                       mode: str) -> tl.Layer:
-  """Token ids [batch, length] -> (encoded [batch, length, d_model], mask [batch, length])."""
-  return tl.Serial(
-      tl.Branch(                                       # ids -> x mask
-          tl.Serial(tl.Embedding(vocab_size, d_model),
-                    tl.Dropout(dropout, mode=mode),
-                    tl.PositionalEncoding(max_len, mode=mode)),
-          tl.PaddingMask()),
-      [blocks.EncoderBlock(d_model, d_ff, n_heads, dropout, mode)
-       for _ in range(n_layers)],                      # x mask -> x mask
-      tl.Parallel(tl.LayerNorm(), None),               # x mask -> encoded mask
-      name='TransformerEncoder')
+  return blocks.DecoderOnlyLM(
+      vocab_size, d_model, n_layers, max_len, dropout, mode,
+      attention=lambda m: tl.CausalAttention(d_model, n_heads, dropout, max_len, mode=m),
+      feed_forward=lambda m: blocks.FeedForward(d_model, d_ff, dropout, m),
+      logits=tl.Dense(vocab_size), name='TransformerLM')
 
 
 def Transformer(input_vocab_size: int, output_vocab_size: Optional[int] = None,  # pylint: disable=invalid-name
@@ -57,19 +36,11 @@ def Transformer(input_vocab_size: int, output_vocab_size: Optional[int] = None, 
   encoder runs on the first call only.
   """
   output_vocab_size = output_vocab_size or input_vocab_size
-  encoder_mode = 'eval' if mode == 'predict' else mode
-  encoder = TransformerEncoder(input_vocab_size, d_model, d_ff, n_encoder_layers,
-                               n_heads, max_len, dropout, encoder_mode)
-  return tl.Serial(
-      tl.Cache(encoder, mode=mode),                    # src tgt -> encoded mask tgt
-      tl.Select([2, 0, 1]),                            # -> tgt encoded mask
-      tl.ShiftRight(mode=mode),
-      tl.Embedding(output_vocab_size, d_model),        # tgt -> y
-      tl.Dropout(dropout, mode=mode),
-      tl.PositionalEncoding(max_len, mode=mode),
-      [blocks.EncoderDecoderBlock(d_model, d_ff, n_heads, dropout, max_len, mode)
-       for _ in range(n_decoder_layers)],              # y encoded mask -> same
-      tl.Select([0], n_in=3),                          # y encoded mask -> y
-      tl.LayerNorm(),
-      tl.Dense(output_vocab_size),                     # y -> logits
-      name='Transformer')
+  return blocks.EncoderDecoder(
+      input_vocab_size, output_vocab_size, d_model, n_encoder_layers, n_decoder_layers,
+      max_len, dropout, mode,
+      encoder_attention=lambda m: tl.Attention(d_model, n_heads, dropout, mode=m),
+      decoder_attention=lambda m: tl.CausalAttention(d_model, n_heads, dropout, max_len, mode=m),
+      cross_attention=lambda m: tl.EncDecAttention(d_model, n_heads, dropout, mode=m),
+      feed_forward=lambda m: blocks.FeedForward(d_model, d_ff, dropout, m),
+      logits=tl.Dense(output_vocab_size), name='Transformer')
