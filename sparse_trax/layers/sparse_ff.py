@@ -52,9 +52,10 @@ class SparseFF(Layer):
     'eval': the argmax unit, applied as a mask on the full product;
     'predict': the argmax unit, and only its column of W1 and row of W2 are
       gathered and multiplied (B columns instead of d_ff).
-  y = (relu(x @ W1 + b1) * mask) @ W2 + b2.
+  y = (relu(x @ W1.T + b1) * mask) @ W2 + b2.
 
-  Weights: w1 [d_model, d_ff], b1 [d_ff], w2 [d_ff, d_model], b2 [d_model],
+  Weights: w1 [d_ff, d_model] and w2 [d_ff, d_model] (one contiguous row per
+  hidden unit, so decoding reads whole rows), b1 [d_ff], b2 [d_model],
   controller_in [d_model, d_lowrank], controller_out [d_lowrank, d_ff],
   controller_bias [d_ff].
 
@@ -86,13 +87,22 @@ class SparseFF(Layer):
   def init_weights_and_state(self, input_signature, rng):
     d_model = input_signature.shape[-1]
     keys = jax.random.split(rng, 4)
-    return {'w1': _glorot(keys[0], (d_model, self.d_ff), jnp.float32),
+    return {'w1': _glorot(keys[0], (self.d_ff, d_model), jnp.float32),
             'b1': jnp.zeros((self.d_ff,), jnp.float32),
             'w2': _glorot(keys[1], (self.d_ff, d_model), jnp.float32),
             'b2': jnp.zeros((d_model,), jnp.float32),
             'controller_in': _glorot(keys[2], (d_model, self.d_lowrank), jnp.float32),
             'controller_out': _glorot(keys[3], (self.d_lowrank, self.d_ff), jnp.float32),
             'controller_bias': jnp.zeros((self.d_ff,), jnp.float32)}, {}
+
+  def decode_weight_bytes(self, weights) -> int:
+    """The controller, whole, and one row of W1 and W2 (and b1) per block."""
+    def nbytes(x):
+      return int(x.size * x.dtype.itemsize)
+    controller = sum(nbytes(weights[k]) for k in
+                     ('controller_in', 'controller_out', 'controller_bias'))
+    row = nbytes(weights['w1'][0]) + nbytes(weights['w2'][0]) + weights['b1'].dtype.itemsize
+    return controller + self.n_blocks * row + nbytes(weights['b2'])
 
   def controller_log_probs(self, weights, x):
     """[..., d_model] -> log-probabilities [..., n_blocks, N] of each unit in its block."""
@@ -110,8 +120,8 @@ class SparseFF(Layer):
     Pass `units` (from an earlier call) to reuse the same choice when the
     layer is recomputed, e.g. in a reversible backward pass.
     """
-    if x.shape[-1] != weights['w1'].shape[0]:
-      raise ValueError(f'last input dimension must be {weights["w1"].shape[0]}, '
+    if x.shape[-1] != weights['w1'].shape[1]:
+      raise ValueError(f'last input dimension must be {weights["w1"].shape[1]}, '
                        f'got input shape {tuple(x.shape)}')
     log_probs = self.controller_log_probs(weights, x)
     if self.mode == 'predict':
@@ -127,7 +137,7 @@ class SparseFF(Layer):
       dropout_rng = None
       chosen = jnp.argmax(log_probs, axis=-1).astype(jnp.int32) if units is None else units
       mask = jax.nn.one_hot(chosen, self.n_elements_in_block, dtype=x.dtype)
-    hidden = jax.nn.relu(jnp.dot(x, weights['w1']) + weights['b1'])
+    hidden = jax.nn.relu(jnp.dot(x, weights['w1'].T) + weights['b1'])
     hidden = hidden * mask.reshape(hidden.shape)
     if self.mode == 'train' and self.dropout > 0.0:
       keep = jax.random.bernoulli(dropout_rng, 1.0 - self.dropout, hidden.shape)
@@ -135,13 +145,12 @@ class SparseFF(Layer):
     return jnp.dot(hidden, weights['w2']) + weights['b2'], chosen
 
   def _gathered(self, weights, x, units):
-    """Reads only the chosen unit's W1 column and W2 row in each block."""
+    """Reads only the chosen unit's row of W1 and of W2 in each block."""
     flat_units = self.n_elements_in_block * jnp.arange(self.n_blocks) + units   # [..., B]
-    w1 = jnp.take(weights['w1'], flat_units, axis=1)                           # [d, ..., B]
-    w1 = jnp.moveaxis(w1, 0, -2)                                               # [..., d, B]
+    w1 = jnp.take(weights['w1'], flat_units, axis=0)                           # [..., B, d]
     b1 = jnp.take(weights['b1'], flat_units)                                   # [..., B]
     w2 = jnp.take(weights['w2'], flat_units, axis=0)                           # [..., B, d]
-    hidden = jax.nn.relu(jnp.einsum('...d,...db->...b', x, w1) + b1)
+    hidden = jax.nn.relu(jnp.einsum('...d,...bd->...b', x, w1) + b1)
     return jnp.einsum('...b,...bd->...d', hidden, w2) + weights['b2']
 
 
@@ -153,8 +162,9 @@ class BlockSparseFF(Layer):
   argmax in 'eval' (a mask on the full product) and 'predict' (only the
   expert's slice of W1 and W2 is read).
 
-  Weights: w1 [d_model, d_ff], b1 [d_ff], w2 [d_ff, d_model], b2 [d_model],
-  router [d_model, n_experts], router_bias [n_experts].
+  Weights: w1 [d_ff, d_model] and w2 [d_ff, d_model] (an expert is a block of
+  contiguous rows), b1 [d_ff], b2 [d_model], router [d_model, n_experts],
+  router_bias [n_experts].
   """
 
   def __init__(self, d_ff: int, n_experts: int = 16, temperature: float = 0.1,
@@ -172,7 +182,7 @@ class BlockSparseFF(Layer):
   def init_weights_and_state(self, input_signature, rng):
     d_model = input_signature.shape[-1]
     keys = jax.random.split(rng, 3)
-    return {'w1': _glorot(keys[0], (d_model, self.d_ff), jnp.float32),
+    return {'w1': _glorot(keys[0], (self.d_ff, d_model), jnp.float32),
             'b1': jnp.zeros((self.d_ff,), jnp.float32),
             'w2': _glorot(keys[1], (self.d_ff, d_model), jnp.float32),
             'b2': jnp.zeros((d_model,), jnp.float32),
@@ -180,8 +190,8 @@ class BlockSparseFF(Layer):
             'router_bias': jnp.zeros((self.n_experts,), jnp.float32)}, {}
 
   def forward(self, weights, state, x, rng):
-    if x.shape[-1] != weights['w1'].shape[0]:
-      raise ValueError(f'last input dimension must be {weights["w1"].shape[0]}, '
+    if x.shape[-1] != weights['w1'].shape[1]:
+      raise ValueError(f'last input dimension must be {weights["w1"].shape[1]}, '
                        f'got input shape {tuple(x.shape)}')
     log_probs = jax.nn.log_softmax(jnp.dot(x, weights['router']) + weights['router_bias'])
     if self.mode == 'predict':
@@ -193,7 +203,7 @@ class BlockSparseFF(Layer):
       mask, _ = _gumbel_one_hot_mask(log_probs, mask_rng, self.temperature, self.quant_prob)
     else:
       mask = jax.nn.one_hot(jnp.argmax(log_probs, axis=-1), self.n_experts, dtype=x.dtype)
-    hidden = jax.nn.relu(jnp.dot(x, weights['w1']) + weights['b1'])
+    hidden = jax.nn.relu(jnp.dot(x, weights['w1'].T) + weights['b1'])
     hidden = hidden.reshape(x.shape[:-1] + (self.n_experts, self.d_expert)) * mask[..., None]
     hidden = hidden.reshape(x.shape[:-1] + (self.d_ff,))
     if self.mode == 'train' and self.dropout > 0.0:
@@ -201,12 +211,21 @@ class BlockSparseFF(Layer):
       hidden = jnp.where(keep, hidden / (1.0 - self.dropout), 0.0)
     return jnp.dot(hidden, weights['w2']) + weights['b2'], state
 
+  def decode_weight_bytes(self, weights) -> int:
+    """The router, and one expert's rows of W1 and W2 (and b1)."""
+    def nbytes(x):
+      return int(x.size * x.dtype.itemsize)
+    expert = (nbytes(weights['w1']) + nbytes(weights['w2']) + nbytes(weights['b1'])) \
+        // self.n_experts
+    return nbytes(weights['router']) + nbytes(weights['router_bias']) + expert + \
+        nbytes(weights['b2'])
+
   def _gathered(self, weights, x, expert):
     """Reads only the chosen expert's d_ff / n_experts columns and rows."""
     d_model = x.shape[-1]
-    w1 = weights['w1'].reshape(d_model, self.n_experts, self.d_expert)
-    w1 = jnp.moveaxis(jnp.take(w1, expert, axis=1), 0, -2)                     # [..., d, M]
+    w1 = jnp.take(weights['w1'].reshape(self.n_experts, self.d_expert, d_model), expert,
+                  axis=0)                                                      # [..., M, d]
     b1 = jnp.take(weights['b1'].reshape(self.n_experts, self.d_expert), expert, axis=0)
     w2 = jnp.take(weights['w2'].reshape(self.n_experts, self.d_expert, d_model), expert, axis=0)
-    hidden = jax.nn.relu(jnp.einsum('...d,...dm->...m', x, w1) + b1)
+    hidden = jax.nn.relu(jnp.einsum('...d,...md->...m', x, w1) + b1)
     return jnp.einsum('...m,...md->...d', hidden, w2) + weights['b2']
