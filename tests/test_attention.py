@@ -119,3 +119,22 @@ def test_attention_dropout_only_in_train():
 def test_heads_must_divide_width():
   with pytest.raises(ValueError, match='divisible'):
     tl.CausalAttention(10, n_heads=3)
+
+
+def test_cached_attention_over_several_blocks_equals_full_attention():
+  batch, heads, d_head, slots = 2, 2, 4, 384      # three blocks of 128
+  keys = jax.random.normal(jax.random.key(1), (batch, slots, heads, d_head))
+  values = jax.random.normal(jax.random.key(2), (batch, slots, heads, d_head))
+  for position, length in [(0, 1), (127, 1), (128, 1), (200, 5), (250, 10), (383, 1)]:
+    q = jax.random.normal(jax.random.key(position), (batch, length, heads, d_head))
+    got = tl.attention.cached_attention(q, keys, values, jnp.int32(position))
+    filled = position + length
+    mask = tl.causal_mask(length, filled, offset=position)[None, None]
+    want = tl.dot_product_attention(q, keys[:, :filled], values[:, :filled], mask)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_cache_rounds_up_to_whole_blocks():
+  cache = tl.attention.empty_kv_cache(1, 300, 2, 4)
+  assert cache['keys'].shape == (1, 384, 2, 4)
+  assert tl.attention.empty_kv_cache(1, 10, 2, 4)['keys'].shape == (1, 10, 2, 4)

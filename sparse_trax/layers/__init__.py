@@ -3,6 +3,7 @@
 Nothing here imports TensorFlow or gin.
 """
 
+from sparse_trax.layers import attention
 from sparse_trax.layers.attention import Attention
 from sparse_trax.layers.attention import CausalAttention
 from sparse_trax.layers.attention import DotProductAttention
@@ -55,5 +56,6 @@ from sparse_trax.layers.sparse_qkv import MultiplicativeConvAttention
 from sparse_trax.layers.sparse_qkv import MultiplicativeConvCausalAttention
 from sparse_trax.layers.sparse_qkv import MultiplicativeDense
 from sparse_trax.layers.summary import count_parameters
+from sparse_trax.layers.summary import decode_cost
 from sparse_trax.layers.summary import named_weights
 from sparse_trax.layers.summary import summary

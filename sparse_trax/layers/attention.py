@@ -52,11 +52,69 @@ def merge_heads(x):
   return x.reshape(x.shape[:2] + (-1,))
 
 
+CACHE_BLOCK = 128
+
+
+def cache_block_size(max_len: int) -> int:
+  """Slots per block of the decoding cache (attention reads whole blocks)."""
+  return min(CACHE_BLOCK, max_len)
+
+
 def empty_kv_cache(batch: int, max_len: int, n_heads: int, d_head: int) -> dict:
-  """The predict-mode state of causal attention: keys, values, next position."""
-  shape = (batch, max_len, n_heads, d_head)
+  """The predict-mode state of causal attention: keys, values, next position.
+
+  The cache has max_len slots rounded up to whole blocks of `cache_block_size`.
+  """
+  block = cache_block_size(max_len)
+  slots = -(-max_len // block) * block
+  shape = (batch, slots, n_heads, d_head)
   return {'keys': jnp.zeros(shape, jnp.float32), 'values': jnp.zeros(shape, jnp.float32),
           'position': jnp.zeros((), jnp.int32)}
+
+
+def cached_attention(q, keys, values, position):
+  """Causal attention of new queries over the filled blocks of a cache only.
+
+  Queries sit at absolute positions position .. position + length - 1; the
+  keys and values of those positions are already in the cache. Blocks past
+  the last filled slot are never read, so the cost grows with the position,
+  not with the cache size. Softmax is accumulated block by block (online, in
+  float32).
+
+  Args:
+    q: [batch, length, n_heads, d_head].
+    keys, values: [batch, slots, n_heads, d_head], slots a multiple of the block.
+    position: int32 scalar, the position of the first query.
+
+  Returns:
+    [batch, length, n_heads, d_head].
+  """
+  batch, length, n_heads, d_head = q.shape
+  block = cache_block_size(keys.shape[1])
+  q = q.astype(jnp.float32) / jnp.sqrt(jnp.float32(d_head))
+  query_positions = position + jnp.arange(length)
+  n_filled_blocks = (position + length + block - 1) // block
+
+  def one_block(i, carry):
+    running_max, normalizer, accumulated = carry
+    k = jax.lax.dynamic_slice_in_dim(keys, i * block, block, axis=1)
+    v = jax.lax.dynamic_slice_in_dim(values, i * block, block, axis=1)
+    logits = jnp.einsum('bqhd,bkhd->bhqk', q, k)
+    visible = (i * block + jnp.arange(block))[None, :] <= query_positions[:, None]
+    logits = jnp.where(visible, logits, -jnp.inf)
+    new_max = jnp.maximum(running_max, logits.max(-1))
+    probs = jnp.exp(logits - new_max[..., None])
+    rescale = jnp.exp(running_max - new_max)
+    normalizer = normalizer * rescale + probs.sum(-1)
+    accumulated = accumulated * rescale[..., None] + jnp.einsum('bhqk,bkhd->bhqd', probs, v)
+    return new_max, normalizer, accumulated
+
+  init = (jnp.full((batch, n_heads, length), -jnp.inf, jnp.float32),
+          jnp.zeros((batch, n_heads, length), jnp.float32),
+          jnp.zeros((batch, n_heads, length, d_head), jnp.float32))
+  _, normalizer, accumulated = jax.lax.fori_loop(0, n_filled_blocks, one_block, init)
+  out = accumulated / normalizer[..., None]
+  return jnp.transpose(out, (0, 2, 1, 3)).astype(values.dtype)
 
 
 def causal_attention(q, k, v, state, *, mode: str, dropout_rate: float, rng):
@@ -77,14 +135,14 @@ def causal_attention(q, k, v, state, *, mode: str, dropout_rate: float, rng):
   if mode != 'predict':
     mask = causal_mask(length, length)[None, None]
     return dot_product_attention(q, k, v, mask, dropout_rate=dropout_rate, rng=rng), state
-  max_len = state['keys'].shape[1]
-  if length > max_len:
-    raise ValueError(f'{length} tokens do not fit the cache of max_len {max_len}')
+  if length > state['keys'].shape[1]:
+    raise ValueError(f'{length} tokens do not fit the cache of {state["keys"].shape[1]} slots')
   position = state['position']
-  keys = jax.lax.dynamic_update_slice_in_dim(state['keys'], k, position, axis=1)
-  values = jax.lax.dynamic_update_slice_in_dim(state['values'], v, position, axis=1)
-  mask = causal_mask(length, max_len, offset=position)[None, None]
-  out = dot_product_attention(q, keys, values, mask)
+  keys = jax.lax.dynamic_update_slice_in_dim(state['keys'], k.astype(state['keys'].dtype),
+                                             position, axis=1)
+  values = jax.lax.dynamic_update_slice_in_dim(state['values'], v.astype(state['values'].dtype),
+                                               position, axis=1)
+  out = cached_attention(q, keys, values, position)
   return out, {'keys': keys, 'values': values, 'position': position + length}
 
 
