@@ -37,10 +37,43 @@ def test_greedy_equals_eval_argmax(lm):
 
 def test_no_retrace_per_token(lm):
   _, predict, weights, _ = lm
-  decoding.autoregressive_sample(predict, weights, np.ones((2, 2), np.int32), max_length=2)
+  decoding.autoregressive_sample(predict, weights, np.ones((2, 2), np.int32), max_length=6)
+  before = decoding.generate._cache_size()  # pylint: disable=protected-access
+  for prefix_value in (3, 4):
+    decoding.autoregressive_sample(predict, weights, np.full((2, 2), prefix_value, np.int32),
+                                   max_length=6)
+  assert decoding.generate._cache_size() == before  # pylint: disable=protected-access
+
+
+def test_decode_step_by_step_equals_generate(lm):
+  _, predict, weights, _ = lm
+  prefix = np.array([[5, 6, 7], [1, 2, 3]], np.int32)
+  want = decoding.autoregressive_sample(predict, weights, prefix, max_length=5)
+  state = decoding.initial_state(predict, jax.ShapeDtypeStruct((2, 1), jnp.int32))
+  token, got = jnp.zeros((2,), jnp.int32), []
+  for t in range(3 + 5):
+    sampled, logits, state = decoding.decode_step(predict, weights, state, token, None,
+                                                  jax.random.key(0), temperature=0.0, top_k=None)
+    assert logits.shape == (2, 23)
+    token = jnp.asarray(prefix[:, t]) if t < 3 else sampled
+    if t >= 3:
+      got.append(np.asarray(sampled))
+  np.testing.assert_array_equal(np.stack(got[:5], 1), want)
   before = decoding.decode_step._cache_size()  # pylint: disable=protected-access
-  decoding.autoregressive_sample(predict, weights, np.ones((2, 2), np.int32), max_length=9)
+  decoding.decode_step(predict, weights, state, token, None, jax.random.key(0),
+                       temperature=0.0, top_k=None)
   assert decoding.decode_step._cache_size() == before  # pylint: disable=protected-access
+
+
+def test_long_max_len_gives_the_same_tokens():
+  short = models.TransformerLM(**dict(LM, max_len=64), mode='predict')
+  long = models.TransformerLM(**dict(LM, max_len=2048), mode='predict')
+  evaluate = models.TransformerLM(**LM, mode='eval')
+  weights, _ = evaluate.init(jax.ShapeDtypeStruct((1, 4), jnp.int32), rng=jax.random.key(4))
+  prefix = np.array([[3, 9, 4, 1, 7]], np.int32)
+  a = decoding.autoregressive_sample(short, weights, prefix, max_length=20)
+  b = decoding.autoregressive_sample(long, weights, prefix, max_length=20)
+  np.testing.assert_array_equal(a, b)
 
 
 def test_eos_stops_and_pads(lm):
