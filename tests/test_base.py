@@ -170,7 +170,8 @@ def test_summary_lists_paths_shapes_and_total():
   assert lines == [text]
   assert 'Serial/0/Dense/w' in text and '4x8' in text
   assert 'Serial/2/Residual/0/LayerNorm/scale' in text
-  assert text.splitlines()[-1].split()[-1] == f'{4 * 8 + 8 + 8 + 8:,}'
+  assert text.splitlines()[-2].split()[-1] == f'{4 * 8 + 8 + 8 + 8:,}'
+  assert 'a decoded token reads 224 bytes of weights' in text
   assert tl.count_parameters(weights) == 56
   paths = [p for p, _ in tl.named_weights(model, weights)]
   assert paths == ['Serial/0/Dense/b', 'Serial/0/Dense/w',

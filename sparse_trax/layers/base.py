@@ -221,6 +221,17 @@ class Layer(metaclass=_FrozenAfterInit):
     """Returns (outputs, new_state). Subclasses must override."""
     raise NotImplementedError(f'{type(self).__name__} must define forward')
 
+  def decode_weight_bytes(self, weights) -> int:
+    """Bytes of weights one decoded token reads (batch 1, 'predict' mode).
+
+    Default: every weight array, whole; a layer with sublayers sums them.
+    Layers that read part of their weights per token (an embedding row, the
+    chosen rows of a SparseFF) override this.
+    """
+    if self.sublayers:
+      return sum(sub.decode_weight_bytes(w) for sub, w in zip(self.sublayers, weights))
+    return int(sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(weights)))
+
   # -------------------------------------------------- helpers for subclasses
 
   def init_sublayer(self, index: int, input_signature, rng):

@@ -72,6 +72,11 @@ class Embedding(Layer):
     if not jnp.issubdtype(x.dtype, jnp.integer):
       raise TypeError(f'Embedding needs integer token ids, got dtype {jnp.dtype(x.dtype).name}')
 
+  def decode_weight_bytes(self, weights) -> int:
+    """A decoded token reads one row of the table."""
+    table = weights['embedding']
+    return int(table.shape[1] * table.dtype.itemsize)
+
   def forward(self, weights, state, x, rng):
     self._check_ids(x)
     return jnp.take(weights['embedding'], x, axis=0), state

@@ -47,8 +47,51 @@ def count_parameters(weights) -> int:
   return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(weights)))
 
 
+def decode_cost(model: Layer, weights, state=None, position: int = 0) -> dict:
+  """Bytes one decoded token reads: weights, and caches at `position`.
+
+  Args:
+    model: the layer (any mode: the count depends on its structure).
+    weights: its weights.
+    state: optional 'predict'-mode state (from `decoding.initial_state`);
+      its attention caches are read up to the block holding `position`,
+      its other arrays (convolution histories, cached encoder keys) whole.
+    position: the position of the token being decoded.
+
+  Returns:
+    {'weights': bytes, 'cache': bytes, 'total': bytes, 'all_weights': bytes}.
+  """
+  from sparse_trax.layers import attention  # pylint: disable=import-outside-toplevel
+  weight_bytes = model.decode_weight_bytes(weights)
+  cache_bytes = 0
+
+  def visit(tree):
+    nonlocal cache_bytes
+    if isinstance(tree, dict) and {'keys', 'values', 'position'} <= set(tree):
+      slots = tree['keys'].shape[1]
+      block = attention.cache_block_size(slots)
+      used = min(slots, -(-(position + 1) // block) * block)
+      per_slot = tree['keys'][:, 0].size * tree['keys'].dtype.itemsize
+      cache_bytes += 2 * used * per_slot
+    elif isinstance(tree, dict):
+      for value in tree.values():
+        visit(value)
+    elif isinstance(tree, (tuple, list)):
+      for value in tree:
+        visit(value)
+    elif hasattr(tree, 'shape'):
+      cache_bytes += int(tree.size * tree.dtype.itemsize)
+
+  if state is not None:
+    visit(state)
+  all_weights = int(sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(weights)))
+  return {'weights': weight_bytes, 'cache': cache_bytes, 'total': weight_bytes + cache_bytes,
+          'all_weights': all_weights}
+
+
 def summary(model: Layer, weights, *, print_fn: Callable[[str], None] = print) -> str:
-  """Prints every weight's path, shape and size, and the parameter total.
+  """Prints every weight's path, shape and size, the parameter total, and
+  the bytes of weights one decoded token reads (see `decode_cost`).
 
   Args:
     model: the layer.
@@ -66,6 +109,10 @@ def summary(model: Layer, weights, *, print_fn: Callable[[str], None] = print) -
   lines += [f'{p:<{width}}  {s:>16}  {d:>8}  {n:>12,}' for p, s, d, n in rows]
   total = sum(r[3] for r in rows)
   lines.append(f'{"total":<{width}}  {"":>16}  {"":>8}  {total:>12,}')
+  cost = decode_cost(model, weights)
+  share = cost['weights'] / max(cost['all_weights'], 1)
+  lines.append(f'a decoded token reads {cost["weights"]:,} bytes of weights '
+               f'({share:.1%} of {cost["all_weights"]:,}), plus its attention caches')
   text = '\n'.join(lines)
   if print_fn is not None:
     print_fn(text)
