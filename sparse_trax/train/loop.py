@@ -78,11 +78,17 @@ def make_eval_step(model, lm: bool):
   return step
 
 
-def evaluate(eval_step, weights, model_state, batches) -> dict:
-  """Eval loss (= log-perplexity, nats per token) and accuracy over all batches."""
+def evaluate(eval_model, eval_step, weights, batches, lm: bool) -> dict:
+  """Eval loss (= log-perplexity, nats per token) and accuracy over all batches.
+
+  The eval model gets its own state (layers may keep different state per mode).
+  """
   nll, correct, total = 0.0, 0.0, 0.0
+  eval_state = None
   for batch in batches:
-    n, c, t = eval_step(weights, model_state, batch)
+    if eval_state is None:
+      eval_state = decoding.initial_state(eval_model, _signature(model_inputs(batch, lm)))
+    n, c, t = eval_step(weights, eval_state, batch)
     nll, correct, total = nll + float(n), correct + float(c), total + float(t)
   if total == 0:
     raise ValueError('the eval split gave no weighted tokens')
@@ -187,7 +193,7 @@ def train(output_dir: str, model: Callable, inputs, optimizer: Callable = optimi
                       {'data_position': position, 'seed': seed})
 
   def run_eval(step):
-    record = dict(evaluate(eval_step, weights, model_state, inputs.eval_batches(lm=lm)),
+    record = dict(evaluate(eval_model, eval_step, weights, inputs.eval_batches(lm=lm), lm),
                   step=step, unigram_log_perplexity=unigram)
     _append_jsonl(metrics_path, record)
     tqdm.tqdm.write(f'step {step}: eval log-perplexity {record["eval_log_perplexity"]:.4f} '
