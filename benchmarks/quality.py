@@ -27,9 +27,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def parameter_count(config_file: str) -> int:
   gin.clear_config()
-  for path in trainer._gin_search_paths([config_file]):  # pylint: disable=protected-access
-    gin.add_config_file_search_path(path)
-  gin.parse_config_files_and_bindings([config_file], [], finalize_config=False)
+  trainer.parse_gin_config([config_file], finalize_config=False)
   from sparse_trax.train.loop import build_model  # pylint: disable=import-outside-toplevel
   model = build_model(gin.query_parameter('train.model').scoped_configurable_fn, 'eval',
                       gin.query_parameter('SentencePieceTokenizer.vocab_size'))

@@ -42,6 +42,24 @@ class _HideGinResourceMisses(logging.Filter):
     return not record.getMessage().startswith('Path not found:')
 
 
+_HIDE_GIN_RESOURCE_MISSES = _HideGinResourceMisses()
+
+
+def parse_gin_config(config_files: Sequence[str], bindings: Sequence[str] = (),
+                     finalize_config: bool = True) -> None:
+  """Parses gin files and bindings, with includes resolved as the trainer does.
+
+  Includes resolve against each file's folder and its nearest ancestor
+  folder named 'gin'. Raises gin's error (naming the binding and the file) on
+  an unknown configurable or parameter.
+  """
+  logging.getLogger().addFilter(_HIDE_GIN_RESOURCE_MISSES)
+  for path in _gin_search_paths(config_files):
+    gin.add_config_file_search_path(path)
+  gin.parse_config_files_and_bindings(list(config_files), list(bindings),
+                                      finalize_config=finalize_config)
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(
       prog='trainer', description='Train a sparse_trax model configured by gin, then decode a sample.')
@@ -60,10 +78,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
   for config_file in args.config_file:
     if not os.path.isfile(config_file):
       raise SystemExit(f'trainer: gin file {config_file!r} does not exist')
-  logging.getLogger().addFilter(_HideGinResourceMisses())
-  for path in _gin_search_paths(args.config_file):
-    gin.add_config_file_search_path(path)
-  gin.parse_config_files_and_bindings(args.config_file, args.config)
+  parse_gin_config(args.config_file, args.config)
   os.makedirs(args.output_dir, exist_ok=True)
   config_path = os.path.join(args.output_dir, 'config.gin')
 

@@ -19,9 +19,7 @@ GIN_FILES = sorted(glob.glob(os.path.join(REPO, 'gin', '**', '*.gin'), recursive
 
 def parse(config_file):
   gin.clear_config()
-  for path in trainer._gin_search_paths([config_file]):  # pylint: disable=protected-access
-    gin.add_config_file_search_path(path)
-  gin.parse_config_files_and_bindings([config_file], [], finalize_config=False)
+  trainer.parse_gin_config([config_file], finalize_config=False)
 
 
 @pytest.mark.parametrize('config_file', GIN_FILES, ids=lambda p: os.path.relpath(p, REPO))

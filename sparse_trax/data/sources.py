@@ -35,7 +35,10 @@ class ShippedCorpus:
     builder = corpus.KingJamesBible(data_dir=self.data_dir)
     builder.download_and_prepare()   # generates from the local file; no download
     tfds_split = {'train': 'train', 'eval': 'validation'}[split]
-    return builder.as_dataset(split=tfds_split, shuffle_files=False).map(
+    # No autocache: the pipeline may stop reading early (it skips, takes).
+    read_config = tfds.ReadConfig(try_autocache=False)
+    return builder.as_dataset(split=tfds_split, shuffle_files=False,
+                              read_config=read_config).map(
         lambda ex: {'targets': ex['text']})
 
 
