@@ -1,0 +1,193 @@
+"""Unbatched decoding speed of dense and sparse Scaling Transformers vs the bandwidth floor.
+
+For each size and variant (dense, +sparse FF, +sparse QKV, +sparse FF+QKV,
++FF+QKV+sparse loss), random weights, batch 1, float32: time each decoded
+token (one jitted `decode_step` call, caches donated) after warm-up, and
+report the median ms per token, per layer, the speedup over dense, the
+parameters, the bytes of weights and cache a token reads (`decode_cost`),
+and the floor: those bytes / the memory bandwidth measured in this run with
+a large matrix-vector product. Also the mean ms per token of the whole
+generation in one `lax.while_loop` (`decoding.generate`).
+
+  python benchmarks/decode_speed.py [--sizes small large] [--tokens 64] [--max-len 2048]
+"""
+
+import argparse
+import gc
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import sparse_trax.layers as tl
+from sparse_trax import decoding
+from sparse_trax import models
+
+SIZES = {
+    # name: (d_model, d_ff, n_layers, n_heads); sparse QKV raises d_ff by half.
+    'small': (512, 2048, 6, 8),
+    'large': (1024, 4096, 24, 16),
+}
+VOCAB = 32000
+VARIANTS = {
+    'dense': dict(),
+    '+sparse FF': dict(ff_sparsity=64),
+    '+sparse QKV': dict(attention_type='multconv', attention_sparsity=16),
+    '+sparse FF+QKV': dict(ff_sparsity=64, attention_type='multconv', attention_sparsity=16),
+    '+FF+QKV+loss': dict(ff_sparsity=64, attention_type='multconv', attention_sparsity=16,
+                         loss_sparsity=4),
+}
+
+
+def memory_bandwidth(n: int = 16384, repeats: int = 15) -> float:
+  """Bytes/s reading an [n, n] float32 matrix in a jitted matrix-vector product."""
+  matrix = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  vector = jnp.ones((n,), jnp.float32)
+  matvec = jax.jit(lambda m, v: m @ v)
+  matvec(matrix, vector).block_until_ready()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    matvec(matrix, vector).block_until_ready()
+    times.append(time.perf_counter() - start)
+  del matrix
+  return n * n * 4 / statistics.median(times)
+
+
+def measure(size: str, variant: str, tokens: int, max_len: int, warmup: int) -> dict:
+  d_model, d_ff, n_layers, n_heads = SIZES[size]
+  knobs = dict(VARIANTS[variant])
+  if knobs.get('attention_type') == 'multconv':
+    d_ff = d_ff * 3 // 2      # keep the parameter count of dense (the paper: 4096 -> 6144)
+  model = models.ScalingTransformerLM(VOCAB, d_model, d_ff, n_layers, n_heads, max_len,
+                                      dropout=0.0, mode='predict', **knobs)
+  signature = jax.ShapeDtypeStruct((1, 1), jnp.int32)
+  weights = jax.jit(lambda: model.init(signature, rng=jax.random.key(1))[0])()
+  params = tl.count_parameters(weights)
+  state = decoding.initial_state(model, signature)
+  rng = jax.random.key(2)
+  token = jnp.zeros((1,), jnp.int32)
+  step_times = []
+  for t in range(warmup + tokens):
+    start = time.perf_counter()
+    token, _, state = decoding.decode_step(model, weights, state, token, None, rng,
+                                           temperature=0.0, top_k=None)
+    token.block_until_ready()
+    if t >= warmup:
+      step_times.append(time.perf_counter() - start)
+  cost = tl.decode_cost(model, weights, state, position=warmup + tokens // 2)
+  # The same number of tokens inside one while_loop (compiled first, then timed).
+  prefix = jnp.zeros((1, 0), jnp.int32)
+  for _ in range(2):   # the first run compiles; the second is timed
+    fresh = decoding.initial_state(model, signature)
+    start = time.perf_counter()
+    out, _, fresh = decoding.generate(model, weights, fresh, prefix, None, rng,
+                                      max_length=warmup + tokens, temperature=0.0,
+                                      top_k=None, eos_id=None)
+    out.block_until_ready()
+    loop_seconds = time.perf_counter() - start
+    del fresh
+  del weights, state
+  gc.collect()
+  ms = 1e3 * statistics.median(step_times)
+  return {'size': size, 'variant': variant, 'params': params, 'ms': ms,
+          'loop_ms': 1e3 * loop_seconds / (warmup + tokens), 'per_layer_ms': ms / n_layers,
+          'weight_bytes': cost['weights'], 'cache_bytes': cost['cache'],
+          'bytes': cost['total']}
+
+
+def _at_position(state, position: int):
+  """The state with every attention cache's next position set to `position`."""
+  if isinstance(state, dict):
+    state = {k: _at_position(v, position) for k, v in state.items()}
+    if 'position' in state:
+      state['position'] = jnp.int32(position)
+    return state
+  if isinstance(state, tuple):
+    return tuple(_at_position(s, position) for s in state)
+  return state
+
+
+def profile_parts(size: str, variant: str, max_len: int, position: int, repeats: int = 50):
+  """Times one token through each part of a block alone (jitted), against its floor.
+
+  Returns rows of (part, median ms, MB read, floor ms at `bandwidth`=None).
+  """
+  d_model, d_ff, _, n_heads = SIZES[size]
+  knobs = dict(VARIANTS[variant])
+  if knobs.get('attention_type') == 'multconv':
+    d_ff = d_ff * 3 // 2
+  from sparse_trax.models import scaling  # pylint: disable=import-outside-toplevel
+  parts = {
+      'attention': scaling.causal_attention_factory(
+          d_model, n_heads, knobs.get('attention_type', 'dense'), 16, 0.0, max_len)('predict'),
+      'feed-forward': scaling.feed_forward_factory(
+          d_model, d_ff, knobs.get('ff_sparsity', 0), '1inN', 0.0)('predict'),
+      'layer norm': tl.LayerNorm(),
+      'vocabulary projection': scaling.logits_layer(VOCAB, knobs.get('loss_sparsity', 0)),
+  }
+  x = jax.random.normal(jax.random.key(3), (1, 1, d_model))
+  rows = []
+  for name, layer in parts.items():
+    signature = jax.ShapeDtypeStruct(x.shape, x.dtype)
+    weights = jax.jit(lambda l=layer: l.init(signature, rng=jax.random.key(1))[0])()
+    state = _at_position(decoding.initial_state(layer, signature), position)
+    apply = jax.jit(layer.apply)
+    apply(weights, state, x)[0].block_until_ready()
+    times = []
+    for _ in range(repeats):
+      start = time.perf_counter()
+      apply(weights, state, x)[0].block_until_ready()
+      times.append(time.perf_counter() - start)
+    cost = tl.decode_cost(layer, weights, state, position=position)
+    rows.append((name, 1e3 * statistics.median(times), cost['total']))
+  return rows
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--sizes', nargs='+', default=['small', 'large'], choices=list(SIZES))
+  parser.add_argument('--variants', nargs='+', default=list(VARIANTS), choices=list(VARIANTS))
+  parser.add_argument('--tokens', type=int, default=64, help='timed tokens (after warm-up)')
+  parser.add_argument('--warmup', type=int, default=8)
+  parser.add_argument('--max-len', type=int, default=2048, help='cache slots of each layer')
+  parser.add_argument('--profile', action='store_true',
+                      help='also time each part of one block alone (where the time goes)')
+  args = parser.parse_args()
+  bandwidth = memory_bandwidth()
+  print(f'memory bandwidth (16384x16384 float32 matvec, median): {bandwidth / 1e9:.1f} GB/s')
+  if args.profile:
+    for size in args.sizes:
+      for variant in args.variants:
+        print(f'\none token through the parts of one {size} {variant} block, alone '
+              f'(position {args.warmup + args.tokens // 2}):')
+        print('| part | ms | MB read | floor ms | floor / measured |')
+        print('|---|---|---|---|---|')
+        for name, ms, nbytes in profile_parts(size, variant, args.max_len,
+                                              args.warmup + args.tokens // 2):
+          floor = 1e3 * nbytes / bandwidth
+          print(f'| {name} | {ms:.3f} | {nbytes / 1e6:.2f} | {floor:.3f} | {floor / ms:.0%} |')
+  rows = []
+  for size in args.sizes:
+    for variant in args.variants:
+      row = measure(size, variant, args.tokens, args.max_len, args.warmup)
+      row['floor_ms'] = 1e3 * row['bytes'] / bandwidth
+      rows.append(row)
+      print(f'  measured {size} {variant}: {row["ms"]:.2f} ms/token', flush=True)
+  print(f'\nbatch 1, float32, vocab {VOCAB}, cache max_len {args.max_len}, median of '
+        f'{args.tokens} tokens after {args.warmup} warm-up; {jax.devices()[0].device_kind}')
+  print('| size | variant | params | ms/token | ms/layer | speedup vs dense | '
+        'loop ms/token | MB read/token (weights + cache) | floor ms | floor / measured |')
+  print('|---|---|---|---|---|---|---|---|---|---|')
+  for row in rows:
+    dense = next((r for r in rows if r['size'] == row['size'] and r['variant'] == 'dense'), row)
+    print(f'| {row["size"]} | {row["variant"]} | {row["params"] / 1e6:.1f}M | {row["ms"]:.2f} | '
+          f'{row["per_layer_ms"]:.3f} | {dense["ms"] / row["ms"]:.2f}x | {row["loop_ms"]:.2f} | '
+          f'{row["weight_bytes"] / 1e6:.1f} + {row["cache_bytes"] / 1e6:.1f} | '
+          f'{row["floor_ms"]:.2f} | {row["floor_ms"] / row["ms"]:.0%} |')
+
+
+if __name__ == '__main__':
+  main()
