@@ -18,26 +18,48 @@ from sparse_trax.layers.base import Layer
 _glorot = jax.nn.initializers.glorot_uniform()
 
 
-def _gumbel_one_hot_mask(log_probs, rng, temperature, quant_prob, index=None):
-  """Training mask over the last axis: hard one-hot or soft, straight-through.
+def gumbel_choice(log_probs, rng, temperature):
+  """argmax(log_probs + temperature * gumbel) over the last axis (int32)."""
+  noise_rng, _ = jax.random.split(rng)
+  noise = jax.random.gumbel(noise_rng, log_probs.shape, log_probs.dtype)
+  return jnp.argmax(log_probs + temperature * noise, axis=-1).astype(jnp.int32)
 
-  index = argmax(log_probs + temperature * gumbel) (or the given `index`, to
-  repeat an earlier choice); the hard mask is one_hot + p - stop_gradient(p)
-  (forward one-hot, gradient through p). With probability quant_prob (one
-  draw per call, from `rng`) the hard mask is used, else p.
 
-  Returns:
-    (mask with log_probs' shape, index [...] int32).
+def straight_through_mask(log_probs, index, rng, quant_prob):
+  """The hard one-hot mask of `index` with probability quant_prob, else the soft one.
+
+  The hard mask is one_hot + p - stop_gradient(p): one-hot forward, the
+  gradient of p backward. One draw per call (from the second half of `rng`).
   """
-  noise_rng, quant_rng = jax.random.split(rng)
-  if index is None:
-    noise = jax.random.gumbel(noise_rng, log_probs.shape, log_probs.dtype)
-    index = jnp.argmax(log_probs + temperature * noise, axis=-1).astype(jnp.int32)
+  _, quant_rng = jax.random.split(rng)
   probs = jnp.exp(log_probs)
   hard = jax.nn.one_hot(index, log_probs.shape[-1], dtype=probs.dtype)
   hard = hard + probs - jax.lax.stop_gradient(probs)
   use_hard = jax.random.uniform(quant_rng) < quant_prob
-  return jnp.where(use_hard, hard, probs), index
+  return jnp.where(use_hard, hard, probs)
+
+
+def _gumbel_one_hot_mask(log_probs, rng, temperature, quant_prob, index=None):
+  """(training mask, index): a fresh Gumbel choice unless `index` is given."""
+  if index is None:
+    index = gumbel_choice(log_probs, rng, temperature)
+  return straight_through_mask(log_probs, index, rng, quant_prob), index
+
+
+def decision_state(shape) -> dict:
+  """Train-mode state of a layer with discrete choices: the last choice, and a replay flag.
+
+  A reversible backward pass sets 'replay' (see `with_replay`) so that the
+  recomputation reuses the forward pass's choices exactly.
+  """
+  return {'choices': jnp.zeros(shape, jnp.int32), 'replay': jnp.zeros((), jnp.bool_)}
+
+
+def replayed_choices(state, fresh):
+  """The stored choices when replaying (and shapes match), else the fresh ones."""
+  if state.get('choices') is None or state['choices'].shape != fresh.shape:
+    return fresh
+  return jnp.where(state['replay'], state['choices'], fresh)
 
 
 class SparseFF(Layer):
@@ -93,7 +115,13 @@ class SparseFF(Layer):
             'b2': jnp.zeros((d_model,), jnp.float32),
             'controller_in': _glorot(keys[2], (d_model, self.d_lowrank), jnp.float32),
             'controller_out': _glorot(keys[3], (self.d_lowrank, self.d_ff), jnp.float32),
-            'controller_bias': jnp.zeros((self.d_ff,), jnp.float32)}, {}
+            'controller_bias': jnp.zeros((self.d_ff,), jnp.float32)}, self._initial_state(
+                input_signature)
+
+  def _initial_state(self, input_signature):
+    if self.mode != 'train':
+      return {}
+    return decision_state(tuple(input_signature.shape[:-1]) + (self.n_blocks,))
 
   def decode_weight_bytes(self, weights) -> int:
     """The controller, whole, and one row of W1 and W2 (and b1) per block."""
@@ -112,13 +140,17 @@ class SparseFF(Layer):
     return jax.nn.log_softmax(logits, axis=-1)
 
   def forward(self, weights, state, x, rng):
-    return self.forward_with_units(weights, x, rng)[0], state
+    y, units = self.forward_with_units(weights, x, rng, state=state)
+    if self.mode == 'train':
+      state = {'choices': units, 'replay': jnp.zeros((), jnp.bool_)}
+    return y, state
 
-  def forward_with_units(self, weights, x, rng, units=None):
+  def forward_with_units(self, weights, x, rng, units=None, state=None):
     """Like `apply`, also returning the chosen units [..., n_blocks] (int32).
 
     Pass `units` (from an earlier call) to reuse the same choice when the
-    layer is recomputed, e.g. in a reversible backward pass.
+    layer is recomputed; in 'train' mode a `state` with 'replay' set does
+    the same with the choices it holds (a reversible backward pass).
     """
     if x.shape[-1] != weights['w1'].shape[1]:
       raise ValueError(f'last input dimension must be {weights["w1"].shape[1]}, '
@@ -131,8 +163,10 @@ class SparseFF(Layer):
       if rng is None:
         raise ValueError("SparseFF in 'train' mode needs an rng (Gumbel noise)")
       mask_rng, dropout_rng = jax.random.split(rng)
-      mask, chosen = _gumbel_one_hot_mask(log_probs, mask_rng, self.temperature,
-                                          self.quant_prob, index=units)
+      if units is None:
+        units = gumbel_choice(log_probs, mask_rng, self.temperature)
+        units = replayed_choices(state, units) if state else units
+      mask, chosen = straight_through_mask(log_probs, units, mask_rng, self.quant_prob), units
     else:
       dropout_rng = None
       chosen = jnp.argmax(log_probs, axis=-1).astype(jnp.int32) if units is None else units
@@ -187,7 +221,9 @@ class BlockSparseFF(Layer):
             'w2': _glorot(keys[1], (self.d_ff, d_model), jnp.float32),
             'b2': jnp.zeros((d_model,), jnp.float32),
             'router': _glorot(keys[2], (d_model, self.n_experts), jnp.float32),
-            'router_bias': jnp.zeros((self.n_experts,), jnp.float32)}, {}
+            'router_bias': jnp.zeros((self.n_experts,), jnp.float32)}, (
+                decision_state(tuple(input_signature.shape[:-1])) if self.mode == 'train'
+                else {})
 
   def forward(self, weights, state, x, rng):
     if x.shape[-1] != weights['w1'].shape[1]:
@@ -200,7 +236,10 @@ class BlockSparseFF(Layer):
       if rng is None:
         raise ValueError("BlockSparseFF in 'train' mode needs an rng (Gumbel noise)")
       mask_rng, dropout_rng = jax.random.split(rng)
-      mask, _ = _gumbel_one_hot_mask(log_probs, mask_rng, self.temperature, self.quant_prob)
+      expert = gumbel_choice(log_probs, mask_rng, self.temperature)
+      expert = replayed_choices(state, expert) if state else expert
+      mask = straight_through_mask(log_probs, expert, mask_rng, self.quant_prob)
+      state = {'choices': expert, 'replay': jnp.zeros((), jnp.bool_)}
     else:
       mask = jax.nn.one_hot(jnp.argmax(log_probs, axis=-1), self.n_experts, dtype=x.dtype)
     hidden = jax.nn.relu(jnp.dot(x, weights['w1'].T) + weights['b1'])

@@ -1,0 +1,195 @@
+"""Reversible layers (RevNet / Reformer): activations recomputed in the backward pass.
+
+A reversible block maps (x1, x2) to y1 = x1 + F(x2), y2 = x2 + G(y1); from
+(y1, y2) its inputs are recomputed exactly enough: x2 = y2 - G(y1),
+x1 = y1 - F(x2). `ReversibleSerial` runs such layers under a
+`jax.custom_vjp` that keeps only the last outputs, and in the backward pass
+walks the layers from the end, reconstructing each one's inputs from its
+outputs. Activation memory therefore does not grow with depth.
+
+Randomness drawn in the forward pass is reused exactly when a layer is
+recomputed: every sublayer gets the same rng (dropout masks, Gumbel noise, LSH
+rotations are rng-determined), and discrete choices that rounding could flip
+(SparseFF's units, LSH buckets) are kept in the layers' 'train' state and
+replayed (`with_replay`).
+
+The stack is (x1, x2, *extras): extras (e.g. a padding mask) pass through
+unchanged and must not be floating point (they get no gradient).
+"""
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+
+from sparse_trax.layers.base import Layer
+from sparse_trax.layers.combinators import Serial, as_items, from_items
+
+
+def with_replay(state):
+  """The state with every 'replay' flag set: recorded choices are reused."""
+  if isinstance(state, dict):
+    state = {k: with_replay(v) for k, v in state.items()}
+    if 'replay' in state:
+      state['replay'] = jnp.ones((), jnp.bool_)
+    return state
+  if isinstance(state, (tuple, list)):
+    return type(state)(with_replay(s) for s in state)
+  return state
+
+
+class ReversibleLayer(Layer):
+  """A layer whose inputs can be recomputed from its outputs (n_in == n_out)."""
+
+  def reverse_and_grad(self, weights, state, outputs, d_outputs, rng):
+    """From outputs and their cotangents, (inputs, input cotangents, weight cotangents).
+
+    Args:
+      weights: the layer's weights.
+      state: the layer's state as the forward pass returned it (with the
+        choices it made, replayed here).
+      outputs: the tuple of output items.
+      d_outputs: their cotangents.
+      rng: the rng the forward pass used.
+    """
+    raise NotImplementedError
+
+
+class ReversibleSwap(ReversibleLayer):
+  """(x1, x2) -> (x2, x1)."""
+
+  def __init__(self):
+    super().__init__(2, 2)
+
+  def forward(self, weights, state, inputs, rng):
+    x1, x2 = inputs
+    return (x2, x1), state
+
+  def reverse_and_grad(self, weights, state, outputs, d_outputs, rng):
+    return (outputs[1], outputs[0]), (d_outputs[1], d_outputs[0]), weights
+
+
+class ReversibleHalfResidual(ReversibleLayer):
+  """(x1, x2, *extras) -> (x1 + F(x2, *extras), x2, *extras).
+
+  F is the Serial of `layers`; it takes x2 and the extras and gives its
+  output first (any extras it returns are dropped: the inputs' extras pass
+  through). Usually followed by ReversibleSwap.
+  """
+
+  def __init__(self, *layers: Layer, name=None):
+    residual = layers[0] if len(layers) == 1 else Serial(*layers)
+    if residual.n_out < 1:
+      raise ValueError('ReversibleHalfResidual needs a layer with an output')
+    n = 1 + max(residual.n_in, 1)
+    super().__init__(n, n, name=name, sublayers=(residual,))
+
+  def _residual(self, weights, state, x2, extras, rng):
+    residual = self.sublayers[0]
+    items = (x2,) + tuple(extras[:residual.n_in - 1])
+    out, state = self.apply_sublayer(0, weights[0], state[0], from_items(items, residual.n_in),
+                                     rng)
+    return as_items(out, residual.n_out)[0], (state,)
+
+  def init_with_signature(self, input_signature, rng):
+    items = as_items(input_signature, self.n_in)
+    residual = self.sublayers[0]
+    w, s, _ = self.init_sublayer(0, from_items((items[1],) + tuple(items[2:2 + residual.n_in - 1]),
+                                               residual.n_in), rng)
+    return (w,), (s,), input_signature
+
+  def forward(self, weights, state, inputs, rng):
+    x1, x2, *extras = inputs
+    fx, state = self._residual(weights, state, x2, extras, rng)
+    return (x1 + fx, x2, *extras), state
+
+  def reverse_and_grad(self, weights, state, outputs, d_outputs, rng):
+    y1, x2, *extras = outputs
+    d_y1, d_x2, *d_extras = d_outputs
+    replay = with_replay(state)
+    fx, vjp = jax.vjp(lambda w, x: self._residual(w, replay, x, extras, rng)[0], weights, x2)
+    d_weights, d_x2_through_f = vjp(d_y1)
+    return (y1 - fx, x2, *extras), (d_y1, d_x2 + d_x2_through_f, *d_extras), d_weights
+
+
+class ReversibleSerial(Layer):
+  """Reversible layers in sequence, with memory-saving gradients.
+
+  All layers take the top of the same stack (x1, x2, *extras) and give it
+  back (n_in == n_out). Under `jax.grad` the backward pass recomputes each
+  layer's inputs from its outputs instead of storing them.
+
+  Args:
+    *layers: ReversibleHalfResidual / ReversibleSwap layers.
+    memory_saving: False runs plain autodiff of the same function (it
+      stores every activation): a reference, and a baseline for memory.
+  """
+
+  def __init__(self, *layers: ReversibleLayer, memory_saving: bool = True, name=None):
+    layers = tuple(layers)
+    for layer in layers:
+      if not isinstance(layer, ReversibleLayer):
+        raise TypeError(f'ReversibleSerial takes reversible layers, got {layer!r}')
+    n = max(layer.n_in for layer in layers)
+    super().__init__(n, n, name=name, sublayers=layers)
+    self.memory_saving = memory_saving
+
+  def init_with_signature(self, input_signature, rng):
+    items = as_items(input_signature, self.n_in)
+    weights, states = [], []
+    for i, layer in enumerate(self.sublayers):
+      w, s, _ = self.init_sublayer(i, from_items(items[:layer.n_in], layer.n_in), rng)
+      weights.append(w)
+      states.append(s)
+    return tuple(weights), tuple(states), input_signature
+
+  def _run(self, weights, state, items, rng):
+    new_states = []
+    for i, layer in enumerate(self.sublayers):
+      out, s = self.apply_sublayer(i, weights[i], state[i],
+                                   from_items(items[:layer.n_in], layer.n_in), rng)
+      items = tuple(as_items(out, layer.n_out)) + tuple(items[layer.n_in:])
+      new_states.append(s)
+    return items, tuple(new_states)
+
+  def forward(self, weights, state, inputs, rng):
+    items = tuple(as_items(inputs, self.n_in))
+    for extra in items[2:]:
+      if jnp.issubdtype(extra.dtype, jnp.floating):
+        raise ValueError('the extra stack items of a reversible stack (beyond x1, x2) '
+                         f'must not be floating point; got {extra.dtype}')
+    if not self.memory_saving:
+      outputs, new_state = self._run(weights, state, items, rng)
+      return from_items(outputs, self.n_out), new_state
+
+    @jax.custom_vjp
+    def run(weights, state, items, rng):
+      return self._run(weights, state, items, rng)
+
+    def run_forward(weights, state, items, rng):
+      outputs, new_state = self._run(weights, state, items, rng)
+      return (outputs, new_state), (weights, new_state, outputs, rng)
+
+    def run_backward(residuals, cotangents):
+      weights, new_state, outputs, rng = residuals
+      d_items = tuple(cotangents[0])
+      d_weights = [None] * len(self.sublayers)
+      items = tuple(outputs)
+      for i in reversed(range(len(self.sublayers))):
+        layer = self.sublayers[i]
+        sub_rng = None if rng is None else jax.random.fold_in(rng, i)
+        inputs, d_inputs, d_weights[i] = layer.reverse_and_grad(
+            weights[i], new_state[i], items[:layer.n_in], d_items[:layer.n_in], sub_rng)
+        items = tuple(inputs) + items[layer.n_in:]
+        d_items = tuple(d_inputs) + d_items[layer.n_in:]
+      return tuple(d_weights), None, d_items, None
+
+    run.defvjp(run_forward, run_backward)
+    outputs, new_state = run(weights, state, items, rng)
+    return from_items(outputs, self.n_out), new_state
+
+
+def ReversibleBlock(f: Sequence[Layer], g: Sequence[Layer]):  # pylint: disable=invalid-name
+  """One RevNet block: (x1, x2) -> (x1 + F(x2), x2 + G(x1 + F(x2)))."""
+  return [ReversibleHalfResidual(*f), ReversibleSwap(), ReversibleHalfResidual(*g),
+          ReversibleSwap()]
