@@ -1,0 +1,76 @@
+"""SRU, the simple recurrent unit (Lei et al.), as used beside the FF in Terraformer.
+
+f_t = sigmoid(W_f x_t + b_f), r_t = sigmoid(W_r x_t + b_r), y_t = W x_t,
+c_t = f_t * c_{t-1} + (1 - f_t) * y_t,  h_t = r_t * c_t + (1 - r_t) * x_t.
+The matrix products run for all steps at once; the elementwise recurrence,
+linear in c, runs as an associative scan over the length.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from sparse_trax.layers.base import Layer
+
+
+def linear_recurrence(decay, update, initial):
+  """c_t = decay_t * c_{t-1} + update_t along axis 1, by an associative scan.
+
+  Args:
+    decay, update: [batch, length, n].
+    initial: [batch, n], the carry before step 0.
+
+  Returns:
+    c: [batch, length, n].
+  """
+  update = update.at[:, 0].add(decay[:, 0] * initial)
+
+  def combine(earlier, later):
+    a1, b1 = earlier
+    a2, b2 = later
+    return a1 * a2, a2 * b1 + b2
+  return jax.lax.associative_scan(combine, (decay, update), axis=1)[1]
+
+
+class SRU(Layer):
+  """Simple recurrent unit: [batch, length, n_units] -> [batch, length, n_units].
+
+  Weights: `w` [n_units, 3 * n_units] (y, forget, reset), `b` [2 * n_units]
+  (forget and reset biases). In 'predict' mode the state holds the carry c,
+  so feeding one step at a time continues the sequence.
+  """
+
+  def __init__(self, n_units: int, forget_bias: float = 1.0, mode: str = 'train'):
+    super().__init__(1, 1, mode=mode)
+    self.n_units = n_units
+    self.forget_bias = forget_bias
+
+  def init_weights_and_state(self, input_signature, rng):
+    if input_signature.ndim != 3 or input_signature.shape[-1] != self.n_units:
+      raise ValueError(f'SRU({self.n_units}) needs [batch, length, {self.n_units}], '
+                       f'got shape {tuple(input_signature.shape)}')
+    w = jax.nn.initializers.glorot_uniform()(rng, (self.n_units, 3 * self.n_units), jnp.float32)
+    b = jnp.concatenate([jnp.full((self.n_units,), self.forget_bias, jnp.float32),
+                         jnp.zeros((self.n_units,), jnp.float32)])
+    state = {}
+    if self.mode == 'predict':
+      state = {'carry': jnp.zeros((input_signature.shape[0], self.n_units), jnp.float32)}
+    return {'w': w, 'b': b}, state
+
+  def gates(self, weights, x):
+    """(y, forget, reset), each [batch, length, n_units], for all steps at once."""
+    if x.ndim != 3 or x.shape[-1] != self.n_units:
+      raise ValueError(f'SRU({self.n_units}) needs [batch, length, {self.n_units}], '
+                       f'got shape {tuple(x.shape)}')
+    y, forget, reset = jnp.split(jnp.dot(x, weights['w']), 3, axis=-1)
+    b_forget, b_reset = jnp.split(weights['b'], 2)
+    return y, jax.nn.sigmoid(forget + b_forget), jax.nn.sigmoid(reset + b_reset)
+
+  def forward(self, weights, state, x, rng):
+    y, forget, reset = self.gates(weights, x)
+    initial = state['carry'] if self.mode == 'predict' else jnp.zeros(
+        (x.shape[0], self.n_units), x.dtype)
+    c = linear_recurrence(forget, (1.0 - forget) * y, initial)
+    h = reset * c + (1.0 - reset) * x
+    if self.mode == 'predict':
+      state = {'carry': c[:, -1]}
+    return h, state
