@@ -49,12 +49,15 @@ from sparse_trax.layers.losses import SequenceAccuracy
 from sparse_trax.layers.losses import sequence_accuracy
 from sparse_trax.layers.losses import weighted_accuracy
 from sparse_trax.layers.losses import weighted_cross_entropy
+from sparse_trax.layers.lsh_attention import ChunkedCausalAttention
+from sparse_trax.layers.lsh_attention import LSHSelfAttention
 from sparse_trax.layers.reversible import ReversibleBlock
 from sparse_trax.layers.reversible import ReversibleHalfResidual
 from sparse_trax.layers.reversible import ReversibleLayer
 from sparse_trax.layers.reversible import ReversibleSerial
 from sparse_trax.layers.reversible import ReversibleSwap
 from sparse_trax.layers.reversible import with_replay
+from sparse_trax.layers.rnn import SRU
 from sparse_trax.layers.sparse_ff import BlockSparseFF
 from sparse_trax.layers.sparse_ff import SparseFF
 from sparse_trax.layers.sparse_qkv import LocallyConvDense

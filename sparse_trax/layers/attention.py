@@ -72,19 +72,29 @@ def empty_kv_cache(batch: int, max_len: int, n_heads: int, d_head: int) -> dict:
           'position': jnp.zeros((), jnp.int32)}
 
 
-def cached_attention(q, keys, values, position):
+SELF_LOGIT = -1e5   # Reformer's rule: attend to yourself only when nothing else is visible
+
+
+def cached_attention(q, keys, values, position, *, first_visible=None, query_buckets=None,
+                     key_buckets=None, mask_self=False):
   """Causal attention of new queries over the filled blocks of a cache only.
 
   Queries sit at absolute positions position .. position + length - 1; the
   keys and values of those positions are already in the cache. Blocks past
-  the last filled slot are never read, so the cost grows with the position,
-  not with the cache size. Softmax is accumulated block by block (online, in
-  float32).
+  the last filled slot (and before the earliest visible one) are never read,
+  so the cost grows with the position, not with the cache size. Softmax is
+  accumulated block by block (online, in float32).
 
   Args:
     q: [batch, length, n_heads, d_head].
     keys, values: [batch, slots, n_heads, d_head], slots a multiple of the block.
     position: int32 scalar, the position of the first query.
+    first_visible: optional [length] int32, the first key position each query
+      may see (local attention); default 0.
+    query_buckets, key_buckets: optional [batch, length, n_heads, rounds] and
+      [batch, slots, n_heads, rounds] int32 (LSH): a query sees only keys that
+      share a bucket with it in some round.
+    mask_self: give a query's own key the logit SELF_LOGIT.
 
   Returns:
     [batch, length, n_heads, d_head].
@@ -93,18 +103,31 @@ def cached_attention(q, keys, values, position):
   block = cache_block_size(keys.shape[1])
   q = q.astype(jnp.float32) / jnp.sqrt(jnp.float32(d_head))
   query_positions = position + jnp.arange(length)
-  n_filled_blocks = (position + length + block - 1) // block
+  if first_visible is None:
+    first_visible = jnp.zeros((length,), jnp.int32)
+  first_block = jnp.min(first_visible) // block
+  last_block = (position + length + block - 1) // block
 
   def one_block(i, carry):
     running_max, normalizer, accumulated = carry
     k = jax.lax.dynamic_slice_in_dim(keys, i * block, block, axis=1)
     v = jax.lax.dynamic_slice_in_dim(values, i * block, block, axis=1)
     logits = jnp.einsum('bqhd,bkhd->bhqk', q, k)
-    visible = (i * block + jnp.arange(block))[None, :] <= query_positions[:, None]
+    key_positions = i * block + jnp.arange(block)
+    visible = ((key_positions[None, :] <= query_positions[:, None]) &
+               (key_positions[None, :] >= first_visible[:, None]))[None, None]
+    if query_buckets is not None:
+      kb = jax.lax.dynamic_slice_in_dim(key_buckets, i * block, block, axis=1)
+      same = jnp.any(query_buckets[:, :, None] == kb[:, None], axis=-1)   # [b, q, k, h]
+      visible = visible & jnp.transpose(same, (0, 3, 1, 2))
+    if mask_self:
+      is_self = (key_positions[None, :] == query_positions[:, None])[None, None]
+      logits = jnp.where(is_self, SELF_LOGIT, logits)
     logits = jnp.where(visible, logits, -jnp.inf)
     new_max = jnp.maximum(running_max, logits.max(-1))
-    probs = jnp.exp(logits - new_max[..., None])
-    rescale = jnp.exp(running_max - new_max)
+    safe_max = jnp.where(jnp.isfinite(new_max), new_max, 0.0)
+    probs = jnp.exp(logits - safe_max[..., None])
+    rescale = jnp.where(jnp.isfinite(running_max), jnp.exp(running_max - safe_max), 0.0)
     normalizer = normalizer * rescale + probs.sum(-1)
     accumulated = accumulated * rescale[..., None] + jnp.einsum('bhqk,bkhd->bhqd', probs, v)
     return new_max, normalizer, accumulated
@@ -112,8 +135,8 @@ def cached_attention(q, keys, values, position):
   init = (jnp.full((batch, n_heads, length), -jnp.inf, jnp.float32),
           jnp.zeros((batch, n_heads, length), jnp.float32),
           jnp.zeros((batch, n_heads, length, d_head), jnp.float32))
-  _, normalizer, accumulated = jax.lax.fori_loop(0, n_filled_blocks, one_block, init)
-  out = accumulated / normalizer[..., None]
+  _, normalizer, accumulated = jax.lax.fori_loop(first_block, last_block, one_block, init)
+  out = accumulated / jnp.maximum(normalizer, 1e-30)[..., None]
   return jnp.transpose(out, (0, 2, 1, 3)).astype(values.dtype)
 
 
