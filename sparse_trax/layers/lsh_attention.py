@@ -18,6 +18,11 @@ _glorot = jax.nn.initializers.glorot_uniform()
 _INVALID = -1e9
 
 
+def _unit_norm(x):
+  """x / |x| over the last axis, with a finite gradient at x = 0 (padding)."""
+  return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + 1e-12)
+
+
 def _look_back(chunks, n_chunks_before: int, fill):
   """[..., n, c, ...] chunks -> [..., n, (n_chunks_before + 1) * c, ...] windows.
 
@@ -246,7 +251,7 @@ class LSHSelfAttention(_LongAttention):
     sorted_pos = order
     shape = (batch, n_heads, self.n_hashes, n, c)
     queries = sorted_qk.reshape(shape + (d_head,)) / jnp.sqrt(jnp.float32(d_head))
-    keys = sorted_qk / jnp.maximum(jnp.linalg.norm(sorted_qk, axis=-1, keepdims=True), 1e-6)
+    keys = _unit_norm(sorted_qk)
     flat = lambda t, fill: _look_back(t.reshape((-1, n, c) + t.shape[4:]), self.n_chunks_before,
                                       fill).reshape(shape[:3] + (n, -1) + t.shape[4:])
     key_windows = flat(keys, 0.0)
@@ -274,7 +279,7 @@ class LSHSelfAttention(_LongAttention):
 
   def _decode(self, weights, state, qk, v, buckets):
     position = state['position']
-    keys = qk / jnp.maximum(jnp.linalg.norm(qk, axis=-1, keepdims=True), 1e-6)
+    keys = _unit_norm(qk)
     key_cache = jax.lax.dynamic_update_slice_in_dim(state['keys'], keys, position, axis=1)
     value_cache = jax.lax.dynamic_update_slice_in_dim(state['values'], v, position, axis=1)
     query_buckets = jnp.transpose(buckets, (0, 3, 1, 2))                 # [b, l, h, r]
