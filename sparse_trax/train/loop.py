@@ -66,7 +66,8 @@ def make_train_step(model, optimizer: optax.GradientTransformation, lm: bool):
 
 
 def make_eval_step(model, lm: bool):
-  """A jitted step: (weights, model_state, batch) -> (summed nll, summed correct, weight)."""
+  """A jitted step: (weights, model_state, batch) -> summed (nll, correct, weight,
+  correct sequences, sequences)."""
   @jax.jit
   def step(weights, model_state, batch):
     logits, _ = model.apply(weights, model_state, model_inputs(batch, lm))
@@ -74,7 +75,9 @@ def make_eval_step(model, lm: bool):
     total = jnp.sum(w)
     nll = losses.weighted_cross_entropy(logits, batch['targets'], w) * total
     correct = losses.weighted_accuracy(logits, batch['targets'], w) * total
-    return nll, correct, total
+    sequences = jnp.sum(jnp.any(w > 0, axis=1))
+    right_sequences = losses.sequence_accuracy(logits, batch['targets'], w) * sequences
+    return nll, correct, total, right_sequences, sequences
   return step
 
 
@@ -83,17 +86,18 @@ def evaluate(eval_model, eval_step, weights, batches, lm: bool) -> dict:
 
   The eval model gets its own state (layers may keep different state per mode).
   """
-  nll, correct, total = 0.0, 0.0, 0.0
+  sums = np.zeros(5)
   eval_state = None
   for batch in batches:
     if eval_state is None:
       eval_state = decoding.initial_state(eval_model, _signature(model_inputs(batch, lm)))
-    n, c, t = eval_step(weights, eval_state, batch)
-    nll, correct, total = nll + float(n), correct + float(c), total + float(t)
+    sums += np.array([float(v) for v in eval_step(weights, eval_state, batch)])
+  nll, correct, total, right_sequences, sequences = sums
   if total == 0:
     raise ValueError('the eval split gave no weighted tokens')
   return {'eval_loss': nll / total, 'eval_log_perplexity': nll / total,
-          'eval_accuracy': correct / total}
+          'eval_accuracy': correct / total,
+          'eval_sequence_accuracy': right_sequences / max(sequences, 1.0)}
 
 
 def decode_sample(model_fn, vocab_size, weights, batch, tokenizer, lm: bool, length: int,
@@ -107,7 +111,8 @@ def decode_sample(model_fn, vocab_size, weights, batch, tokenizer, lm: bool, len
     prompt = targets[None, :prompt_length]
     tokens = decoding.autoregressive_sample(model, weights, prompt, **kwargs)
   else:
-    prompt = batch['inputs'][:1]
+    # One unpadded source (some encoder-decoders, like Terraformer, need it so).
+    prompt = batch['inputs'][:1, :max(1, int(np.sum(batch['inputs'][0] != 0)))]
     tokens = decoding.autoregressive_sample(model, weights, inputs=prompt, **kwargs)
   prompt_text = tokenizer.decode(prompt[0])
   if not lm:
