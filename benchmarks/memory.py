@@ -8,6 +8,7 @@ batch), and the temporaries, i.e. the peak memory beyond weights and
 optimizer state. One step of each is also run, to check it executes.
 
   python benchmarks/memory.py [--depths 2 6 12 24] [--length 1024] [--d-model 256]
+                              [--dropout 0.1] [--sru 32]
 """
 
 import argparse
@@ -23,7 +24,8 @@ from sparse_trax import models
 def step_memory(depth: int, reversible: bool, args) -> dict:
   model = models.TerraformerLM(vocab_size=args.vocab, d_model=args.d_model, d_ff=4 * args.d_model,
                                n_layers=depth, n_heads=args.heads, max_len=args.length,
-                               ff_use_sru=32, reversible=reversible, dropout=0.1)
+                               ff_use_sru=args.sru, reversible=reversible,
+                               dropout=args.dropout)
   tokens = jnp.ones((args.batch, args.length), jnp.int32)
   weights, state = model.init(tokens, rng=jax.random.key(0))
   optimizer = optax.adam(1e-3)
@@ -56,6 +58,8 @@ def main():
   parser.add_argument('--d-model', dest='d_model', type=int, default=256)
   parser.add_argument('--heads', type=int, default=4)
   parser.add_argument('--vocab', type=int, default=2000)
+  parser.add_argument('--dropout', type=float, default=0.0)
+  parser.add_argument('--sru', type=int, default=0, help='SRU width beside the FF (0: none)')
   args = parser.parse_args()
   rows = []
   for reversible in (True, False):
@@ -65,8 +69,8 @@ def main():
             f'{rows[-1]["temporaries"] / 2**20:.1f} MiB temporaries', flush=True)
   base = {r['reversible']: r['temporaries'] for r in rows if r['depth'] == args.depths[0]}
   print(f'\nOne Adam step of TerraformerLM (d_model {args.d_model}, d_ff {4 * args.d_model}, '
-        f'SRU 32, batch {args.batch} x {args.length} tokens, float32); XLA buffer assignment '
-        f'of the compiled step on {jax.devices()[0].device_kind}')
+        f'SRU {args.sru}, dropout {args.dropout}, batch {args.batch} x {args.length} tokens, '
+        f'float32); XLA buffer assignment of the compiled step on {jax.devices()[0].device_kind}')
   print('| stack | layers | parameters | weights + optimizer + batch (MiB) | '
         f'peak beyond them (MiB) | vs {args.depths[0]} layers |')
   print('|---|---|---|---|---|---|')

@@ -38,6 +38,20 @@ def with_replay(state):
   return state
 
 
+def _after(values, rng):
+  """(values, rng) that XLA may only use once `values` are computed.
+
+  Randomness (dropout masks) depends on the rng alone, so XLA would otherwise
+  draw every layer's masks up front, or merge the backward pass's redrawn
+  masks with the forward pass's, and keep all of them alive: memory would
+  grow with depth. The rng's value is unchanged.
+  """
+  if rng is None:
+    return jax.lax.optimization_barrier(values), None
+  values, key_data = jax.lax.optimization_barrier((values, jax.random.key_data(rng)))
+  return values, jax.random.wrap_key_data(key_data)
+
+
 class ReversibleLayer(Layer):
   """A layer whose inputs can be recomputed from its outputs (n_in == n_out)."""
 
@@ -146,8 +160,9 @@ class ReversibleSerial(Layer):
   def _run(self, weights, state, items, rng):
     new_states = []
     for i, layer in enumerate(self.sublayers):
+      items, layer_rng = _after(items, rng)
       out, s = self.apply_sublayer(i, weights[i], state[i],
-                                   from_items(items[:layer.n_in], layer.n_in), rng)
+                                   from_items(items[:layer.n_in], layer.n_in), layer_rng)
       items = tuple(as_items(out, layer.n_out)) + tuple(items[layer.n_in:])
       new_states.append(s)
     return items, tuple(new_states)
@@ -177,7 +192,9 @@ class ReversibleSerial(Layer):
       items = tuple(outputs)
       for i in reversed(range(len(self.sublayers))):
         layer = self.sublayers[i]
-        sub_rng = None if rng is None else jax.random.fold_in(rng, i)
+        # Recompute layer i only once layer i + 1's cotangents exist.
+        (items, d_items), layer_rng = _after((items, d_items), rng)
+        sub_rng = None if layer_rng is None else jax.random.fold_in(layer_rng, i)
         inputs, d_inputs, d_weights[i] = layer.reverse_and_grad(
             weights[i], new_state[i], items[:layer.n_in], d_items[:layer.n_in], sub_rng)
         items = tuple(inputs) + items[layer.n_in:]
