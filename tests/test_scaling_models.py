@@ -103,3 +103,21 @@ def test_encoder_decoder_predict_equals_eval(variant):
     outs.append(logits)
     previous = target[:, t:t + 1]
   np.testing.assert_allclose(jnp.concatenate(outs, 1), full, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('variant', sorted(VARIANTS))
+def test_greedy_decoding_equals_eval_argmax(variant):
+  """autoregressive_sample (one while_loop) == argmax of the eval forward pass, step by step."""
+  from sparse_trax import decoding  # pylint: disable=import-outside-toplevel
+  kwargs = dict(SIZE, dropout=0.0, **VARIANTS[variant])
+  evaluate = models.ScalingTransformerLM(**kwargs, mode='eval')
+  predict = models.ScalingTransformerLM(**kwargs, mode='predict')
+  prefix = np.array([[5, 6, 7], [11, 2, 9]], np.int32)
+  weights, state = evaluate.init(jnp.asarray(prefix), rng=jax.random.key(3))
+  got = decoding.autoregressive_sample(predict, weights, prefix, max_length=6)
+  tokens = prefix
+  forward = jax.jit(lambda t: evaluate.apply(weights, state, t)[0])
+  for _ in range(6):
+    logits = forward(jnp.pad(jnp.asarray(tokens), ((0, 0), (0, 1))))[:, -1]
+    tokens = np.concatenate([tokens, np.argmax(logits, -1)[:, None]], axis=1)
+  np.testing.assert_array_equal(got, tokens[:, 3:])
