@@ -11,7 +11,7 @@ from conftest import sig
 D = 16
 
 
-def stack(memory_saving=True, dropout=0.2, sparse=True, n_blocks=3):
+def stack(memory_saving=True, dropout=0.2, sparse=True, n_blocks=2):
   layers = []
   for _ in range(n_blocks):
     ff = (tl.SparseFF(64, n_elements_in_block=8, dropout=dropout) if sparse

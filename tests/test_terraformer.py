@@ -58,7 +58,7 @@ def test_terraformer_lm_with_lsh_trains_and_decodes():
 
 
 def test_reversible_and_plain_lm_give_the_same_gradients():
-  kwargs = dict(LM, ff_sparsity=8, ff_use_sru=8, dropout=0.1)
+  kwargs = dict(LM, ff_sparsity=8, ff_use_sru=8, dropout=0.1, n_layers=1)
   reversible, plain = models.TerraformerLM(**kwargs), models.TerraformerLM(**kwargs, reversible=False)
   tokens = jax.random.randint(jax.random.key(1), (2, 8), 1, 40)
   weights, state = reversible.init(tokens, rng=jax.random.key(0))
@@ -93,7 +93,7 @@ def test_terraformer_predict_equals_eval(variant):
 
 def test_concatenation_removes_encoder_padding():
   kwargs = dict(ENC_DEC, dropout=0.0, ff_use_sru=8, decoder_attention_type='multconv',
-                attention_sparsity=4)
+                attention_sparsity=4, n_decoder_layers=1, n_decoder_attention_layers=1)
   model = models.Terraformer(**kwargs, mode='eval')
   source = jax.random.randint(jax.random.key(1), (1, 5), 1, 30)
   target = jax.random.randint(jax.random.key(2), (1, 4), 1, 36)
@@ -106,7 +106,8 @@ def test_concatenation_removes_encoder_padding():
 
 def test_terraformer_trains_with_lsh_encoder_and_chunked_decoder():
   kwargs = dict(ENC_DEC, dropout=0.1, encoder_attention_type='lsh',
-                decoder_attention_type='chunked', attention_chunk_len=4)
+                decoder_attention_type='chunked', attention_chunk_len=4, n_decoder_layers=1,
+                n_decoder_attention_layers=1)
   model = models.Terraformer(**kwargs)
   source = jax.random.randint(jax.random.key(1), (2, 8), 1, 30)
   target = jax.random.randint(jax.random.key(2), (2, 6), 1, 36)

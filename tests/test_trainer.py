@@ -104,7 +104,7 @@ def test_rerun_after_finish_resumes_and_trains_further(tmp_path, text_files):
 
 
 def test_sigkill_mid_training_then_resume_equals_uninterrupted(tmp_path, text_files):
-  steps = 150
+  steps = 100
   config = tiny_config(str(tmp_path), text_files, n_steps=steps, eval_every=1000,
                        checkpoint_every=7, decode_length=0, progress_bar=False)
   env = dict(os.environ, JAX_PLATFORMS='cpu')
@@ -209,9 +209,10 @@ def test_arxiv_summarization_config_runs_on_local_data(tmp_path, monkeypatch):
                'Terraformer.n_encoder_layers = 1', 'Terraformer.n_decoder_layers = 1',
                'Terraformer.max_len = 192', 'Terraformer.attention_chunk_len = 16',
                'Terraformer.ff_sparsity = 8', 'Terraformer.ff_use_sru = 8',
-               'Terraformer.loss_sparsity = 2',
+               'Terraformer.loss_sparsity = 2', 'Terraformer.n_decoder_attention_layers = 1',
+               'Terraformer.n_hashes = 1',
                'train.n_steps = 2', 'train.eval_every = 2', 'train.checkpoint_every = 2',
-               'train.decode_length = 4', 'train.progress_bar = False']
+               'train.decode_length = 2', 'train.progress_bar = False']
   args = ['--config_file', os.path.join(REPO, 'gin', 'terraformer', 'arxiv_summarization.gin'),
           '--output_dir', out]
   for binding in overrides:
