@@ -113,7 +113,7 @@ def _at_position(state, position: int):
 def profile_parts(size: str, variant: str, max_len: int, position: int, repeats: int = 50):
   """Times one token through each part of a block alone (jitted), against its floor.
 
-  Returns rows of (part, median ms, MB read, floor ms at `bandwidth`=None).
+  Returns rows of (part, median ms, bytes read).
   """
   d_model, d_ff, _, n_heads = SIZES[size]
   knobs = dict(VARIANTS[variant])

@@ -12,7 +12,6 @@ combinator here goes through them.
 import inspect
 from typing import Callable, Optional, Sequence
 
-import jax
 import jax.numpy as jnp
 
 from sparse_trax.layers.base import Layer
@@ -54,7 +53,8 @@ def _serial_arity(layers) -> tuple:
   return n_in, depth
 
 
-def _none_to_identity(layer):
+def none_to_identity(layer):
+  """None -> an identity layer (Select([0])); a layer -> itself."""
   return Select([0], name='Identity') if layer is None else layer
 
 
@@ -123,7 +123,7 @@ class Parallel(Layer):
   """
 
   def __init__(self, *layers, name: Optional[str] = None):
-    layers = tuple(_none_to_identity(l) for l in layers)
+    layers = tuple(none_to_identity(l) for l in layers)
     super().__init__(sum(l.n_in for l in layers), sum(l.n_out for l in layers),
                      name=name, sublayers=layers)
 
@@ -162,7 +162,7 @@ class Branch(Layer):
   """
 
   def __init__(self, *layers, name: Optional[str] = None):
-    layers = tuple(_none_to_identity(l) for l in layers)
+    layers = tuple(none_to_identity(l) for l in layers)
     super().__init__(max(l.n_in for l in layers), sum(l.n_out for l in layers),
                      name=name, sublayers=layers)
 
@@ -318,194 +318,3 @@ class Concatenate(Layer):
 
   def forward(self, weights, state, inputs, rng):
     return jnp.concatenate(as_items(inputs, self.n_in), axis=self.axis), state
-
-
-# ---------------------------------------------------- Scan, Chunk, Cond, Cache
-
-class Scan(Layer):
-  """Runs a layer along an axis, threading a carry (like `lax.scan`).
-
-  The layer maps (x_slice..., carry...) to (y_slice..., new_carry...); it has
-  `n_in == n_out`, and its last `n_carry` items are the carry. Scan takes
-  (xs..., initial_carry...) with each x sliced along `axis`, and gives
-  (ys..., final_carry...). In 'predict' mode the carry lives in state and
-  continues across calls (the carry inputs are read on the first call only).
-  Step t gets rng `fold_in(rng, t)`.
-  """
-
-  def __init__(self, layer: Layer, axis: int = 0, n_carry: int = 1,
-               mode: str = 'train'):
-    if layer.n_in != layer.n_out:
-      raise ValueError(f'Scan needs a layer with n_in == n_out, got {layer}')
-    super().__init__(layer.n_in, layer.n_out, mode=mode, sublayers=(layer,))
-    self.axis = axis
-    self.n_carry = n_carry
-
-  def _slice_signature(self, signature):
-    shape = list(signature.shape)
-    del shape[self.axis]
-    return jax.ShapeDtypeStruct(tuple(shape), signature.dtype)
-
-  def init_with_signature(self, input_signature, rng):
-    items = as_items(input_signature, self.n_in)
-    n_xs = self.n_in - self.n_carry
-    step_in = [self._slice_signature(x) for x in items[:n_xs]] + list(items[n_xs:])
-    w, s, _ = self.init_sublayer(0, from_items(step_in, self.n_in), rng)
-    state = (s,)
-    if self.mode == 'predict':
-      carry = tuple(jnp.zeros(c.shape, c.dtype) for c in items[n_xs:])
-      state = (s, carry, jnp.zeros((), jnp.bool_))
-    output_signature = jax.eval_shape(
-        lambda w_, s_, x_: self.forward(w_, s_, x_, None)[0], (w,), state,
-        input_signature)
-    return (w,), state, output_signature
-
-  def forward(self, weights, state, inputs, rng):
-    items = as_items(inputs, self.n_in)
-    n_xs = self.n_in - self.n_carry
-    xs = tuple(jnp.moveaxis(x, self.axis, 0) for x in items[:n_xs])
-    carry = tuple(items[n_xs:])
-    if self.mode == 'predict':
-      started = state[2]
-      carry = tuple(jnp.where(started, c_state, c)
-                    for c_state, c in zip(state[1], carry))
-
-    def step(carry_and_state, x_and_t):
-      carry, layer_state = carry_and_state
-      x, t = x_and_t
-      step_rng = None if rng is None else jax.random.fold_in(rng, t)
-      out, layer_state = self.apply_sublayer(0, weights[0], layer_state,
-                                             from_items(x + carry, self.n_in),
-                                             step_rng)
-      out = as_items(out, self.n_out)
-      return (tuple(out[n_xs:]), layer_state), tuple(out[:n_xs])
-
-    length = xs[0].shape[0] if xs else 0
-    (carry, layer_state), ys = jax.lax.scan(step, (carry, state[0]),
-                                            (xs, jnp.arange(length)))
-    ys = tuple(jnp.moveaxis(y, 0, self.axis) for y in ys)
-    new_state = (layer_state,)
-    if self.mode == 'predict':
-      new_state = (layer_state, carry, jnp.ones((), jnp.bool_))
-    return from_items(ys + carry, self.n_out), new_state
-
-
-class Chunk(Layer):
-  """Runs a position-wise layer over chunks of `size` positions to bound memory.
-
-  Inputs [batch, length, ...] (any leading axes, the last kept whole) are
-  flattened to [batch * length, ...], padded to a multiple of `size`, and the
-  layer runs on one chunk at a time (`lax.map`). Only for layers that treat
-  each position independently (a feed-forward block, a projection).
-  """
-
-  def __init__(self, layer: Layer, size: int):
-    if layer.n_in != 1 or layer.n_out != 1:
-      raise ValueError('Chunk needs a layer with one input and one output')
-    super().__init__(1, 1, sublayers=(layer,))
-    self.size = size
-
-  def init_with_signature(self, input_signature, rng):
-    chunk_signature = jax.ShapeDtypeStruct((self.size,) + tuple(input_signature.shape[-1:]),
-                                           input_signature.dtype)
-    w, s, out = self.init_sublayer(0, chunk_signature, rng)
-    leading = tuple(input_signature.shape[:-1])
-    return (w,), (s,), jax.ShapeDtypeStruct(leading + tuple(out.shape[1:]), out.dtype)
-
-  def forward(self, weights, state, inputs, rng):
-    leading = inputs.shape[:-1]
-    flat = inputs.reshape((-1, inputs.shape[-1]))
-    n = flat.shape[0]
-    n_chunks = -(-n // self.size)
-    flat = jnp.pad(flat, ((0, n_chunks * self.size - n), (0, 0)))
-    chunks = flat.reshape((n_chunks, self.size, flat.shape[-1]))
-
-    def one(chunk):
-      return self.apply_sublayer(0, weights[0], state[0], chunk, rng)[0]
-
-    out = jax.lax.map(one, chunks)
-    out = out.reshape((n_chunks * self.size,) + out.shape[2:])[:n]
-    return out.reshape(leading + out.shape[1:]), state
-
-
-class Cond(Layer):
-  """Runs `true` or `false` depending on a `cond` layer's boolean scalar output.
-
-  `cond` reads the top of the stack (without consuming it); `true` and
-  `false` (default: identity) must give outputs of the same shapes. Both
-  branches' weights exist; `lax.cond` runs only one.
-  """
-
-  def __init__(self, cond: Layer, true: Layer, false: Optional[Layer] = None):
-    false = _none_to_identity(false)
-    if true.n_in != false.n_in or true.n_out != false.n_out:
-      raise ValueError('Cond branches must have the same n_in and n_out')
-    if cond.n_out != 1:
-      raise ValueError('Cond: the cond layer must give one output')
-    super().__init__(max(cond.n_in, true.n_in), true.n_out,
-                     sublayers=(cond, true, false))
-
-  def init_with_signature(self, input_signature, rng):
-    items = as_items(input_signature, self.n_in)
-    weights, states, outs = [], [], []
-    for i, layer in enumerate(self.sublayers):
-      w, s, out = self.init_sublayer(i, from_items(items[:layer.n_in], layer.n_in), rng)
-      weights.append(w)
-      states.append(s)
-      outs.append(out)
-    return tuple(weights), tuple(states), outs[1]
-
-  def forward(self, weights, state, inputs, rng):
-    items = as_items(inputs, self.n_in)
-    cond, true, _ = self.sublayers
-    flag, cond_state = self.apply_sublayer(0, weights[0], state[0],
-                                           from_items(items[:cond.n_in], cond.n_in), rng)
-    branch_in = from_items(items[:true.n_in], true.n_in)
-
-    def run(index):
-      def branch(operands):
-        out, s = self.apply_sublayer(index, weights[index], operands[index - 1],
-                                     branch_in, rng)
-        branch_states = list(operands)
-        branch_states[index - 1] = s
-        return out, tuple(branch_states)
-      return branch
-
-    out, (true_state, false_state) = jax.lax.cond(
-        jnp.asarray(flag).astype(bool).reshape(()), run(1), run(2),
-        (state[1], state[2]))
-    return out, (cond_state, true_state, false_state)
-
-
-class Cache(Layer):
-  """In 'predict' mode, runs a layer on the first call and replays its outputs after.
-
-  Used for the encoder of an encoder-decoder model: decoding feeds the same
-  source at every step, and the encoder runs only once. In other modes it
-  simply runs the layer.
-  """
-
-  def __init__(self, layer: Layer, mode: str = 'train'):
-    super().__init__(layer.n_in, layer.n_out, mode=mode, sublayers=(layer,))
-
-  def init_with_signature(self, input_signature, rng):
-    w, s, out = self.init_sublayer(0, input_signature, rng)
-    if self.mode != 'predict':
-      return (w,), (s,), out
-    cached = jax.tree_util.tree_map(lambda o: jnp.zeros(o.shape, o.dtype), out)
-    return (w,), (s, cached, jnp.zeros((), jnp.bool_)), out
-
-  def forward(self, weights, state, inputs, rng):
-    if self.mode != 'predict':
-      out, s = self.apply_sublayer(0, weights[0], state[0], inputs, rng)
-      return out, (s,)
-    layer_state, cached, filled = state
-
-    def compute(operand):
-      return self.apply_sublayer(0, weights[0], operand, inputs, rng)
-
-    def replay(operand):
-      return cached, operand
-
-    out, layer_state = jax.lax.cond(filled, replay, compute, layer_state)
-    return out, (layer_state, out, jnp.ones((), jnp.bool_))
