@@ -71,15 +71,34 @@ def DecoderOnlyLM(vocab_size: int, d_model: int, n_layers: int, max_len: int,  #
       name=name)
 
 
+def EmbeddingAndMask(vocab_size: int, d_model: int, max_len: int, dropout: float,  # pylint: disable=invalid-name
+                     mode: str):
+  """Token ids [batch, length] -> (x [batch, length, d_model], padding mask [batch, length])."""
+  return tl.Branch(
+      tl.Serial(tl.Embedding(vocab_size, d_model),
+                tl.Dropout(dropout, mode=mode),
+                tl.PositionalEncoding(max_len, mode=mode)),
+      tl.PaddingMask())
+
+
+def EncodedSourceAndTargets(encoder: tl.Layer, output_vocab_size: int, d_model: int,  # pylint: disable=invalid-name
+                            max_len: int, dropout: float, mode: str) -> list:
+  """(source, target) ids -> (y, encoded, mask): the encoder (run once in 'predict'),
+  and the shifted target embeddings. A list of layers, for a Serial."""
+  return [
+      tl.Cache(encoder, mode=mode),                    # src tgt -> encoded mask tgt
+      tl.Select([2, 0, 1]),                            # -> tgt encoded mask
+      tl.ShiftRight(mode=mode),
+      tl.Embedding(output_vocab_size, d_model),        # tgt -> y
+      tl.Dropout(dropout, mode=mode),
+      tl.PositionalEncoding(max_len, mode=mode)]
+
+
 def Encoder(vocab_size: int, d_model: int, n_layers: int, max_len: int, dropout: float,  # pylint: disable=invalid-name
             mode: str, attention: LayerFactory, feed_forward: LayerFactory):
   """Token ids [batch, length] -> (encoded [batch, length, d_model], mask [batch, length])."""
   return tl.Serial(
-      tl.Branch(                                       # ids -> x mask
-          tl.Serial(tl.Embedding(vocab_size, d_model),
-                    tl.Dropout(dropout, mode=mode),
-                    tl.PositionalEncoding(max_len, mode=mode)),
-          tl.PaddingMask()),
+      EmbeddingAndMask(vocab_size, d_model, max_len, dropout, mode),   # ids -> x mask
       [EncoderBlock(attention(mode), feed_forward(mode), dropout, mode)
        for _ in range(n_layers)],                      # x mask -> x mask
       tl.Parallel(tl.LayerNorm(), None),               # x mask -> encoded mask
@@ -99,12 +118,8 @@ def EncoderDecoder(input_vocab_size: int, output_vocab_size: int, d_model: int, 
   encoder = Encoder(input_vocab_size, d_model, n_encoder_layers, max_len, dropout,
                     encoder_mode, encoder_attention, feed_forward)
   return tl.Serial(
-      tl.Cache(encoder, mode=mode),                    # src tgt -> encoded mask tgt
-      tl.Select([2, 0, 1]),                            # -> tgt encoded mask
-      tl.ShiftRight(mode=mode),
-      tl.Embedding(output_vocab_size, d_model),        # tgt -> y
-      tl.Dropout(dropout, mode=mode),
-      tl.PositionalEncoding(max_len, mode=mode),
+      EncodedSourceAndTargets(encoder, output_vocab_size, d_model, max_len, dropout,
+                              mode),                   # src tgt -> y encoded mask
       [EncoderDecoderBlock(decoder_attention(mode), cross_attention(mode),
                            feed_forward(mode), dropout, mode)
        for _ in range(n_decoder_layers)],              # y encoded mask -> same

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from sparse_trax import layers as tl
+from sparse_trax.models import blocks
 from sparse_trax.models import scaling
 
 DECODER_ATTENTION_TYPES = ('dense', 'multconv', 'lsh', 'chunked')
@@ -211,10 +212,8 @@ def Terraformer(input_vocab_size: int, output_vocab_size: Optional[int] = None, 
                                       stack_mode)
 
   encoder = tl.Serial(
-      tl.Branch(tl.Serial(tl.Embedding(input_vocab_size, d_model),   # ids -> x mask
-                          tl.Dropout(dropout, mode=encoder_mode),
-                          tl.PositionalEncoding(max_len, mode=encoder_mode)),
-                tl.PaddingMask()),
+      blocks.EmbeddingAndMask(input_vocab_size, d_model, max_len, dropout,
+                              encoder_mode),                           # ids -> x mask
       tl.Select([0, 0, 1]),                                            # x mask -> x x mask
       _reversible_stack(n_encoder_layers, encoder_attentions, feed_forward(encoder_mode),
                         dropout, encoder_mode, reversible_encoder),    # -> y1 y2 mask
@@ -228,12 +227,8 @@ def Terraformer(input_vocab_size: int, output_vocab_size: Optional[int] = None, 
       _average(),                                                      # -> y
       name='TerraformerDecoder')
   return tl.Serial(
-      tl.Cache(encoder, mode=mode),                      # src tgt -> encoded mask tgt
-      tl.Select([2, 0, 1]),                              # -> tgt encoded mask
-      tl.ShiftRight(mode=mode),
-      tl.Embedding(output_vocab_size, d_model),          # tgt -> y
-      tl.Dropout(dropout, mode=mode),
-      tl.PositionalEncoding(max_len, mode=mode),
+      blocks.EncodedSourceAndTargets(encoder, output_vocab_size, d_model, max_len, dropout,
+                                     mode),              # src tgt -> y encoded mask
       ConcatenationDecoder(decoder, mode=mode),          # y encoded mask -> y
       tl.LayerNorm(),
       scaling.logits_layer(output_vocab_size, loss_sparsity),   # y -> logits
