@@ -132,12 +132,15 @@ class SparseFF(Layer):
     row = nbytes(weights['w1'][0]) + nbytes(weights['w2'][0]) + weights['b1'].dtype.itemsize
     return controller + self.n_blocks * row + nbytes(weights['b2'])
 
-  def controller_log_probs(self, weights, x):
-    """[..., d_model] -> log-probabilities [..., n_blocks, N] of each unit in its block."""
+  def controller_logits(self, weights, x):
+    """[..., d_model] -> logits [..., n_blocks, N] of each unit in its block."""
     logits = jnp.dot(jnp.dot(x, weights['controller_in']), weights['controller_out'])
     logits = logits + weights['controller_bias']
-    logits = logits.reshape(x.shape[:-1] + (self.n_blocks, self.n_elements_in_block))
-    return jax.nn.log_softmax(logits, axis=-1)
+    return logits.reshape(x.shape[:-1] + (self.n_blocks, self.n_elements_in_block))
+
+  def controller_log_probs(self, weights, x):
+    """[..., d_model] -> log-probabilities [..., n_blocks, N] of each unit in its block."""
+    return jax.nn.log_softmax(self.controller_logits(weights, x), axis=-1)
 
   def forward(self, weights, state, x, rng):
     y, units = self.forward_with_units(weights, x, rng, state=state)
@@ -155,11 +158,12 @@ class SparseFF(Layer):
     if x.shape[-1] != weights['w1'].shape[1]:
       raise ValueError(f'last input dimension must be {weights["w1"].shape[1]}, '
                        f'got input shape {tuple(x.shape)}')
-    log_probs = self.controller_log_probs(weights, x)
+    if self.mode != 'train' and units is None:   # an argmax needs no normalization
+      units = jnp.argmax(self.controller_logits(weights, x), axis=-1).astype(jnp.int32)
     if self.mode == 'predict':
-      units = jnp.argmax(log_probs, axis=-1).astype(jnp.int32) if units is None else units
       return self._gathered(weights, x, units), units
     if self.mode == 'train':
+      log_probs = self.controller_log_probs(weights, x)
       if rng is None:
         raise ValueError("SparseFF in 'train' mode needs an rng (Gumbel noise)")
       mask_rng, dropout_rng = jax.random.split(rng)
@@ -169,7 +173,7 @@ class SparseFF(Layer):
       mask, chosen = straight_through_mask(log_probs, units, mask_rng, self.quant_prob), units
     else:
       dropout_rng = None
-      chosen = jnp.argmax(log_probs, axis=-1).astype(jnp.int32) if units is None else units
+      chosen = units
       mask = jax.nn.one_hot(chosen, self.n_elements_in_block, dtype=x.dtype)
     hidden = jax.nn.relu(jnp.dot(x, weights['w1'].T) + weights['b1'])
     hidden = hidden * mask.reshape(hidden.shape)
