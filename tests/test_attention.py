@@ -12,7 +12,10 @@ from conftest import sig
 def reference_attention(x_q, x_kv, weights, n_heads, mask):
   """Plain numpy multi-head attention; mask [length_q, length_k] or [b, q, k]."""
   x_q, x_kv = np.asarray(x_q, np.float64), np.asarray(x_kv, np.float64)
-  w = {k: np.asarray(v, np.float64) for k, v in weights.items()}
+  # Matrices are stored out-major [d_out, d_in]; transpose to x @ w form.
+  w = {k: np.asarray(v, np.float64).T for k, v in weights.items()}
+  if 'wqkv' in w:   # self-attention stacks the q, k, v rows
+    w['wq'], w['wk'], w['wv'] = np.split(w.pop('wqkv'), 3, axis=1)
   batch, lq, d = x_q.shape
   dh = d // n_heads
   q = (x_q @ w['wq']).reshape(batch, lq, n_heads, dh)

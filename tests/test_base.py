@@ -23,15 +23,15 @@ def test_init_uses_abstract_evaluation_only():
   # A billion-row batch: any real computation on inputs would not fit.
   weights, state = model.init(sig(10**9, 4), rng=jax.random.key(0))
   assert seen and all(seen)
-  assert weights[0]['w'].shape == (4, 8)
-  assert weights[2]['w'].shape == (8, 3)
+  assert weights[0]['w'].shape == (8, 4)
+  assert weights[2]['w'].shape == (3, 8)
   assert model.output_signature(sig(10**9, 4)).shape == (10**9, 3)
 
 
 def test_init_accepts_tuple_signature_and_arrays():
   model = tl.Serial(tl.Add(), tl.Dense(2))
   weights, _ = model.init((sig(3, 4), jnp.ones((3, 4))), rng=jax.random.key(0))
-  assert weights[1]['w'].shape == (4, 2)
+  assert weights[1]['w'].shape == (2, 4)
 
 
 def test_apply_under_jit_and_grad():
@@ -51,7 +51,7 @@ def test_vmap_over_apply():
   weights, state = model.init(sig(3), rng=jax.random.key(0))
   xs = jax.random.normal(jax.random.key(1), (7, 3))
   out = jax.vmap(lambda x: model.apply(weights, state, x)[0])(xs)
-  np.testing.assert_allclose(out, xs @ weights['w'] + weights['b'], rtol=1e-5)
+  np.testing.assert_allclose(out, xs @ weights['w'].T + weights['b'], rtol=1e-5)
 
 
 def test_gradient_matches_finite_differences():
@@ -168,7 +168,7 @@ def test_summary_lists_paths_shapes_and_total():
   lines = []
   text = tl.summary(model, weights, print_fn=lines.append)
   assert lines == [text]
-  assert 'Serial/0/Dense/w' in text and '4x8' in text
+  assert 'Serial/0/Dense/w' in text and '8x4' in text
   assert 'Serial/2/Residual/0/LayerNorm/scale' in text
   assert text.splitlines()[-2].split()[-1] == f'{4 * 8 + 8 + 8 + 8:,}'
   assert 'a decoded token reads 224 bytes of weights' in text

@@ -126,12 +126,12 @@ def test_weight_sharing_stores_once_and_sums_gradient():
   assert len(jax.tree_util.tree_leaves(weights)) == 1
   w = weights[0]['w']
   x = jax.random.normal(jax.random.key(1), (2, 3))
-  np.testing.assert_allclose(model.apply(weights, state, x)[0], x @ w @ w, rtol=1e-5)
+  np.testing.assert_allclose(model.apply(weights, state, x)[0], x @ w.T @ w.T, rtol=1e-5)
 
   def loss(ws):
     return jnp.sum(model.apply(ws, state, x)[0])
   grad = jax.grad(loss)(weights)[0]['w']
-  want = jax.grad(lambda m: jnp.sum(x @ m @ m))(w)
+  want = jax.grad(lambda m: jnp.sum(x @ m.T @ m.T))(w)
   np.testing.assert_allclose(grad, want, rtol=1e-5)
 
 
@@ -142,7 +142,7 @@ def test_weight_sharing_across_nesting_levels():
   assert weights[1][1] == ()
   w, bias = weights[0]['w'], weights[0]['b']
   x = jax.random.normal(jax.random.key(1), (2, 3))
-  want = jax.nn.relu(x @ w + bias) @ w + bias
+  want = jax.nn.relu(x @ w.T + bias) @ w.T + bias
   np.testing.assert_allclose(model.apply(weights, state, x)[0], want, rtol=1e-5)
 
 

@@ -19,8 +19,8 @@ def init_apply(layer, x, rng=None, signature=None):
 def test_dense_shapes_and_values():
   x = jax.random.normal(jax.random.key(1), (2, 3, 4))
   weights, (y, _) = init_apply(tl.Dense(5), x)
-  assert weights['w'].shape == (4, 5) and weights['b'].shape == (5,)
-  np.testing.assert_allclose(y, x @ weights['w'] + weights['b'], rtol=1e-5, atol=1e-6)
+  assert weights['w'].shape == (5, 4) and weights['b'].shape == (5,)
+  np.testing.assert_allclose(y, x @ weights['w'].T + weights['b'], rtol=1e-5, atol=1e-6)
   weights, _ = init_apply(tl.Dense(5, use_bias=False), x)
   assert set(weights) == {'w'}
 

@@ -12,7 +12,7 @@ D, H = 16, 2
 
 
 def projections(x, w, names):
-  return [tl.attention.split_heads(x @ w[n], H) for n in names]
+  return [tl.attention.split_heads(x @ w[n].T, H) for n in names]
 
 
 def reference(q, k, v, visible, self_logit=False):
@@ -26,7 +26,7 @@ def reference(q, k, v, visible, self_logit=False):
 
 
 def output(w, heads):
-  return tl.attention.merge_heads(heads) @ w['wo'] + w['bo']
+  return tl.attention.merge_heads(heads) @ w['wo'].T + w['bo']
 
 
 @pytest.mark.parametrize('chunk_len, n_before', [(16, 1), (4, 1), (3, 2)])
@@ -34,7 +34,8 @@ def test_chunked_attention_equals_windowed_reference(chunk_len, n_before):
   layer = tl.ChunkedCausalAttention(H, chunk_len=chunk_len, n_chunks_before=n_before, mode='eval')
   x = jax.random.normal(jax.random.key(1), (2, 10, D))
   w, state = layer.init(sig(2, 10, D), rng=jax.random.key(0))
-  q, k, v = projections(x, w, ('wq', 'wk', 'wv'))
+  wq, wk, wv = jnp.split(w['wqkv'], 3, axis=0)
+  q, k, v = projections(x, dict(wq=wq, wk=wk, wv=wv), ('wq', 'wk', 'wv'))
   pos = np.arange(10)
   first = (pos // chunk_len - n_before) * chunk_len
   visible = (pos[None, :] <= pos[:, None]) & (pos[None, :] >= first[:, None])

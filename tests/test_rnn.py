@@ -16,7 +16,7 @@ def python_loop_sru(weights, x):
   c = np.zeros((x.shape[0], n))
   out = []
   for t in range(x.shape[1]):
-    u = x[:, t] @ w
+    u = x[:, t] @ w.T
     y, f, r = u[:, :n], sigmoid(u[:, n:2 * n] + b[:n]), sigmoid(u[:, 2 * n:] + b[n:])
     c = f * c + (1 - f) * y
     out.append(r * c + (1 - r) * x[:, t])

@@ -28,7 +28,7 @@ def test_sparse_ff_eval_equals_numpy_reference():
   y = layer.apply(w, state, x)[0]
   xn = np.asarray(x, np.float64)
   wn = {k: np.asarray(v, np.float64) for k, v in w.items()}
-  logits = xn @ wn['controller_in'] @ wn['controller_out'] + wn['controller_bias']
+  logits = xn @ wn['controller_in'].T @ wn['controller_out'].T + wn['controller_bias']
   chosen = logits.reshape(2, 5, D_FF // N, N).argmax(-1)
   mask = np.eye(N)[chosen].reshape(2, 5, D_FF)
   want = (np.maximum(xn @ wn['w1'].T + wn['b1'], 0) * mask) @ wn['w2'] + wn['b2']
@@ -117,11 +117,11 @@ def test_train_mode_needs_rng():
 def test_d_lowrank_default_and_parameter_count():
   layer, w, _ = make(tl.SparseFF, 'eval', n_elements_in_block=N)
   r = D_FF // N
-  assert layer.d_lowrank == r and w['controller_in'].shape == (D, r)
+  assert layer.d_lowrank == r and w['controller_in'].shape == (r, D)
   assert tl.count_parameters(w) == 2 * D * D_FF + D_FF + D + D * r + r * D_FF + D_FF
   custom = tl.SparseFF(D_FF, n_elements_in_block=N, d_lowrank=5)
   w5, _ = custom.init(sig(1, D), rng=jax.random.key(0))
-  assert w5['controller_out'].shape == (5, D_FF)
+  assert w5['controller_out'].shape == (D_FF, 5)
 
 
 def test_block_size_must_divide_d_ff():
@@ -137,7 +137,7 @@ def test_block_sparse_ff_predict_equals_eval_and_reference():
   np.testing.assert_allclose(predict.apply(w, {}, x)[0], y, rtol=1e-5, atol=1e-5)
   xn = np.asarray(x, np.float64)
   wn = {k: np.asarray(v, np.float64) for k, v in w.items()}
-  expert = (xn @ wn['router'] + wn['router_bias']).argmax(-1)
+  expert = (xn @ wn['router'].T + wn['router_bias']).argmax(-1)
   mask = np.repeat(np.eye(4)[expert], D_FF // 4, axis=-1)
   want = (np.maximum(xn @ wn['w1'].T + wn['b1'], 0) * mask) @ wn['w2'] + wn['b2']
   np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-5)

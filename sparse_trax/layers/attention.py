@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from sparse_trax.layers.base import Layer
+from sparse_trax.layers.linear import linear
 
 
 def dot_product_attention(q, k, v, mask, *, dropout_rate=0.0, rng=None):
@@ -108,36 +109,50 @@ def cached_attention(q, keys, values, position, *, first_visible=None, query_buc
   first_block = jnp.min(first_visible) // block
   last_block = (position + length + block - 1) // block
 
+  # Layouts are chosen for XLA:CPU: logits are [batch, (query,) key, head],
+  # with d_head contracted and heads a batch dimension; a single query (the
+  # decoding step) drops its query axis. Both run several times faster per
+  # decoded token than a [batch, head, query, key] layout.
+  single = length == 1
+  queries = q[:, 0] if single else q                        # [b, (q,) h, d]
+  key_axis = 1 if single else 2
+  logits_spec, values_spec = (('bhd,bkhd->bkh', 'bkh,bkhd->bhd') if single else
+                              ('bqhd,bkhd->bqkh', 'bqkh,bkhd->bqhd'))
+
+  def query_key(mask):
+    """[length, block] -> broadcastable to the logits."""
+    return mask[0][None, :, None] if single else mask[None, :, :, None]
+
   def one_block(i, carry):
     running_max, normalizer, accumulated = carry
     k = jax.lax.dynamic_slice_in_dim(keys, i * block, block, axis=1)
     v = jax.lax.dynamic_slice_in_dim(values, i * block, block, axis=1)
-    logits = jnp.einsum('bqhd,bkhd->bhqk', q, k)
+    logits = jnp.einsum(logits_spec, queries, k)
     key_positions = i * block + jnp.arange(block)
-    visible = ((key_positions[None, :] <= query_positions[:, None]) &
-               (key_positions[None, :] >= first_visible[:, None]))[None, None]
+    visible = query_key((key_positions[None, :] <= query_positions[:, None]) &
+                        (key_positions[None, :] >= first_visible[:, None]))
     if query_buckets is not None:
       kb = jax.lax.dynamic_slice_in_dim(key_buckets, i * block, block, axis=1)
-      same = jnp.any(query_buckets[:, :, None] == kb[:, None], axis=-1)   # [b, q, k, h]
-      visible = visible & jnp.transpose(same, (0, 3, 1, 2))
+      qb = query_buckets[:, 0] if single else query_buckets[:, :, None]
+      visible = visible & jnp.any(qb[:, None] == kb if single else qb == kb[:, None], axis=-1)
     if mask_self:
-      is_self = (key_positions[None, :] == query_positions[:, None])[None, None]
-      logits = jnp.where(is_self, SELF_LOGIT, logits)
+      logits = jnp.where(query_key(key_positions[None, :] == query_positions[:, None]),
+                         SELF_LOGIT, logits)
     logits = jnp.where(visible, logits, -jnp.inf)
-    new_max = jnp.maximum(running_max, logits.max(-1))
+    new_max = jnp.maximum(running_max, logits.max(key_axis))
     safe_max = jnp.where(jnp.isfinite(new_max), new_max, 0.0)
-    probs = jnp.exp(logits - safe_max[..., None])
+    probs = jnp.exp(logits - jnp.expand_dims(safe_max, key_axis))
     rescale = jnp.where(jnp.isfinite(running_max), jnp.exp(running_max - safe_max), 0.0)
-    normalizer = normalizer * rescale + probs.sum(-1)
-    accumulated = accumulated * rescale[..., None] + jnp.einsum('bhqk,bkhd->bhqd', probs, v)
+    normalizer = normalizer * rescale + probs.sum(key_axis)
+    accumulated = accumulated * rescale[..., None] + jnp.einsum(values_spec, probs, v)
     return new_max, normalizer, accumulated
 
-  init = (jnp.full((batch, n_heads, length), -jnp.inf, jnp.float32),
-          jnp.zeros((batch, n_heads, length), jnp.float32),
-          jnp.zeros((batch, n_heads, length, d_head), jnp.float32))
+  rows = queries.shape[:-1]                                 # [b, (q,) h]
+  init = (jnp.full(rows, -jnp.inf, jnp.float32), jnp.zeros(rows, jnp.float32),
+          jnp.zeros(queries.shape, jnp.float32))
   _, normalizer, accumulated = jax.lax.fori_loop(first_block, last_block, one_block, init)
   out = accumulated / jnp.maximum(normalizer, 1e-30)[..., None]
-  return jnp.transpose(out, (0, 2, 1, 3)).astype(values.dtype)
+  return out.reshape(q.shape).astype(values.dtype)
 
 
 def causal_attention(q, k, v, state, *, mode: str, dropout_rate: float, rng):
@@ -172,7 +187,12 @@ def causal_attention(q, k, v, state, *, mode: str, dropout_rate: float, rng):
 class _MultiHeadAttention(Layer):
   """Shared weights and projections of the attention layers below.
 
-  Weights: `wq`, `wk`, `wv`, `wo` [d_model, d_model], `bo` [d_model].
+  Self-attention (`fused_qkv=True`) weights: `wqkv` [3 * d_model, d_model]
+  (query, key and value rows stacked, so one token reads them in one matrix
+  product), `wo` [d_model, d_model], `bo` [d_model]. Matrices are out-major
+  ([d_out, d_in], see `layers/linear.py`). Encoder-decoder attention
+  keeps `wq`, `wk`, `wv` apart, since its keys and values come from another
+  input.
   """
 
   def __init__(self, d_model: int, n_heads: int, dropout: float, mode: str,
@@ -184,14 +204,21 @@ class _MultiHeadAttention(Layer):
     self.n_heads = n_heads
     self.dropout = dropout
 
-  def _init_weights(self, rng):
+  def _init_weights(self, rng, fused_qkv: bool):
     keys = jax.random.split(rng, 4)
     init = jax.nn.initializers.glorot_uniform()
     shape = (self.d_model, self.d_model)
     weights = {name: init(key, shape, jnp.float32)
                for name, key in zip(('wq', 'wk', 'wv', 'wo'), keys)}
+    if fused_qkv:   # each third initialized as its own [d_model, d_model] matrix
+      weights['wqkv'] = jnp.concatenate([weights.pop(n) for n in ('wq', 'wk', 'wv')], axis=0)
     weights['bo'] = jnp.zeros((self.d_model,), jnp.float32)
     return weights
+
+  def _self_heads(self, weights, x):
+    """x [batch, length, d_model] -> q, k, v, each [batch, length, n_heads, d_head]."""
+    qkv = linear(x, weights['wqkv'])
+    return tuple(split_heads(t, self.n_heads) for t in jnp.split(qkv, 3, axis=-1))
 
   def _check_input(self, x, what='input'):
     if x.ndim != 3 or x.shape[-1] != self.d_model:
@@ -199,8 +226,8 @@ class _MultiHeadAttention(Layer):
                        f'got shape {tuple(x.shape)}')
 
   def _heads(self, x, w):
-    """[batch, length, d_model] @ w -> [batch, length, n_heads, d_head]."""
-    return split_heads(jnp.dot(x, w), self.n_heads)
+    """[batch, length, d_model] times w [d_model, d_model] -> [batch, length, n_heads, d_head]."""
+    return split_heads(linear(x, w), self.n_heads)
 
   def _dropout_rate(self, rng):
     rate = self.dropout if self.mode == 'train' else 0.0
@@ -209,7 +236,7 @@ class _MultiHeadAttention(Layer):
     return rate
 
   def _output(self, weights, heads):
-    return jnp.dot(merge_heads(heads), weights['wo']) + weights['bo']
+    return linear(merge_heads(heads), weights['wo']) + weights['bo']
 
   def _attend(self, weights, q, k, v, mask, rng):
     out = dot_product_attention(q, k, v, mask, dropout_rate=self._dropout_rate(rng), rng=rng)
@@ -242,11 +269,11 @@ class CausalAttention(_MultiHeadAttention):
     if self.mode == 'predict':
       state = empty_kv_cache(input_signature.shape[0], self.max_len, self.n_heads,
                              self.d_model // self.n_heads)
-    return self._init_weights(rng), state
+    return self._init_weights(rng, fused_qkv=True), state
 
   def forward(self, weights, state, x, rng):
     self._check_input(x)
-    q, k, v = (self._heads(x, weights[n]) for n in ('wq', 'wk', 'wv'))
+    q, k, v = self._self_heads(weights, x)
     out, state = causal_attention(q, k, v, state, mode=self.mode,
                                   dropout_rate=self._dropout_rate(rng), rng=rng)
     return self._output(weights, out), state
@@ -265,7 +292,7 @@ class Attention(_MultiHeadAttention):
 
   def init_weights_and_state(self, input_signature, rng):
     self._check_input(input_signature[0])
-    return self._init_weights(rng), {}
+    return self._init_weights(rng, fused_qkv=True), {}
 
   def forward(self, weights, state, inputs, rng):
     x, mask = inputs
@@ -273,7 +300,7 @@ class Attention(_MultiHeadAttention):
     if mask.shape != x.shape[:2]:
       raise ValueError(f'mask must be [batch, length] = {tuple(x.shape[:2])}, '
                        f'got {tuple(mask.shape)}')
-    q, k, v = (self._heads(x, weights[n]) for n in ('wq', 'wk', 'wv'))
+    q, k, v = self._self_heads(weights, x)
     y = self._attend(weights, q, k, v, mask[:, None, None, :], rng)
     return (y, mask), state
 
@@ -301,7 +328,7 @@ class EncDecAttention(_MultiHeadAttention):
       state = {'keys': jnp.zeros(shape, jnp.float32),
                'values': jnp.zeros(shape, jnp.float32),
                'filled': jnp.zeros((), jnp.bool_)}
-    return self._init_weights(rng), state
+    return self._init_weights(rng, fused_qkv=False), state
 
   def forward(self, weights, state, inputs, rng):
     x, encoded, mask = inputs

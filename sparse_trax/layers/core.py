@@ -12,6 +12,7 @@ import numpy as np
 
 from sparse_trax.layers.base import Layer
 from sparse_trax.layers.combinators import Fn
+from sparse_trax.layers.linear import linear
 
 Initializer = Callable[..., jax.Array]
 
@@ -19,7 +20,8 @@ Initializer = Callable[..., jax.Array]
 class Dense(Layer):
   """Affine map of the last axis: [..., d_in] -> [..., n_units].
 
-  Weights: `w` [d_in, n_units] (Glorot uniform), `b` [n_units] (zeros).
+  Weights: `w` [n_units, d_in] (out-major, see `layers/linear.py`; Glorot
+  uniform), `b` [n_units] (zeros).
   """
 
   def __init__(self, n_units: int, use_bias: bool = True,
@@ -36,17 +38,17 @@ class Dense(Layer):
       raise ValueError('Dense needs inputs of rank >= 1')
     d_in = input_signature.shape[-1]
     w_rng, b_rng = jax.random.split(rng)
-    weights = {'w': self.kernel_initializer(w_rng, (d_in, self.n_units), jnp.float32)}
+    weights = {'w': self.kernel_initializer(w_rng, (self.n_units, d_in), jnp.float32)}
     if self.use_bias:
       weights['b'] = self.bias_initializer(b_rng, (self.n_units,), jnp.float32)
     return weights, {}
 
   def forward(self, weights, state, x, rng):
     w = weights['w']
-    if x.ndim < 1 or x.shape[-1] != w.shape[0]:
-      raise ValueError(f'last input dimension must be {w.shape[0]} (the weights '
+    if x.ndim < 1 or x.shape[-1] != w.shape[1]:
+      raise ValueError(f'last input dimension must be {w.shape[1]} (the weights '
                        f'were made for it), got input shape {tuple(x.shape)}')
-    y = jnp.dot(x, w)
+    y = linear(x, w)
     if self.use_bias:
       y = y + weights['b']
     return y, state
@@ -83,7 +85,10 @@ class Embedding(Layer):
 
 
 class LayerNorm(Layer):
-  """Normalizes the last axis to zero mean, unit variance; learned scale and bias."""
+  """Normalizes the last axis to zero mean, unit variance; learned scale and bias.
+
+  [..., d] -> [..., d]. Weights: `scale` [d] (ones), `bias` [d] (zeros).
+  """
 
   def __init__(self, epsilon: float = 1e-6):
     super().__init__(1, 1)
@@ -106,7 +111,8 @@ class LayerNorm(Layer):
 class Dropout(Layer):
   """Zeroes a `rate` fraction of entries and rescales the rest, in 'train' only.
 
-  Needs an rng in 'train' mode when rate > 0; identity in 'eval' and 'predict'.
+  [...] -> [...] (same shape). Needs an rng in 'train' mode when rate > 0;
+  identity in 'eval' and 'predict'.
   """
 
   def __init__(self, rate: float = 0.0, mode: str = 'train'):
@@ -125,37 +131,37 @@ class Dropout(Layer):
 
 
 def Relu() -> Layer:  # pylint: disable=invalid-name
-  """Elementwise max(x, 0)."""
+  """Elementwise max(x, 0): [...] -> [...]."""
   return Fn('Relu', jax.nn.relu)
 
 
 def Gelu() -> Layer:  # pylint: disable=invalid-name
-  """Elementwise GELU (tanh approximation)."""
+  """Elementwise GELU (tanh approximation): [...] -> [...]."""
   return Fn('Gelu', lambda x: jax.nn.gelu(x))  # pylint: disable=unnecessary-lambda
 
 
 def Sigmoid() -> Layer:  # pylint: disable=invalid-name
-  """Elementwise logistic sigmoid."""
+  """Elementwise logistic sigmoid: [...] -> [...]."""
   return Fn('Sigmoid', jax.nn.sigmoid)
 
 
 def Tanh() -> Layer:  # pylint: disable=invalid-name
-  """Elementwise tanh."""
+  """Elementwise tanh: [...] -> [...] (same shape)."""
   return Fn('Tanh', jnp.tanh)
 
 
 def LogSoftmax(axis: int = -1) -> Layer:  # pylint: disable=invalid-name
-  """Log-probabilities along `axis`."""
+  """Log-probabilities along `axis`: [..., vocab] -> [..., vocab] (same shape)."""
   return Fn('LogSoftmax', lambda x: jax.nn.log_softmax(x, axis=axis))
 
 
 def Mean(axis: int = -1, keepdims: bool = False) -> Layer:  # pylint: disable=invalid-name
-  """Mean along `axis`."""
+  """Mean along `axis`: [..., d, ...] -> [..., ...] (or [..., 1, ...] with keepdims)."""
   return Fn('Mean', lambda x: jnp.mean(x, axis=axis, keepdims=keepdims))
 
 
 def ArgMax(axis: int = -1) -> Layer:  # pylint: disable=invalid-name
-  """Index of the largest entry along `axis` (int32)."""
+  """Index of the largest entry along `axis` (int32): [..., d] -> [...]."""
   return Fn('ArgMax', lambda x: jnp.argmax(x, axis=axis).astype(jnp.int32))
 
 

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 
 from sparse_trax.layers import attention
 from sparse_trax.layers.base import Layer
+from sparse_trax.layers.linear import linear
 from sparse_trax.layers.sparse_ff import decision_state, replayed_choices
 
 _glorot = jax.nn.initializers.glorot_uniform()
@@ -64,10 +65,10 @@ class _LongAttention(Layer):
     return weights
 
   def _heads(self, x, w):
-    return attention.split_heads(jnp.dot(x, w), self.n_heads)
+    return attention.split_heads(linear(x, w), self.n_heads)
 
   def _output(self, weights, heads):
-    return jnp.dot(attention.merge_heads(heads), weights['wo']) + weights['bo']
+    return linear(attention.merge_heads(heads), weights['wo']) + weights['bo']
 
   def _dropout(self, probs, rng):
     if self.mode != 'train' or self.dropout == 0.0:
@@ -85,7 +86,8 @@ class ChunkedCausalAttention(_LongAttention):
   is full causal attention. In 'predict' mode a key/value cache of max_len
   is kept and only the visible window of it is read.
 
-  Weights: wq, wk, wv, wo [d_model, d_model], bo [d_model].
+  Weights: as CausalAttention's (interchangeable): wqkv [3 * d_model, d_model],
+  wo [d_model, d_model] (out-major), bo [d_model].
   """
 
   def __init__(self, n_heads: int = 1, chunk_len: int = 128, n_chunks_before: int = 1,
@@ -99,11 +101,15 @@ class ChunkedCausalAttention(_LongAttention):
     if self.mode == 'predict':
       state = attention.empty_kv_cache(batch, self.max_len, self.n_heads,
                                        d_model // self.n_heads)
-    return self._projections(('wq', 'wk', 'wv'), d_model, rng), state
+    weights = self._projections(('wq', 'wk', 'wv'), d_model, rng)
+    # Stacked as in CausalAttention, so the two share weights.
+    weights['wqkv'] = jnp.concatenate([weights.pop(n) for n in ('wq', 'wk', 'wv')], axis=0)
+    return weights, state
 
   def forward(self, weights, state, x, rng):
     self._check(x)
-    q, k, v = (self._heads(x, weights[n]) for n in ('wq', 'wk', 'wv'))
+    q, k, v = (attention.split_heads(t, self.n_heads)
+               for t in jnp.split(linear(x, weights['wqkv']), 3, axis=-1))
     if self.mode == 'predict':
       return self._decode(weights, state, q, k, v)
     batch, length, n_heads, d_head = q.shape
@@ -157,7 +163,7 @@ class LSHSelfAttention(_LongAttention):
   round: for n_buckets=1 that is the eval result exactly; otherwise it
   approximates it (eval's chunks depend on later tokens, decoding cannot).
 
-  Weights: wqk, wv, wo [d_model, d_model], bo [d_model].
+  Weights: wqk, wv, wo [d_model, d_model] (out-major), bo [d_model].
 
   Args:
     n_heads: heads.

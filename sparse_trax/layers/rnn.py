@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from sparse_trax.layers.base import Layer
+from sparse_trax.layers.linear import linear
 
 
 def linear_recurrence(decay, update, initial):
@@ -34,7 +35,7 @@ def linear_recurrence(decay, update, initial):
 class SRU(Layer):
   """Simple recurrent unit: [batch, length, n_units] -> [batch, length, n_units].
 
-  Weights: `w` [n_units, 3 * n_units] (y, forget, reset), `b` [2 * n_units]
+  Weights: `w` [3 * n_units, n_units] (y, forget, reset rows; out-major), `b` [2 * n_units]
   (forget and reset biases). In 'predict' mode the state holds the carry c,
   so feeding one step at a time continues the sequence.
   """
@@ -48,7 +49,7 @@ class SRU(Layer):
     if input_signature.ndim != 3 or input_signature.shape[-1] != self.n_units:
       raise ValueError(f'SRU({self.n_units}) needs [batch, length, {self.n_units}], '
                        f'got shape {tuple(input_signature.shape)}')
-    w = jax.nn.initializers.glorot_uniform()(rng, (self.n_units, 3 * self.n_units), jnp.float32)
+    w = jax.nn.initializers.glorot_uniform()(rng, (3 * self.n_units, self.n_units), jnp.float32)
     b = jnp.concatenate([jnp.full((self.n_units,), self.forget_bias, jnp.float32),
                          jnp.zeros((self.n_units,), jnp.float32)])
     state = {}
@@ -61,7 +62,7 @@ class SRU(Layer):
     if x.ndim != 3 or x.shape[-1] != self.n_units:
       raise ValueError(f'SRU({self.n_units}) needs [batch, length, {self.n_units}], '
                        f'got shape {tuple(x.shape)}')
-    y, forget, reset = jnp.split(jnp.dot(x, weights['w']), 3, axis=-1)
+    y, forget, reset = jnp.split(linear(x, weights['w']), 3, axis=-1)
     b_forget, b_reset = jnp.split(weights['b'], 2)
     return y, jax.nn.sigmoid(forget + b_forget), jax.nn.sigmoid(reset + b_reset)
 

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from sparse_trax.layers.base import Layer
+from sparse_trax.layers.linear import linear
 
 _glorot = jax.nn.initializers.glorot_uniform()
 
@@ -67,7 +68,7 @@ class SparseFF(Layer):
 
   [..., d_model] -> [..., d_model]. Hidden width d_ff is split into
   d_ff / N blocks of N units. The controller computes logits
-  x @ C1 @ C2 + c (C1: [d_model, d_lowrank], C2: [d_lowrank, d_ff]);
+  x C1^T C2^T + c (C1: [d_lowrank, d_model], C2: [d_ff, d_lowrank]);
   in each block:
     'train': Gumbel noise (scaled by temperature) picks a unit; the mask is
       the straight-through one-hot with probability quant_prob, else softmax;
@@ -78,7 +79,7 @@ class SparseFF(Layer):
 
   Weights: w1 [d_ff, d_model] and w2 [d_ff, d_model] (one contiguous row per
   hidden unit, so decoding reads whole rows), b1 [d_ff], b2 [d_model],
-  controller_in [d_model, d_lowrank], controller_out [d_lowrank, d_ff],
+  controller_in [d_lowrank, d_model], controller_out [d_ff, d_lowrank] (out-major),
   controller_bias [d_ff].
 
   Args:
@@ -113,8 +114,8 @@ class SparseFF(Layer):
             'b1': jnp.zeros((self.d_ff,), jnp.float32),
             'w2': _glorot(keys[1], (self.d_ff, d_model), jnp.float32),
             'b2': jnp.zeros((d_model,), jnp.float32),
-            'controller_in': _glorot(keys[2], (d_model, self.d_lowrank), jnp.float32),
-            'controller_out': _glorot(keys[3], (self.d_lowrank, self.d_ff), jnp.float32),
+            'controller_in': _glorot(keys[2], (self.d_lowrank, d_model), jnp.float32),
+            'controller_out': _glorot(keys[3], (self.d_ff, self.d_lowrank), jnp.float32),
             'controller_bias': jnp.zeros((self.d_ff,), jnp.float32)}, self._initial_state(
                 input_signature)
 
@@ -134,7 +135,7 @@ class SparseFF(Layer):
 
   def controller_logits(self, weights, x):
     """[..., d_model] -> logits [..., n_blocks, N] of each unit in its block."""
-    logits = jnp.dot(jnp.dot(x, weights['controller_in']), weights['controller_out'])
+    logits = linear(linear(x, weights['controller_in']), weights['controller_out'])
     logits = logits + weights['controller_bias']
     return logits.reshape(x.shape[:-1] + (self.n_blocks, self.n_elements_in_block))
 
@@ -175,7 +176,7 @@ class SparseFF(Layer):
       dropout_rng = None
       chosen = units
       mask = jax.nn.one_hot(chosen, self.n_elements_in_block, dtype=x.dtype)
-    hidden = jax.nn.relu(jnp.dot(x, weights['w1'].T) + weights['b1'])
+    hidden = jax.nn.relu(linear(x, weights['w1']) + weights['b1'])
     hidden = hidden * mask.reshape(hidden.shape)
     if self.mode == 'train' and self.dropout > 0.0:
       keep = jax.random.bernoulli(dropout_rng, 1.0 - self.dropout, hidden.shape)
@@ -195,13 +196,13 @@ class SparseFF(Layer):
 class BlockSparseFF(Layer):
   """Mixture-of-experts FF: one contiguous expert of d_ff / n_experts units per token.
 
-  [..., d_model] -> [..., d_model]. A router (x @ R + r) picks the expert:
+  [..., d_model] -> [..., d_model]. A router (x R^T + r) picks the expert:
   Gumbel + straight-through in 'train' (as SparseFF, with n_experts choices),
   argmax in 'eval' (a mask on the full product) and 'predict' (only the
   expert's slice of W1 and W2 is read).
 
   Weights: w1 [d_ff, d_model] and w2 [d_ff, d_model] (an expert is a block of
-  contiguous rows), b1 [d_ff], b2 [d_model], router [d_model, n_experts],
+  contiguous rows), b1 [d_ff], b2 [d_model], router [n_experts, d_model] (out-major),
   router_bias [n_experts].
   """
 
@@ -224,7 +225,7 @@ class BlockSparseFF(Layer):
             'b1': jnp.zeros((self.d_ff,), jnp.float32),
             'w2': _glorot(keys[1], (self.d_ff, d_model), jnp.float32),
             'b2': jnp.zeros((d_model,), jnp.float32),
-            'router': _glorot(keys[2], (d_model, self.n_experts), jnp.float32),
+            'router': _glorot(keys[2], (self.n_experts, d_model), jnp.float32),
             'router_bias': jnp.zeros((self.n_experts,), jnp.float32)}, (
                 decision_state(tuple(input_signature.shape[:-1])) if self.mode == 'train'
                 else {})
@@ -233,7 +234,7 @@ class BlockSparseFF(Layer):
     if x.shape[-1] != weights['w1'].shape[1]:
       raise ValueError(f'last input dimension must be {weights["w1"].shape[1]}, '
                        f'got input shape {tuple(x.shape)}')
-    log_probs = jax.nn.log_softmax(jnp.dot(x, weights['router']) + weights['router_bias'])
+    log_probs = jax.nn.log_softmax(linear(x, weights['router']) + weights['router_bias'])
     if self.mode == 'predict':
       return self._gathered(weights, x, jnp.argmax(log_probs, axis=-1)), state
     if self.mode == 'train':
@@ -246,7 +247,7 @@ class BlockSparseFF(Layer):
       state = {'choices': expert, 'replay': jnp.zeros((), jnp.bool_)}
     else:
       mask = jax.nn.one_hot(jnp.argmax(log_probs, axis=-1), self.n_experts, dtype=x.dtype)
-    hidden = jax.nn.relu(jnp.dot(x, weights['w1'].T) + weights['b1'])
+    hidden = jax.nn.relu(linear(x, weights['w1']) + weights['b1'])
     hidden = hidden.reshape(x.shape[:-1] + (self.n_experts, self.d_expert)) * mask[..., None]
     hidden = hidden.reshape(x.shape[:-1] + (self.d_ff,))
     if self.mode == 'train' and self.dropout > 0.0:
