@@ -97,3 +97,34 @@ def test_only_reversible_layers_and_no_float_extras():
   w, s = model.init((sig(2, D), sig(2, D), sig(2, D)), rng=jax.random.key(0))
   with pytest.raises(tl.LayerError, match='floating point'):
     model.apply(w, s, (jnp.ones((2, D)),) * 3)
+
+
+def _gradient_temp_bytes(n_blocks, d=64, length=256):
+  """XLA's temporary bytes for the gradient of a reversible stack with dropout."""
+  def block():
+    return tl.ReversibleBlock([tl.LayerNorm(), tl.Dense(d), tl.Dropout(0.1, mode='train')],
+                              [tl.LayerNorm(), tl.Dense(d), tl.Dropout(0.1, mode='train')])
+  model = tl.ReversibleSerial(*[layer for _ in range(n_blocks) for layer in block()])
+  x = jnp.ones((2, length, d))
+  weights, state = model.init((x, x), rng=jax.random.key(0))
+
+  def loss(w, x, rng):
+    y1, y2 = model.apply(w, state, (x, x), rng=rng)[0]
+    return jnp.sum(y1 * y2)
+  compiled = jax.jit(jax.grad(loss)).lower(weights, x, jax.random.key(1)).compile()
+  return compiled.memory_analysis().temp_size_in_bytes
+
+
+def test_dropout_masks_do_not_make_memory_grow_with_depth():
+  # Without tying the rng to the data, XLA:CPU drew every layer's masks up
+  # front: 2 -> 8 blocks went from 34 to 82 MiB at a larger size.
+  assert _gradient_temp_bytes(8) <= 1.05 * _gradient_temp_bytes(2)
+
+
+def test_any_prng_implementation_works():
+  model = stack()
+  x1, x2 = inputs()
+  weights, state = model.init((x1, x2), rng=jax.random.key(0))
+  rng = jax.random.key(3, impl='rbg')
+  grads = jax.grad(lambda w: jnp.sum(model.apply(w, state, (x1, x2), rng=rng)[0][0]))(weights)
+  assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree_util.tree_leaves(grads))

@@ -39,21 +39,34 @@ def with_replay(state):
 
 
 def _after(values, rng):
-  """(values, rng) that XLA may only use once `values` are computed.
+  """(values, rng) such that XLA can only draw randomness once `values` exist.
 
-  Randomness (dropout masks) depends on the rng alone, so XLA would otherwise
-  draw every layer's masks up front, or merge the backward pass's redrawn
-  masks with the forward pass's, and keep all of them alive: memory would
-  grow with depth. The rng's value is unchanged.
+  Dropout masks depend on the rng alone. XLA:CPU removes optimization
+  barriers before it schedules, so with a barrier alone its scheduler drew
+  every layer's masks up front (in both passes) and kept them all alive:
+  memory grew with depth. So the rng is also tied to the data: its key gets
+  +1 when the first element of the first floating value is NaN (every result
+  is NaN then anyway), +0 otherwise. XLA cannot fold that away, and for
+  finite inputs the rng keeps its value, so the backward pass redraws the
+  forward pass's masks exactly.
   """
+  values = jax.lax.optimization_barrier(values)
   if rng is None:
-    return jax.lax.optimization_barrier(values), None
-  values, key_data = jax.lax.optimization_barrier((values, jax.random.key_data(rng)))
-  return values, jax.random.wrap_key_data(key_data)
+    return values, None
+  floats = [v for v in jax.tree_util.tree_leaves(values)
+            if jnp.issubdtype(v.dtype, jnp.floating) and v.size]
+  if not floats:
+    return values, rng
+  nan_flag = jnp.isnan(floats[0].ravel()[0]).astype(jnp.uint32)
+  impl = jax.random.key_impl(rng)
+  return values, jax.random.wrap_key_data(jax.random.key_data(rng) + nan_flag, impl=impl)
 
 
 class ReversibleLayer(Layer):
-  """A layer whose inputs can be recomputed from its outputs (n_in == n_out)."""
+  """A layer whose inputs can be recomputed from its outputs (n_in == n_out).
+
+  Shapes: (x1, x2, *extras) -> the same shapes ([batch, length, d] each for x1, x2).
+  """
 
   def reverse_and_grad(self, weights, state, outputs, d_outputs, rng):
     """From outputs and their cotangents, (inputs, input cotangents, weight cotangents).
@@ -130,7 +143,8 @@ class ReversibleSerial(Layer):
   """Reversible layers in sequence, with memory-saving gradients.
 
   All layers take the top of the same stack (x1, x2, *extras) and give it
-  back (n_in == n_out). Under `jax.grad` the backward pass recomputes each
+  back (n_in == n_out): x1 x2 extras -> y1 y2 extras, each the same shape
+  (x1, x2 usually [batch, length, d_model]). Under `jax.grad` the backward pass recomputes each
   layer's inputs from its outputs instead of storing them.
 
   Args:
