@@ -28,6 +28,9 @@ setup(
     ],
     entry_points={'console_scripts': ['trainer = sparse_trax.trainer:console_main']},
     extras_require={
-        'test': ['pytest>=8', 'dill'],
+        # nbclient + ipykernel run the notebooks in tests; matplotlib draws their plots.
+        'test': ['pytest>=8', 'dill', 'nbclient==0.11.0', 'nbformat', 'ipykernel==7.4.0',
+                 'matplotlib==3.11.2'],
+        'notebooks': ['matplotlib==3.11.2', 'ipykernel==7.4.0'],
     },
 )
