@@ -27,6 +27,7 @@ from sparse_trax import decoding
 from sparse_trax.layers import losses
 from sparse_trax.train import checkpoints
 from sparse_trax.train import optimizers
+from sparse_trax.train import parallel
 
 
 def build_model(model_fn: Callable, mode: str, vocab_size: int):
@@ -46,14 +47,18 @@ def _signature(batch):
   return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), batch)
 
 
-def make_train_step(model, optimizer: optax.GradientTransformation, lm: bool):
-  """A jitted step: (weights, model_state, opt_state, batch, rng) -> (..., metrics)."""
+def make_train_step(model, optimizer: optax.GradientTransformation, lm: bool,
+                    shardings: Optional[tuple] = None):
+  """A jitted step: (weights, model_state, opt_state, batch, rng) -> (..., metrics).
+
+  `shardings`: optional (weights, model_state, opt_state, batch) pytrees of
+  shardings (see `parallel.Placement`); outputs keep their inputs' shardings.
+  """
   def loss_fn(weights, model_state, batch, rng):
     logits, model_state = model.apply(weights, model_state, model_inputs(batch, lm), rng=rng)
     loss = losses.weighted_cross_entropy(logits, batch['targets'], batch['weights'])
     return loss, (model_state, logits)
 
-  @jax.jit
   def step(weights, model_state, opt_state, batch, rng):
     (loss, (model_state, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         weights, model_state, batch, rng)
@@ -62,7 +67,13 @@ def make_train_step(model, optimizer: optax.GradientTransformation, lm: bool):
     metrics = {'loss': loss, 'gradient_norm': optax.tree.norm(grads),
                'accuracy': losses.weighted_accuracy(logits, batch['targets'], batch['weights'])}
     return weights, model_state, opt_state, metrics
-  return step
+  if shardings is None:
+    return jax.jit(step)
+  weights_sh, state_sh, opt_sh, batch_sh = shardings
+  mesh = jax.tree_util.tree_leaves(weights_sh)[0].mesh
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  return jax.jit(step, in_shardings=(weights_sh, state_sh, opt_sh, batch_sh, replicated),
+                 out_shardings=(weights_sh, state_sh, opt_sh, replicated))
 
 
 def make_eval_step(model, lm: bool):
@@ -132,6 +143,7 @@ def train(output_dir: str, model: Callable, inputs, optimizer: Callable = optimi
           eval_every: int = 200, checkpoint_every: int = 200, keep_checkpoints: int = 3,
           log_every: int = 10, seed: int = 0, decode_length: int = 32,
           decode_temperature: float = 0.0, progress_bar: bool = True,
+          n_devices: Optional[int] = None, weight_sharding: str = 'replicated',
           on_start: Optional[Callable[[], None]] = None) -> dict:
   """Trains `model` on `inputs`, evaluating, checkpointing and resuming.
 
@@ -150,10 +162,16 @@ def train(output_dir: str, model: Callable, inputs, optimizer: Callable = optimi
     decode_length: tokens decoded for the sample printed at the end (0: none).
     decode_temperature: 0 for greedy.
     progress_bar: show a tqdm bar (step, loss, tokens/s).
+    n_devices: devices to train on, data-parallel (default: all local and,
+      after `jax.distributed.initialize()`, remote ones); the batch size must
+      be a multiple of it.
+    weight_sharding: 'replicated' (every device holds all weights) or
+      'sharded' (each array split over the devices; for large models).
     on_start: called once everything is built, before the first step.
 
   Returns:
-    The final eval metrics, the unigram baseline and the decoded sample.
+    A dict: the final eval metrics, the unigram baseline, the decoded
+    'sample' and the trained 'weights' (to decode or evaluate further).
   """
   os.makedirs(output_dir, exist_ok=True)
   metrics_path = os.path.join(output_dir, 'metrics.jsonl')
@@ -162,17 +180,28 @@ def train(output_dir: str, model: Callable, inputs, optimizer: Callable = optimi
   eval_model = build_model(model, 'eval', vocab_size)
   lm = train_model.n_in == 1
   tx = optimizers.with_gradient_clipping(optimizer(learning_rate), clip_gradient_norm)
+  placement = parallel.Placement(n_devices, weight_sharding)
+  if placement.n_devices > 1:
+    print(f'Training data-parallel on {placement.n_devices} devices '
+          f'({jax.devices()[0].device_kind}), weights {weight_sharding}.')
 
   first_batch = next(inputs.train_batches(lm=lm))
+  if first_batch['targets'].shape[0] % placement.n_devices:
+    raise ValueError(f'the batch size {first_batch["targets"].shape[0]} is not a multiple of '
+                     f'the {placement.n_devices} devices trained on; change the batch size '
+                     f'or set train.n_devices')
   weights, model_state = train_model.init(_signature(model_inputs(first_batch, lm)),
                                           rng=jax.random.key(seed))
   output_signature = train_model.output_signature(_signature(model_inputs(first_batch, lm)))
   if output_signature.shape[-1] != vocab_size:
     raise ValueError(f'the model outputs {output_signature.shape[-1]} logits per token but '
                      f'the tokenizer has {vocab_size} ids')
+  weights = placement.weights(weights)
+  model_state = jax.device_put(model_state, placement.replicated)
   train_state = {'weights': weights, 'model_state': model_state,
-                 'opt_state': tx.init(weights),
-                 'rng': jax.random.key_data(jax.random.key(seed))}
+                 'opt_state': placement.weights(tx.init(weights)),
+                 'rng': jax.device_put(jax.random.key_data(jax.random.key(seed)),
+                                       placement.replicated)}
   checkpointer = checkpoints.Checkpointer(os.path.join(output_dir, 'checkpoints'),
                                           keep=keep_checkpoints)
   restored = checkpointer.restore_latest(train_state)
@@ -183,7 +212,12 @@ def train(output_dir: str, model: Callable, inputs, optimizer: Callable = optimi
     print(f'Resuming from step {start_step} ({checkpointer.directory}/{start_step}).')
   unigram = inputs.unigram_log_perplexity(lm=lm)
 
-  train_step = make_train_step(train_model, tx, lm)
+  shardings = jax.tree_util.tree_map(
+      lambda x: x.sharding, (train_state['weights'], train_state['model_state'],
+                             train_state['opt_state']))
+  batch_shardings = jax.tree_util.tree_map(
+      lambda x: x.sharding, placement.batch(first_batch))
+  train_step = make_train_step(train_model, tx, lm, shardings + (batch_shardings,))
   eval_step = make_eval_step(eval_model, lm)
   rng = jax.random.wrap_key_data(jnp.asarray(train_state['rng']))
   weights, model_state = train_state['weights'], train_state['model_state']
@@ -198,7 +232,8 @@ def train(output_dir: str, model: Callable, inputs, optimizer: Callable = optimi
                       {'data_position': position, 'seed': seed})
 
   def run_eval(step):
-    record = dict(evaluate(eval_model, eval_step, weights, inputs.eval_batches(lm=lm), lm),
+    eval_batches = (placement.batch(b) for b in inputs.eval_batches(lm=lm))
+    record = dict(evaluate(eval_model, eval_step, weights, eval_batches, lm),
                   step=step, unigram_log_perplexity=unigram)
     _append_jsonl(metrics_path, record)
     tqdm.tqdm.write(f'step {step}: eval log-perplexity {record["eval_log_perplexity"]:.4f} '
@@ -212,7 +247,7 @@ def train(output_dir: str, model: Callable, inputs, optimizer: Callable = optimi
     batch = next(batches)
     position += 1
     weights, model_state, opt_state, metrics = train_step(
-        weights, model_state, opt_state, batch, jax.random.fold_in(rng, step))
+        weights, model_state, opt_state, placement.batch(batch), jax.random.fold_in(rng, step))
     loss = float(metrics['loss'])
     if not np.isfinite(loss):
       bar.close()
@@ -236,7 +271,7 @@ def train(output_dir: str, model: Callable, inputs, optimizer: Callable = optimi
   bar.close()
   if record is None:
     record = run_eval(start_step)
-  result = dict(record)
+  result = dict(record, weights=weights)
   if decode_length > 0:
     sample = decode_sample(model, vocab_size, weights, next(inputs.eval_batches(lm=lm)),
                            inputs.tokenizer, lm, decode_length, decode_temperature,

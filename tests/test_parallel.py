@@ -1,0 +1,68 @@
+"""Data-parallel training over 8 (simulated CPU) devices equals one device."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from sparse_trax.train import parallel
+from test_trainer import REPO, text_files, tiny_config  # pylint: disable=unused-import
+
+# Runs in a fresh interpreter: the device count is fixed when jax starts.
+SCRIPT = '''
+import json, os, sys
+import gin
+import jax
+from sparse_trax import trainer
+assert jax.device_count() == 8, jax.devices()
+config, out = sys.argv[1], sys.argv[2]
+for name, bindings in [('one', ['train.n_devices = 1']),
+                       ('eight', ['train.n_devices = 8']),
+                       ('sharded', ['train.n_devices = 8', "train.weight_sharding = 'sharded'"])]:
+  gin.clear_config()
+  args = ['--config_file', config, '--output_dir', os.path.join(out, name)]
+  for binding in bindings:
+    args += ['--config', binding]
+  trainer.main(args)
+'''
+
+
+def _losses(folder):
+  with open(os.path.join(folder, 'metrics.jsonl'), encoding='utf-8') as f:
+    records = [json.loads(line) for line in f]
+  return ([r['loss'] for r in records if 'loss' in r],
+          [r['eval_loss'] for r in records if 'eval_loss' in r])
+
+
+def test_eight_devices_train_like_one(tmp_path, text_files):
+  config = tiny_config(str(tmp_path), text_files, n_steps=6, eval_every=3, checkpoint_every=3,
+                       decode_length=4)
+  with open(config, 'a', encoding='utf-8') as f:
+    f.write('Inputs.batch_size = 8\n')
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+             JAX_PLATFORMS='cpu', PYTHONPATH=REPO)
+  result = subprocess.run([sys.executable, '-c', SCRIPT, config, str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=600, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'Training data-parallel on 8 devices' in result.stdout
+  one_train, one_eval = _losses(tmp_path / 'one')
+  assert len(one_train) == 6 and len(one_eval) == 2
+  for name in ('eight', 'sharded'):
+    train_losses, eval_losses = _losses(tmp_path / name)
+    np.testing.assert_allclose(train_losses, one_train, rtol=2e-5, err_msg=name)
+    np.testing.assert_allclose(eval_losses, one_eval, rtol=2e-5, err_msg=name)
+
+
+def test_placement_rejects_bad_settings_and_shards_the_largest_axis():
+  with pytest.raises(ValueError, match='weight_sharding'):
+    parallel.Placement(weight_sharding='fsdp')
+  with pytest.raises(ValueError, match='n_devices'):
+    parallel.Placement(n_devices=jax.device_count() + 1)
+  placement = parallel.Placement(1, 'sharded')
+  assert placement.weight_sharding_of(np.zeros((3, 4))) == placement.replicated
+  batch = placement.batch({'targets': np.ones((2, 5), np.int32)})
+  assert batch['targets'].shape == (2, 5)
