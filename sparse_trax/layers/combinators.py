@@ -63,7 +63,9 @@ def none_to_identity(layer):
 class Serial(Layer):
   """Runs layers one after another on the data stack.
 
-  Nested lists of layers are flattened and `None` entries dropped.
+  Nested lists of layers are flattened and `None` entries dropped. Shapes:
+  x... -> the last layer's outputs, each layer taking its n_in items from the
+  top of the stack and pushing its n_out (a layer's shape rules compose).
   """
 
   def __init__(self, *layers, name: Optional[str] = None):
@@ -119,7 +121,8 @@ def run_serial(parent: Layer, indices, weights, state, inputs, rng, n_in=None):
 class Parallel(Layer):
   """Runs layers side by side on consecutive stack items (None = identity).
 
-  `Parallel(f, g)` on (x, y) gives (f(x), g(y)).
+  `Parallel(f, g)` on (x, y) gives (f(x), g(y)): x y -> f(x) g(y), shapes as
+  each layer gives them.
   """
 
   def __init__(self, *layers, name: Optional[str] = None):
@@ -157,8 +160,9 @@ class Parallel(Layer):
 class Branch(Layer):
   """Runs layers on copies of the same inputs (None = identity).
 
-  `Branch(f, g)` on x gives (f(x), g(x)). Takes as many items as the
-  greediest branch; each branch reads the top of the stack.
+  `Branch(f, g)` on x gives (f(x), g(x)): x -> f(x) g(x), shapes as each
+  branch gives them. Takes as many items as the greediest branch; each
+  branch reads the top of the stack.
   """
 
   def __init__(self, *layers, name: Optional[str] = None):
@@ -263,12 +267,12 @@ class Select(Layer):
 
 
 def Dup() -> Layer:  # pylint: disable=invalid-name
-  """x -> x x."""
+  """Duplicates the top of the stack: x -> x x (any shape)."""
   return Select([0, 0], name='Dup')
 
 
 def Swap() -> Layer:  # pylint: disable=invalid-name
-  """a b -> b a."""
+  """Swaps the top two stack items: a b -> b a (any shapes)."""
   return Select([1, 0], name='Swap')
 
 
@@ -283,7 +287,8 @@ class Fn(Layer):
   """A layer from a pure function without weights: `Fn('Square', lambda x: x * x)`.
 
   n_in is the number of the function's positional arguments, which may not
-  have defaults. With `n_out > 1` the function returns a tuple.
+  have defaults. With `n_out > 1` the function returns a tuple. Shapes are
+  the function's: a1 ... an -> f(a1, ..., an).
   """
 
   def __init__(self, name: str, f: Callable, n_out: int = 1):
@@ -305,12 +310,12 @@ class Fn(Layer):
 
 
 def Add() -> Layer:  # pylint: disable=invalid-name
-  """a b -> a + b."""
+  """Elementwise sum of the top two items: a b -> a + b (same or broadcastable shapes)."""
   return Fn('Add', lambda a, b: a + b)
 
 
 class Concatenate(Layer):
-  """Concatenates `n_items` stack items along `axis`."""
+  """Concatenates `n_items` stack items along `axis`: [..., d_i, ...] each -> [..., sum d_i, ...]."""
 
   def __init__(self, n_items: int = 2, axis: int = -1):
     super().__init__(n_items, 1)

@@ -17,7 +17,7 @@ class Scan(Layer):
   The layer maps (x_slice..., carry...) to (y_slice..., new_carry...); it has
   `n_in == n_out`, and its last `n_carry` items are the carry. Scan takes
   (xs..., initial_carry...) with each x sliced along `axis`, and gives
-  (ys..., final_carry...). In 'predict' mode the carry lives in state and
+  (ys..., final_carry...): e.g. xs [length, batch, d] -> ys [length, batch, d']. In 'predict' mode the carry lives in state and
   continues across calls (the carry inputs are read on the first call only).
   Step t gets rng `fold_in(rng, t)`.
   """
@@ -122,7 +122,8 @@ class Cond(Layer):
 
   `cond` reads the top of the stack (without consuming it); `true` and
   `false` (default: identity) must give outputs of the same shapes. Both
-  branches' weights exist; `lax.cond` runs only one.
+  branches' weights exist; `lax.cond` runs only one. Shapes: x... ->
+  true(x...) or false(x...), the same either way.
   """
 
   def __init__(self, cond: Layer, true: Layer, false: Optional[Layer] = None):
@@ -171,7 +172,7 @@ class Cache(Layer):
 
   Used for the encoder of an encoder-decoder model: decoding feeds the same
   source at every step, and the encoder runs only once. In other modes it
-  simply runs the layer.
+  simply runs the layer. Shapes: the layer's (inputs -> outputs).
   """
 
   def __init__(self, layer: Layer, mode: str = 'train'):

@@ -61,15 +61,27 @@ class _Metric(Layer):
 
 
 class CrossEntropyLoss(_Metric):
-  """Weighted mean cross-entropy of logits against integer targets."""
+  """Weighted mean cross-entropy of logits against integer targets.
+
+  (logits [batch, length, vocab], targets [batch, length] int, weights
+  [batch, length]) -> scalar.
+  """
   metric = staticmethod(weighted_cross_entropy)
 
 
 class Accuracy(_Metric):
-  """Weighted token accuracy of argmax(logits) against targets."""
+  """Weighted token accuracy of argmax(logits) against targets.
+
+  (logits [batch, length, vocab], targets [batch, length] int, weights
+  [batch, length]) -> scalar.
+  """
   metric = staticmethod(weighted_accuracy)
 
 
 class SequenceAccuracy(_Metric):
-  """Fraction of sequences with every weighted token right."""
+  """Fraction of sequences with every weighted token right.
+
+  (logits [batch, length, vocab], targets [batch, length] int, weights
+  [batch, length]) -> scalar.
+  """
   metric = staticmethod(sequence_accuracy)
