@@ -6,6 +6,11 @@
 The gin files and bindings are parsed before anything else runs, so a typo
 fails at once with gin's message naming the binding and the file. The
 operative config is written to <output_dir>/config.gin.
+
+Several hosts: run the same command in one process per host with
+`--distributed` (the cluster is detected: Cloud TPU, Slurm, Open MPI) or with
+`--coordinator_address HOST:PORT --num_processes N --process_id I`; the
+trainer calls `jax.distributed.initialize` before anything else touches JAX.
 """
 
 import argparse
@@ -15,6 +20,7 @@ import sys
 from typing import Optional, Sequence
 
 import gin
+import jax
 
 from sparse_trax import gin_config  # registers every configurable
 from sparse_trax.train import loop
@@ -70,7 +76,26 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   parser.add_argument('--output_dir', required=True,
                       help='checkpoints, metrics.jsonl and config.gin go here; '
                            'rerunning with the same folder resumes')
-  return parser.parse_args(argv)
+  cluster = parser.add_argument_group(
+      'several hosts', 'connect one trainer process per host (jax.distributed.initialize)')
+  cluster.add_argument('--distributed', action='store_true',
+                       help='connect the processes of a detected cluster (Cloud TPU, Slurm, MPI)')
+  cluster.add_argument('--coordinator_address', help='HOST:PORT of process 0')
+  cluster.add_argument('--num_processes', type=int, help='how many processes in all')
+  cluster.add_argument('--process_id', type=int, help='this process, 0 .. num_processes - 1')
+  args = parser.parse_args(argv)
+  explicit = (args.coordinator_address, args.num_processes, args.process_id)
+  if any(v is not None for v in explicit) and any(v is None for v in explicit):
+    parser.error('--coordinator_address, --num_processes and --process_id go together')
+  return args
+
+
+def connect_hosts(args: argparse.Namespace) -> None:
+  """Calls jax.distributed.initialize when the flags ask for several hosts."""
+  if args.coordinator_address is not None:
+    jax.distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+  elif args.distributed:
+    jax.distributed.initialize()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
@@ -79,6 +104,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     if not os.path.isfile(config_file):
       raise SystemExit(f'trainer: gin file {config_file!r} does not exist')
   parse_gin_config(args.config_file, args.config)
+  connect_hosts(args)
   os.makedirs(args.output_dir, exist_ok=True)
   config_path = os.path.join(args.output_dir, 'config.gin')
 

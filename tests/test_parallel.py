@@ -66,3 +66,16 @@ def test_placement_rejects_bad_settings_and_shards_the_largest_axis():
   assert placement.weight_sharding_of(np.zeros((3, 4))) == placement.replicated
   batch = placement.batch({'targets': np.ones((2, 5), np.int32)})
   assert batch['targets'].shape == (2, 5)
+
+
+def test_host_flags_go_together_and_default_to_one_host():
+  from sparse_trax import trainer  # pylint: disable=import-outside-toplevel
+  args = trainer.parse_args(['--config_file', 'x.gin', '--output_dir', '/tmp/x'])
+  assert not args.distributed and args.coordinator_address is None
+  with pytest.raises(SystemExit):
+    trainer.parse_args(['--config_file', 'x.gin', '--output_dir', '/tmp/x',
+                        '--coordinator_address', 'localhost:1234'])
+  args = trainer.parse_args(['--config_file', 'x.gin', '--output_dir', '/tmp/x',
+                             '--coordinator_address', 'h:1', '--num_processes', '2',
+                             '--process_id', '1'])
+  assert (args.coordinator_address, args.num_processes, args.process_id) == ('h:1', 2, 1)
