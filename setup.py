@@ -29,8 +29,9 @@ setup(
     entry_points={'console_scripts': ['trainer = sparse_trax.trainer:console_main']},
     extras_require={
         # nbclient + ipykernel run the notebooks in tests; matplotlib draws their plots.
-        'test': ['pytest>=8', 'dill', 'nbclient==0.11.0', 'nbformat', 'ipykernel==7.4.0',
-                 'matplotlib==3.11.2'],
+        # pytest-xdist runs the tests on every core (pytest.ini: -n auto).
+        'test': ['pytest>=8', 'pytest-xdist==3.8.0', 'dill', 'nbclient==0.11.0', 'nbformat',
+                 'ipykernel==7.4.0', 'matplotlib==3.11.2'],
         'notebooks': ['matplotlib==3.11.2', 'ipykernel==7.4.0'],
     },
 )
