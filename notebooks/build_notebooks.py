@@ -239,8 +239,8 @@ from sparse_trax import trainer
 print(open('../gin/scaling/sparse_ff.gin').read())'''),
     new_code_cell('''\
 # Bindings override what the files say, exactly as `--config` does on the command line.
-overrides = ['train.n_steps = 30', 'train.eval_every = 15', 'train.checkpoint_every = 15',
-             'train.log_every = 5', 'train.decode_length = 16']
+overrides = ['train.n_steps = 300', 'train.eval_every = 100', 'train.checkpoint_every = 100',
+             'train.log_every = 10', 'train.decode_length = 16']   # about 2 minutes each
 if SMALL:   # a tiny model and byte-level data so the test runs in seconds
   overrides = ['train.n_steps = 6', 'train.eval_every = 3', 'train.checkpoint_every = 3',
                'train.log_every = 1', 'train.decode_length = 4',
