@@ -53,6 +53,18 @@ def merge_heads(x):
   return x.reshape(x.shape[:2] + (-1,))
 
 
+def stack_qkv(weights: dict) -> dict:
+  """Weights with `wq`, `wk`, `wv` [d, d] replaced by their rows stacked, `wqkv` [3d, d]."""
+  weights = dict(weights)
+  weights['wqkv'] = jnp.concatenate([weights.pop(n) for n in ('wq', 'wk', 'wv')], axis=0)
+  return weights
+
+
+def self_attention_heads(x, wqkv, n_heads: int):
+  """x [batch, length, d] and wqkv [3d, d] -> q, k, v, each [batch, length, n_heads, d / n_heads]."""
+  return tuple(split_heads(t, n_heads) for t in jnp.split(linear(x, wqkv), 3, axis=-1))
+
+
 CACHE_BLOCK = 128
 
 
@@ -211,14 +223,9 @@ class _MultiHeadAttention(Layer):
     weights = {name: init(key, shape, jnp.float32)
                for name, key in zip(('wq', 'wk', 'wv', 'wo'), keys)}
     if fused_qkv:   # each third initialized as its own [d_model, d_model] matrix
-      weights['wqkv'] = jnp.concatenate([weights.pop(n) for n in ('wq', 'wk', 'wv')], axis=0)
+      weights = stack_qkv(weights)
     weights['bo'] = jnp.zeros((self.d_model,), jnp.float32)
     return weights
-
-  def _self_heads(self, weights, x):
-    """x [batch, length, d_model] -> q, k, v, each [batch, length, n_heads, d_head]."""
-    qkv = linear(x, weights['wqkv'])
-    return tuple(split_heads(t, self.n_heads) for t in jnp.split(qkv, 3, axis=-1))
 
   def _check_input(self, x, what='input'):
     if x.ndim != 3 or x.shape[-1] != self.d_model:
@@ -273,7 +280,7 @@ class CausalAttention(_MultiHeadAttention):
 
   def forward(self, weights, state, x, rng):
     self._check_input(x)
-    q, k, v = self._self_heads(weights, x)
+    q, k, v = self_attention_heads(x, weights['wqkv'], self.n_heads)
     out, state = causal_attention(q, k, v, state, mode=self.mode,
                                   dropout_rate=self._dropout_rate(rng), rng=rng)
     return self._output(weights, out), state
@@ -300,7 +307,7 @@ class Attention(_MultiHeadAttention):
     if mask.shape != x.shape[:2]:
       raise ValueError(f'mask must be [batch, length] = {tuple(x.shape[:2])}, '
                        f'got {tuple(mask.shape)}')
-    q, k, v = self._self_heads(weights, x)
+    q, k, v = self_attention_heads(x, weights['wqkv'], self.n_heads)
     y = self._attend(weights, q, k, v, mask[:, None, None, :], rng)
     return (y, mask), state
 

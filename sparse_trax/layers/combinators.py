@@ -157,6 +157,22 @@ class Parallel(Layer):
     return from_items(outs, self.n_out), tuple(new_states)
 
 
+def init_each_on_top(layer: Layer, input_signature, rng):
+  """Initializes each sublayer of `layer` on the top of the same stack.
+
+  For combinators whose sublayers all read the same inputs (Branch, Cond).
+  Returns (weights tuple, states tuple, list of each sublayer's output signature).
+  """
+  items = as_items(input_signature, layer.n_in)
+  weights, states, outs = [], [], []
+  for i, sublayer in enumerate(layer.sublayers):
+    w, s, out = layer.init_sublayer(i, from_items(items[:sublayer.n_in], sublayer.n_in), rng)
+    weights.append(w)
+    states.append(s)
+    outs.append(out)
+  return tuple(weights), tuple(states), outs
+
+
 class Branch(Layer):
   """Runs layers on copies of the same inputs (None = identity).
 
@@ -171,14 +187,10 @@ class Branch(Layer):
                      name=name, sublayers=layers)
 
   def init_with_signature(self, input_signature, rng):
-    items = as_items(input_signature, self.n_in)
-    weights, states, outs = [], [], []
-    for i, layer in enumerate(self.sublayers):
-      w, s, out = self.init_sublayer(i, from_items(items[:layer.n_in], layer.n_in), rng)
-      weights.append(w)
-      states.append(s)
-      outs.extend(as_items(out, layer.n_out))
-    return tuple(weights), tuple(states), from_items(outs, self.n_out)
+    weights, states, outs = init_each_on_top(self, input_signature, rng)
+    items = [item for layer, out in zip(self.sublayers, outs)
+             for item in as_items(out, layer.n_out)]
+    return weights, states, from_items(items, self.n_out)
 
   def forward(self, weights, state, inputs, rng):
     items = as_items(inputs, self.n_in)

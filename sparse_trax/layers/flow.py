@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from sparse_trax.layers.base import Layer
-from sparse_trax.layers.combinators import as_items, from_items, none_to_identity
+from sparse_trax.layers.combinators import as_items, from_items, init_each_on_top, none_to_identity
 
 
 class Scan(Layer):
@@ -136,14 +136,8 @@ class Cond(Layer):
                      sublayers=(cond, true, false))
 
   def init_with_signature(self, input_signature, rng):
-    items = as_items(input_signature, self.n_in)
-    weights, states, outs = [], [], []
-    for i, layer in enumerate(self.sublayers):
-      w, s, out = self.init_sublayer(i, from_items(items[:layer.n_in], layer.n_in), rng)
-      weights.append(w)
-      states.append(s)
-      outs.append(out)
-    return tuple(weights), tuple(states), outs[1]
+    weights, states, outs = init_each_on_top(self, input_signature, rng)
+    return weights, states, outs[1]   # the `true` branch's (the same as `false`'s)
 
   def forward(self, weights, state, inputs, rng):
     items = as_items(inputs, self.n_in)

@@ -101,15 +101,12 @@ class ChunkedCausalAttention(_LongAttention):
     if self.mode == 'predict':
       state = attention.empty_kv_cache(batch, self.max_len, self.n_heads,
                                        d_model // self.n_heads)
-    weights = self._projections(('wq', 'wk', 'wv'), d_model, rng)
     # Stacked as in CausalAttention, so the two share weights.
-    weights['wqkv'] = jnp.concatenate([weights.pop(n) for n in ('wq', 'wk', 'wv')], axis=0)
-    return weights, state
+    return attention.stack_qkv(self._projections(('wq', 'wk', 'wv'), d_model, rng)), state
 
   def forward(self, weights, state, x, rng):
     self._check(x)
-    q, k, v = (attention.split_heads(t, self.n_heads)
-               for t in jnp.split(linear(x, weights['wqkv']), 3, axis=-1))
+    q, k, v = attention.self_attention_heads(x, weights['wqkv'], self.n_heads)
     if self.mode == 'predict':
       return self._decode(weights, state, q, k, v)
     batch, length, n_heads, d_head = q.shape
