@@ -99,15 +99,8 @@ def measure(size: str, variant: str, tokens: int, max_len: int, warmup: int) -> 
 
 
 def _at_position(state, position: int):
-  """The state with every attention cache's next position set to `position`."""
-  if isinstance(state, dict):
-    state = {k: _at_position(v, position) for k, v in state.items()}
-    if 'position' in state:
-      state['position'] = jnp.int32(position)
-    return state
-  if isinstance(state, tuple):
-    return tuple(_at_position(s, position) for s in state)
-  return state
+  """The predict-mode state (a DecodeState) moved to decode position `position`."""
+  return tl.DecodeState(jnp.int32(position), state.layers)
 
 
 def profile_parts(size: str, variant: str, max_len: int, position: int, repeats: int = 50):

@@ -84,14 +84,14 @@ def test_causal_attention_predict_equals_eval(chunk):
   full = eval_layer.apply(weights, state, x)[0]
   predict = tl.CausalAttention(8, n_heads=2, max_len=10, mode='predict')
   _, cache = predict.init(sig(2, chunk, 8), rng=jax.random.key(0))
-  assert cache['keys'].shape == (2, 10, 2, 4)
+  assert cache.layers.keys.shape == (2, 10, 2, 4) and cache.layers.max_len == 10
   outs = []
   step = jax.jit(predict.apply)
   for t in range(0, 6, chunk):
     y, cache = step(weights, cache, x[:, t:t + chunk])
     outs.append(y)
   np.testing.assert_allclose(jnp.concatenate(outs, 1), full, rtol=1e-5, atol=1e-5)
-  assert int(cache['position']) == 6
+  assert int(cache.position) == 6
 
 
 def test_enc_dec_attention_predict_caches_keys():
@@ -102,7 +102,7 @@ def test_enc_dec_attention_predict_caches_keys():
   weights, state = layer.init((sig(1, 1, 8), sig(1, 4, 8), sig(1, 4, dtype=jnp.bool_)),
                               rng=jax.random.key(0))
   (y1, _, _), state = layer.apply(weights, state, (x, enc, mask))
-  assert bool(state['filled'])
+  assert bool(state.layers.filled)
   (y2, _, _), state = layer.apply(weights, state, (x, enc * 0, mask))  # cached keys used
   np.testing.assert_allclose(y1, y2, rtol=1e-6)
 
@@ -139,5 +139,5 @@ def test_cached_attention_over_several_blocks_equals_full_attention():
 
 def test_cache_rounds_up_to_whole_blocks():
   cache = tl.attention.empty_kv_cache(1, 300, 2, 4)
-  assert cache['keys'].shape == (1, 384, 2, 4)
-  assert tl.attention.empty_kv_cache(1, 10, 2, 4)['keys'].shape == (1, 10, 2, 4)
+  assert cache.keys.shape == (1, 384, 2, 4) and cache.max_len == 300
+  assert tl.attention.empty_kv_cache(1, 10, 2, 4).keys.shape == (1, 10, 2, 4)

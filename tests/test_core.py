@@ -101,7 +101,7 @@ def test_positional_encoding_predict_counts_positions():
     y, state = layer.apply(weights, state, jnp.zeros((2, 1, 8)))
     outs.append(y)
   np.testing.assert_allclose(jnp.concatenate(outs, 1), full, atol=1e-6)
-  assert int(state['position']) == 6
+  assert int(state.position) == 6
 
 
 def test_positional_encoding_too_long():

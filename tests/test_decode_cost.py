@@ -54,7 +54,7 @@ def test_model_costs_and_caches_grow_with_position():
   per_block = 2 * 128 * 32 * 4     # keys and values of one 128-slot block, d 32
   at_0 = tl.decode_cost(dense, w_dense, state, position=0)
   at_200 = tl.decode_cost(dense, w_dense, state, position=200)
-  small_state = 4     # the position counter of PositionalEncoding
+  small_state = 0     # the one decode position is not a cache
   assert at_0['cache'] == 2 * per_block + small_state
   assert at_200['cache'] == 2 * 2 * per_block + small_state
   assert at_200['total'] == at_200['weights'] + at_200['cache']

@@ -102,11 +102,11 @@ def test_lsh_buckets_follow_the_rng_and_are_replayed():
   x = jax.random.normal(jax.random.key(1), (1, 16, D))
   w, state = layer.init(sig(1, 16, D), rng=jax.random.key(0))
   y, recorded = layer.apply(w, state, x, rng=jax.random.key(5))
-  assert recorded['choices'].shape == (1, H, 2, 16)
+  assert recorded.choices.shape == (1, H, 2, 16)
   y_again, _ = layer.apply(w, state, x, rng=jax.random.key(5))
   np.testing.assert_array_equal(y, y_again)
   replayed = layer.apply(w, tl.with_replay(recorded), x, rng=jax.random.key(6))[1]
-  np.testing.assert_array_equal(replayed['choices'], recorded['choices'])
+  np.testing.assert_array_equal(replayed.choices, recorded.choices)
 
 
 def test_lsh_predict_with_one_bucket_equals_eval():
@@ -131,7 +131,7 @@ def test_lsh_predict_with_buckets_decodes():
   for t in range(6):
     y, cache = predict.apply(w, cache, jax.random.normal(jax.random.key(t), (1, 1, D)))
     assert np.isfinite(y).all()
-  assert int(cache['position']) == 6
+  assert int(cache.position) == 6
 
 
 def test_reversible_gradient_with_lsh_inside_equals_plain():

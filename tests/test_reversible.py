@@ -66,12 +66,12 @@ def test_sparse_ff_choices_are_replayed():
   weights, state = layer.init(sig(2, 6, D), rng=jax.random.key(0))
   y, recorded = layer.apply(weights, state, x, rng=jax.random.key(3))
   replay = tl.with_replay(recorded)
-  assert bool(replay['replay']) and not bool(recorded['replay'])
+  assert bool(replay.replay) and not bool(recorded.replay)
   # With other inputs and another rng, replay still uses the recorded units.
   _, again = layer.apply(weights, replay, x * -1.0, rng=jax.random.key(4))
-  np.testing.assert_array_equal(again['choices'], recorded['choices'])
+  np.testing.assert_array_equal(again.choices, recorded.choices)
   fresh = layer.apply(weights, recorded, x * -1.0, rng=jax.random.key(4))[1]
-  assert not np.array_equal(fresh['choices'], recorded['choices'])
+  assert not np.array_equal(fresh.choices, recorded.choices)
   np.testing.assert_allclose(layer.apply(weights, replay, x, rng=jax.random.key(3))[0], y, rtol=1e-6)
 
 

@@ -38,10 +38,12 @@ def test_sparse_ff_eval_equals_numpy_reference():
 def test_sparse_ff_predict_gather_equals_eval_masked_dense():
   evaluate, w, state = make(tl.SparseFF, 'eval', n_elements_in_block=N)
   predict = tl.SparseFF(D_FF, n_elements_in_block=N, mode='predict')
-  for shape in [(2, 5, D), (1, 1, D)]:
+  # (1, 1) and (1, 3) gather the chosen rows; (2, 5) (a prefill) takes the masked product.
+  for shape in [(2, 5, D), (1, 1, D), (1, 3, D)]:
     x = x_random(3, shape)
-    np.testing.assert_allclose(predict.apply(w, {}, x)[0], evaluate.apply(w, state, x)[0],
-                               rtol=1e-5, atol=1e-5)
+    _, decode_state = predict.init(sig(*shape), rng=jax.random.key(0))
+    np.testing.assert_allclose(predict.apply(w, decode_state, x)[0],
+                               evaluate.apply(w, state, x)[0], rtol=1e-5, atol=1e-5)
 
 
 def all_equations(jaxpr):
@@ -57,8 +59,8 @@ def all_equations(jaxpr):
 
 def test_sparse_ff_predict_reads_only_chosen_columns():
   predict = tl.SparseFF(D_FF, n_elements_in_block=N, mode='predict')
-  w, _ = predict.init(sig(1, 1, D), rng=jax.random.key(0))
-  jaxpr = jax.make_jaxpr(lambda w, x: predict.apply(w, {}, x)[0])(w, jnp.ones((1, 1, D)))
+  w, decode_state = predict.init(sig(1, 1, D), rng=jax.random.key(0))
+  jaxpr = jax.make_jaxpr(lambda w, x: predict.apply(w, decode_state, x)[0])(w, jnp.ones((1, 1, D)))
   equations = list(all_equations(jaxpr.jaxpr))
   dot_shapes = [tuple(v.aval.shape) for eqn in equations if eqn.primitive.name == 'dot_general'
                 for v in eqn.invars]
@@ -134,7 +136,10 @@ def test_block_sparse_ff_predict_equals_eval_and_reference():
   predict = tl.BlockSparseFF(D_FF, n_experts=4, mode='predict')
   x = x_random()
   y = evaluate.apply(w, state, x)[0]
-  np.testing.assert_allclose(predict.apply(w, {}, x)[0], y, rtol=1e-5, atol=1e-5)
+  for positions in (x, x[:1, :1]):   # a prefill (masked product) and a token (gathered expert)
+    _, decode_state = predict.init(sig(*positions.shape), rng=jax.random.key(0))
+    np.testing.assert_allclose(predict.apply(w, decode_state, positions)[0],
+                               y[:positions.shape[0], :positions.shape[1]], rtol=1e-5, atol=1e-5)
   xn = np.asarray(x, np.float64)
   wn = {k: np.asarray(v, np.float64) for k, v in w.items()}
   expert = (xn @ wn['router'].T + wn['router_bias']).argmax(-1)

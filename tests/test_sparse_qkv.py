@@ -76,7 +76,7 @@ def test_locally_conv_dense_predict_step_by_step_equals_full():
   want = full.apply(w, state, x)[0]
   predict = tl.LocallyConvDense(4, 3, kernel_size=3, length_kernel_size=3, mode='predict')
   _, history = predict.init(sig(2, 1, 8), rng=jax.random.key(0))
-  assert history['history'].shape == (2, 2, 4, 2)
+  assert history.layers.value.shape == (2, 2, 4, 2)
   outs = []
   for t in range(6):
     y, history = predict.apply(w, history, x[:, t:t + 1])

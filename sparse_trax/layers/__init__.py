@@ -56,7 +56,15 @@ from sparse_trax.layers.reversible import ReversibleHalfResidual
 from sparse_trax.layers.reversible import ReversibleLayer
 from sparse_trax.layers.reversible import ReversibleSerial
 from sparse_trax.layers.reversible import ReversibleSwap
-from sparse_trax.layers.reversible import with_replay
+from sparse_trax.layers import state
+from sparse_trax.layers.state import Carry
+from sparse_trax.layers.state import Decisions
+from sparse_trax.layers.state import DecodeState
+from sparse_trax.layers.state import KVCache
+from sparse_trax.layers.state import RunOnce
+from sparse_trax.layers.state import reorder_batch
+from sparse_trax.layers.state import run_once
+from sparse_trax.layers.state import with_replay
 from sparse_trax.layers.rnn import SRU
 from sparse_trax.layers.sparse_ff import BlockSparseFF
 from sparse_trax.layers.sparse_ff import SparseFF

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from sparse_trax.layers.base import Layer
 from sparse_trax.layers.linear import linear
+from sparse_trax.layers.state import KVCache, RunOnce, poison_if, run_once
 
 
 def dot_product_attention(q, k, v, mask, *, dropout_rate=0.0, rng=None):
@@ -73,16 +74,15 @@ def cache_block_size(max_len: int) -> int:
   return min(CACHE_BLOCK, max_len)
 
 
-def empty_kv_cache(batch: int, max_len: int, n_heads: int, d_head: int) -> dict:
-  """The predict-mode state of causal attention: keys, values, next position.
+def empty_kv_cache(batch: int, max_len: int, n_heads: int, d_head: int,
+                   n_hashes=None) -> KVCache:
+  """The predict-mode state of causal attention: a KVCache of max_len positions.
 
-  The cache has max_len slots rounded up to whole blocks of `cache_block_size`.
+  The cache has max_len slots rounded up to whole blocks of `cache_block_size`;
+  `n_hashes` adds LSH buckets.
   """
-  block = cache_block_size(max_len)
-  slots = -(-max_len // block) * block
-  shape = (batch, slots, n_heads, d_head)
-  return {'keys': jnp.zeros(shape, jnp.float32), 'values': jnp.zeros(shape, jnp.float32),
-          'position': jnp.zeros((), jnp.int32)}
+  return KVCache.empty(batch, max_len, n_heads, d_head, cache_block_size(max_len),
+                       n_hashes=n_hashes)
 
 
 SELF_LOGIT = -1e5   # Reformer's rule: attend to yourself only when nothing else is visible
@@ -167,33 +167,29 @@ def cached_attention(q, keys, values, position, *, first_visible=None, query_buc
   return out.reshape(q.shape).astype(values.dtype)
 
 
-def causal_attention(q, k, v, state, *, mode: str, dropout_rate: float, rng):
+def causal_attention(q, k, v, state, *, mode: str, dropout_rate: float, rng, position=None):
   """Causal attention over heads, with the predict-mode cache.
 
   Args:
     q, k, v: [batch, length, n_heads, d_head].
-    state: {} outside 'predict'; else the cache from `empty_kv_cache`, to
-      which these `length` positions are appended.
+    state: {} outside 'predict'; else the KVCache from `empty_kv_cache`, to
+      which these `length` positions are appended at `position`.
     mode: the layer's mode.
     dropout_rate: dropout on the attention weights (0 outside 'train').
     rng: key for that dropout.
+    position: int32 scalar, the decode position of the first query ('predict').
 
   Returns:
-    ([batch, length, n_heads, d_head], new state).
+    ([batch, length, n_heads, d_head], new state). Past the cache's end the
+    output is NaN (under `jit`; on the host it raises).
   """
   length = q.shape[1]
   if mode != 'predict':
     mask = causal_mask(length, length)[None, None]
     return dot_product_attention(q, k, v, mask, dropout_rate=dropout_rate, rng=rng), state
-  if length > state['keys'].shape[1]:
-    raise ValueError(f'{length} tokens do not fit the cache of {state["keys"].shape[1]} slots')
-  position = state['position']
-  keys = jax.lax.dynamic_update_slice_in_dim(state['keys'], k.astype(state['keys'].dtype),
-                                             position, axis=1)
-  values = jax.lax.dynamic_update_slice_in_dim(state['values'], v.astype(state['values'].dtype),
-                                               position, axis=1)
-  out = cached_attention(q, keys, values, position)
-  return out, {'keys': keys, 'values': values, 'position': position + length}
+  cache, overflow = state.append(position, k, v)
+  out = cached_attention(q, cache.keys, cache.values, position)
+  return poison_if(overflow, out), cache
 
 
 class _MultiHeadAttention(Layer):
@@ -270,6 +266,11 @@ class CausalAttention(_MultiHeadAttention):
     super().__init__(d_model, n_heads, dropout, mode, n_in=1, n_out=1)
     self.max_len = max_len
 
+  takes_position = True
+
+  def decode_capacity(self, input_length: int = 0):
+    return self.max_len
+
   def init_weights_and_state(self, input_signature, rng):
     self._check_input(input_signature)
     state = {}
@@ -278,11 +279,12 @@ class CausalAttention(_MultiHeadAttention):
                              self.d_model // self.n_heads)
     return self._init_weights(rng, fused_qkv=True), state
 
-  def forward(self, weights, state, x, rng):
+  def forward(self, weights, state, x, rng, position):
     self._check_input(x)
     q, k, v = self_attention_heads(x, weights['wqkv'], self.n_heads)
     out, state = causal_attention(q, k, v, state, mode=self.mode,
-                                  dropout_rate=self._dropout_rate(rng), rng=rng)
+                                  dropout_rate=self._dropout_rate(rng), rng=rng,
+                                  position=position)
     return self._output(weights, out), state
 
 
@@ -318,8 +320,10 @@ class EncDecAttention(_MultiHeadAttention):
   x: [batch, length_dec, d_model] queries; encoded: [batch, length_enc,
   d_model] keys and values; mask: [batch, length_enc] bool padding mask. In
   'predict' mode the encoder's keys and values are computed on the first
-  call and kept in state.
+  call and kept in state (a `RunOnce` record).
   """
+
+  decode_stream = 0
 
   def __init__(self, d_model: int, n_heads: int = 1, dropout: float = 0.0,
                mode: str = 'train'):
@@ -331,10 +335,9 @@ class EncDecAttention(_MultiHeadAttention):
     self._check_input(encoded, 'encoded')
     state = {}
     if self.mode == 'predict':
-      shape = encoded.shape[:2] + (self.n_heads, self.d_model // self.n_heads)
-      state = {'keys': jnp.zeros(shape, jnp.float32),
-               'values': jnp.zeros(shape, jnp.float32),
-               'filled': jnp.zeros((), jnp.bool_)}
+      heads = jax.ShapeDtypeStruct(encoded.shape[:2] + (self.n_heads, self.d_model // self.n_heads),
+                                   jnp.float32)
+      state = RunOnce.empty((heads, heads))
     return self._init_weights(rng, fused_qkv=False), state
 
   def forward(self, weights, state, inputs, rng):
@@ -346,14 +349,12 @@ class EncDecAttention(_MultiHeadAttention):
                        f'got {tuple(mask.shape)}')
 
     def project(_):
-      return self._heads(encoded, weights['wk']), self._heads(encoded, weights['wv'])
+      return (self._heads(encoded, weights['wk']), self._heads(encoded, weights['wv'])), None
 
     if self.mode == 'predict':
-      k, v = jax.lax.cond(state['filled'], lambda _: (state['keys'], state['values']),
-                          project, None)
-      state = {'keys': k, 'values': v, 'filled': jnp.ones((), jnp.bool_)}
+      (k, v), _, state = run_once(state, project)
     else:
-      k, v = project(None)
+      (k, v), _ = project(None)
     q = self._heads(x, weights['wq'])
     y = self._attend(weights, q, k, v, mask[:, None, None, :], rng)
     return (y, encoded, mask), state
@@ -374,6 +375,11 @@ class DotProductCausalAttention(Layer):
     self.dropout = dropout
     self.max_len = max_len
 
+  takes_position = True
+
+  def decode_capacity(self, input_length: int = 0):
+    return self.max_len
+
   def _check(self, inputs):
     q, k, v = inputs
     if q.ndim != 3 or q.shape != k.shape or q.shape != v.shape or q.shape[-1] % self.n_heads:
@@ -387,13 +393,14 @@ class DotProductCausalAttention(Layer):
     batch, _, d = input_signature[0].shape
     return {}, empty_kv_cache(batch, self.max_len, self.n_heads, d // self.n_heads)
 
-  def forward(self, weights, state, inputs, rng):
+  def forward(self, weights, state, inputs, rng, position):
     self._check(inputs)
     rate = self.dropout if self.mode == 'train' else 0.0
     if rate > 0.0 and rng is None:
       raise ValueError("attention dropout in 'train' mode needs an rng")
     q, k, v = (split_heads(t, self.n_heads) for t in inputs)
-    out, state = causal_attention(q, k, v, state, mode=self.mode, dropout_rate=rate, rng=rng)
+    out, state = causal_attention(q, k, v, state, mode=self.mode, dropout_rate=rate, rng=rng,
+                                  position=position)
     return merge_heads(out), state
 
 

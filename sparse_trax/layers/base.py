@@ -23,6 +23,8 @@ from typing import Any, Optional, Sequence, Tuple
 import jax
 import jax.numpy as jnp
 
+from sparse_trax.layers.state import DecodeState
+
 MODES = ('train', 'eval', 'predict')
 
 _LIBRARY_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -79,6 +81,11 @@ def describe_shapes(tree) -> str:
   return one(tree)
 
 
+def as_tuple(x) -> tuple:
+  """Stack items as a tuple: a bare array becomes a 1-tuple."""
+  return tuple(x) if isinstance(x, (tuple, list)) else (x,)
+
+
 def to_signature(x):
   """Turns an array, a ShapeDtypeStruct, or a tuple of them into signatures."""
   if isinstance(x, (tuple, list)):
@@ -127,7 +134,17 @@ class Layer(metaclass=_FrozenAfterInit):
   constructor, override `init_with_signature` and `forward`, and call their
   sublayers through `init_sublayer` / `apply_sublayer`, which keep the paths
   in error messages right.
+
+  Predict mode passes the model's one decode position down: a layer whose
+  class sets `takes_position = True` gets `forward(weights, state, inputs,
+  rng, position)`, with `position` the int32 position of its first input
+  position ('predict' mode) or None (other modes). Every combinator sets it
+  and hands the position on through `apply_sublayer`.
   """
+
+  takes_position = False
+  # Which input item's axis 1 is the decoded sequence (its length advances the position).
+  decode_stream = -1
 
   def __init__(self, n_in: int = 1, n_out: int = 1, *, name: Optional[str] = None,
                mode: Optional[str] = None, sublayers: Sequence['Layer'] = ()):
@@ -166,10 +183,13 @@ class Layer(metaclass=_FrozenAfterInit):
       rng: a `jax.random.key`; sublayer i gets `fold_in(rng, i)`.
 
     Returns:
-      (weights, state), both pytrees of arrays.
+      (weights, state), both pytrees of arrays. In 'predict' mode the state
+      is a `DecodeState` at position 0 holding every layer's caches.
     """
     signature = to_signature(input_signature)
     weights, state, _ = self._init_checked(signature, rng)
+    if self.mode == 'predict':
+      state = DecodeState(jnp.zeros((), jnp.int32), state)
     return _unshare(self, weights, {}), state
 
   def output_signature(self, input_signature):
@@ -182,6 +202,13 @@ class Layer(metaclass=_FrozenAfterInit):
   def apply(self, weights, state, inputs, *, rng=None) -> Tuple[Any, Any]:
     """Runs the layer: a pure function, safe under `jax.jit` and `jax.grad`.
 
+    In 'predict' mode `state` is the `DecodeState` from `init` (or from the
+    previous call): its position is passed down to the layers, and the new
+    state's position is advanced by the length (axis 1) of the decoded
+    stream (the last input item; the first for layers whose class says
+    `decode_stream = 0`). A call may feed several positions at once (a
+    prompt's prefill) or one (a decoding step).
+
     Args:
       weights: the weights pytree from `init` (or a trained one).
       state: the state pytree from `init` or from the previous `apply`.
@@ -193,7 +220,31 @@ class Layer(metaclass=_FrozenAfterInit):
       (outputs, new_state); outputs a bare array when `n_out == 1`.
     """
     expanded = _share(self, weights, {})
-    return self._apply_checked(expanded, state, inputs, rng)
+    if self.mode != 'predict':
+      return self._apply_checked(expanded, state, inputs, rng)
+    if not isinstance(state, DecodeState):
+      raise LayerError(self.name, self.created_at, 'apply', describe_shapes(inputs),
+                       "in 'predict' mode the state must be the DecodeState that init "
+                       f'returns (or the previous apply), got {type(state).__name__}')
+    outputs, layers_state = self._apply_checked(expanded, state.layers, inputs, rng,
+                                                state.position)
+    stream = as_tuple(inputs)[self.decode_stream]
+    length = stream.shape[1] if getattr(stream, 'ndim', 0) >= 2 else 1
+    return outputs, DecodeState(state.position + length, layers_state)
+
+  def decode_capacity(self, input_length: int = 0) -> Optional[int]:
+    """How many positions a 'predict'-mode run may feed (None: no bound).
+
+    Args:
+      input_length: the length of an encoder-decoder's source, for models
+        whose decoder also holds the source in its caches.
+
+    Default: the smallest capacity of the sublayers; layers with a cache of
+    `max_len` positions give `max_len`.
+    """
+    bounds = [b for b in (sub.decode_capacity(input_length) for sub in self.sublayers)
+              if b is not None]
+    return min(bounds) if bounds else None
 
   # ------------------------------------------------------------ to override
 
@@ -210,7 +261,10 @@ class Layer(metaclass=_FrozenAfterInit):
     their sublayers' signatures.
     """
     weights, state = self.init_weights_and_state(input_signature, rng)
+    position = jnp.zeros((), jnp.int32) if self.mode == 'predict' else None
     def run(w, s, x, key):
+      if self.takes_position:
+        return self.forward(w, s, x, key, position)[0]
       return self.forward(w, s, x, key)[0]
     rng_signature = jax.eval_shape(lambda: jax.random.key(0))
     output_signature = jax.eval_shape(run, weights, state, input_signature,
@@ -244,12 +298,12 @@ class Layer(metaclass=_FrozenAfterInit):
       e.prepend_path(str(index))
       raise
 
-  def apply_sublayer(self, index: int, weights, state, inputs, rng):
-    """Applies sublayer `index` with rng `fold_in(rng, index)` (if any)."""
+  def apply_sublayer(self, index: int, weights, state, inputs, rng, position=None):
+    """Applies sublayer `index` with rng `fold_in(rng, index)` (if any) at `position`."""
     sublayer = self.sublayers[index]
     sub_rng = None if rng is None else jax.random.fold_in(rng, index)
     try:
-      return sublayer._apply_checked(weights, state, inputs, sub_rng)  # pylint: disable=protected-access
+      return sublayer._apply_checked(weights, state, inputs, sub_rng, position)  # pylint: disable=protected-access
     except LayerError as e:
       e.prepend_path(str(index))
       raise
@@ -287,9 +341,11 @@ class Layer(metaclass=_FrozenAfterInit):
                        describe_shapes(input_signature),
                        f'{type(e).__name__}: {e}') from e
 
-  def _apply_checked(self, weights, state, inputs, rng):
+  def _apply_checked(self, weights, state, inputs, rng, position=None):
     try:
       self._check_n_items(inputs)
+      if self.takes_position:
+        return self.forward(weights, state, inputs, rng, position)
       return self.forward(weights, state, inputs, rng)
     except LayerError as e:
       e.prepend_path(self.name)

@@ -76,8 +76,11 @@ class Serial(Layer):
   def init_with_signature(self, input_signature, rng):
     return init_serial(self, range(len(self.sublayers)), input_signature, rng)
 
-  def forward(self, weights, state, inputs, rng):
-    return run_serial(self, range(len(self.sublayers)), weights, state, inputs, rng)
+  takes_position = True
+
+  def forward(self, weights, state, inputs, rng, position):
+    return run_serial(self, range(len(self.sublayers)), weights, state, inputs, rng,
+                      position=position)
 
 
 def init_serial(parent: Layer, indices, input_signature, rng):
@@ -98,7 +101,7 @@ def init_serial(parent: Layer, indices, input_signature, rng):
   return tuple(weights), tuple(states), from_items(stack, len(stack))
 
 
-def run_serial(parent: Layer, indices, weights, state, inputs, rng, n_in=None):
+def run_serial(parent: Layer, indices, weights, state, inputs, rng, n_in=None, position=None):
   """Applies `parent.sublayers[i]` for i in indices as a serial chain.
 
   `weights` and `state` hold one entry per index, in order.
@@ -110,7 +113,7 @@ def run_serial(parent: Layer, indices, weights, state, inputs, rng, n_in=None):
     layer = parent.sublayers[i]
     taken, stack = stack[:layer.n_in], stack[layer.n_in:]
     out, s = parent.apply_sublayer(i, weights[slot], state[slot],
-                                   from_items(taken, layer.n_in), rng)
+                                   from_items(taken, layer.n_in), rng, position)
     stack = list(as_items(out, layer.n_out)) + stack
     new_states.append(s)
   return from_items(stack, len(stack)), tuple(new_states)
@@ -146,12 +149,14 @@ class Parallel(Layer):
       outs.extend(as_items(out, layer.n_out))
     return tuple(weights), tuple(states), from_items(outs, self.n_out)
 
-  def forward(self, weights, state, inputs, rng):
+  takes_position = True
+
+  def forward(self, weights, state, inputs, rng, position):
     new_states, outs = [], []
     for i, taken in enumerate(self._split(as_items(inputs, self.n_in))):
       layer = self.sublayers[i]
       out, s = self.apply_sublayer(i, weights[i], state[i],
-                                   from_items(taken, layer.n_in), rng)
+                                   from_items(taken, layer.n_in), rng, position)
       new_states.append(s)
       outs.extend(as_items(out, layer.n_out))
     return from_items(outs, self.n_out), tuple(new_states)
@@ -192,12 +197,14 @@ class Branch(Layer):
              for item in as_items(out, layer.n_out)]
     return weights, states, from_items(items, self.n_out)
 
-  def forward(self, weights, state, inputs, rng):
+  takes_position = True
+
+  def forward(self, weights, state, inputs, rng, position):
     items = as_items(inputs, self.n_in)
     new_states, outs = [], []
     for i, layer in enumerate(self.sublayers):
       out, s = self.apply_sublayer(i, weights[i], state[i],
-                                   from_items(items[:layer.n_in], layer.n_in), rng)
+                                   from_items(items[:layer.n_in], layer.n_in), rng, position)
       new_states.append(s)
       outs.extend(as_items(out, layer.n_out))
     return from_items(outs, self.n_out), tuple(new_states)
@@ -237,15 +244,17 @@ class Residual(Layer):
       weights, states = weights + (w,), states + (s,)
     return weights, states, out
 
-  def forward(self, weights, state, inputs, rng):
+  takes_position = True
+
+  def forward(self, weights, state, inputs, rng, position):
     items = as_items(inputs, self.n_in)
     branch_in = from_items(items[:self._branch_n_in], self._branch_n_in)
     out, new_states = run_serial(self, range(self._n_branch), weights, state,
-                                 branch_in, rng, n_in=self._branch_n_in)
+                                 branch_in, rng, n_in=self._branch_n_in, position=position)
     outs = list(as_items(out, self.n_out))
     if self._n_branch < len(self.sublayers):
       shortcut, s = self.apply_sublayer(self._n_branch, weights[-1], state[-1],
-                                        items[0], rng)
+                                        items[0], rng, position)
       new_states = new_states + (s,)
     else:
       shortcut = items[0]

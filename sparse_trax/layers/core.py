@@ -13,6 +13,7 @@ import numpy as np
 from sparse_trax.layers.base import Layer
 from sparse_trax.layers.combinators import Fn
 from sparse_trax.layers.linear import linear
+from sparse_trax.layers.state import check_bound, poison_if
 
 Initializer = Callable[..., jax.Array]
 
@@ -178,20 +179,23 @@ def sinusoidal_table(max_len: int, d_feature: int) -> np.ndarray:
 class PositionalEncoding(Layer):
   """Adds sinusoidal position vectors: [batch, length, d] -> [batch, length, d].
 
-  In 'predict' mode the state holds the next position, so feeding one token
-  at a time adds the vector of its absolute position. No weights.
+  In 'predict' mode the model's decode position (passed down by `apply`)
+  says where the fed positions start, so a prompt fed at once and tokens fed
+  one at a time get the vectors of their absolute positions. Past max_len it
+  raises (position known on the host) or gives NaN (under `jit`). No weights,
+  no state.
   """
+
+  takes_position = True
 
   def __init__(self, max_len: int = 2048, mode: str = 'train'):
     super().__init__(1, 1, mode=mode)
     self.max_len = max_len
 
-  def init_weights_and_state(self, input_signature, rng):
-    if self.mode == 'predict':
-      return {}, {'position': jnp.zeros((), jnp.int32)}
-    return {}, {}
+  def decode_capacity(self, input_length: int = 0):
+    return self.max_len
 
-  def forward(self, weights, state, x, rng):
+  def forward(self, weights, state, x, rng, position):
     self.check_rank(x, 3)
     length, d = x.shape[1], x.shape[2]
     if length > self.max_len:
@@ -199,9 +203,9 @@ class PositionalEncoding(Layer):
     table = jnp.asarray(sinusoidal_table(self.max_len, d))
     if self.mode != 'predict':
       return x + table[None, :length], state
-    position = state['position']
+    check_bound(position, length, self.max_len, 'the positional encoding')
     rows = jax.lax.dynamic_slice_in_dim(table, position, length, axis=0)
-    return x + rows[None], {'position': position + length}
+    return poison_if(position + length > self.max_len, x + rows[None]), state
 
 
 class ShiftRight(Layer):

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from sparse_trax.layers.base import Layer
 from sparse_trax.layers.combinators import as_items, from_items, init_each_on_top, none_to_identity
+from sparse_trax.layers.state import RunOnce, run_once
 
 
 class Scan(Layer):
@@ -17,10 +18,13 @@ class Scan(Layer):
   The layer maps (x_slice..., carry...) to (y_slice..., new_carry...); it has
   `n_in == n_out`, and its last `n_carry` items are the carry. Scan takes
   (xs..., initial_carry...) with each x sliced along `axis`, and gives
-  (ys..., final_carry...): e.g. xs [length, batch, d] -> ys [length, batch, d']. In 'predict' mode the carry lives in state and
-  continues across calls (the carry inputs are read on the first call only).
-  Step t gets rng `fold_in(rng, t)`.
+  (ys..., final_carry...): e.g. xs [length, batch, d] -> ys [length, batch, d']. In 'predict' mode the carry lives in state (a
+  `RunOnce` record: the carry inputs are read on the first call only) and
+  continues across calls. Step t gets rng `fold_in(rng, t)`; every step of
+  one call gets the call's decode position.
   """
+
+  takes_position = True
 
   def __init__(self, layer: Layer, axis: int = 0, n_carry: int = 1,
                mode: str = 'train'):
@@ -42,22 +46,20 @@ class Scan(Layer):
     w, s, _ = self.init_sublayer(0, from_items(step_in, self.n_in), rng)
     state = (s,)
     if self.mode == 'predict':
-      carry = tuple(jnp.zeros(c.shape, c.dtype) for c in items[n_xs:])
-      state = (s, carry, jnp.zeros((), jnp.bool_))
+      state = (s, RunOnce.empty(tuple(items[n_xs:])))
+    position = jnp.zeros((), jnp.int32) if self.mode == 'predict' else None
     output_signature = jax.eval_shape(
-        lambda w_, s_, x_: self.forward(w_, s_, x_, None)[0], (w,), state,
+        lambda w_, s_, x_: self.forward(w_, s_, x_, None, position)[0], (w,), state,
         input_signature)
     return (w,), state, output_signature
 
-  def forward(self, weights, state, inputs, rng):
+  def forward(self, weights, state, inputs, rng, position):
     items = as_items(inputs, self.n_in)
     n_xs = self.n_in - self.n_carry
     xs = tuple(jnp.moveaxis(x, self.axis, 0) for x in items[:n_xs])
     carry = tuple(items[n_xs:])
     if self.mode == 'predict':
-      started = state[2]
-      carry = tuple(jnp.where(started, c_state, c)
-                    for c_state, c in zip(state[1], carry))
+      carry, _, _ = run_once(state[1], lambda _: (carry, None))
 
     def step(carry_and_state, x_and_t):
       carry, layer_state = carry_and_state
@@ -65,7 +67,7 @@ class Scan(Layer):
       step_rng = None if rng is None else jax.random.fold_in(rng, t)
       out, layer_state = self.apply_sublayer(0, weights[0], layer_state,
                                              from_items(x + carry, self.n_in),
-                                             step_rng)
+                                             step_rng, position)
       out = as_items(out, self.n_out)
       return (tuple(out[n_xs:]), layer_state), tuple(out[:n_xs])
 
@@ -75,7 +77,7 @@ class Scan(Layer):
     ys = tuple(jnp.moveaxis(y, 0, self.axis) for y in ys)
     new_state = (layer_state,)
     if self.mode == 'predict':
-      new_state = (layer_state, carry, jnp.ones((), jnp.bool_))
+      new_state = (layer_state, RunOnce(carry, jnp.ones((), jnp.bool_)))
     return from_items(ys + carry, self.n_out), new_state
 
 
@@ -101,7 +103,9 @@ class Chunk(Layer):
     leading = tuple(input_signature.shape[:-1])
     return (w,), (s,), jax.ShapeDtypeStruct(leading + tuple(out.shape[1:]), out.dtype)
 
-  def forward(self, weights, state, inputs, rng):
+  takes_position = True
+
+  def forward(self, weights, state, inputs, rng, position):
     leading = inputs.shape[:-1]
     flat = inputs.reshape((-1, inputs.shape[-1]))
     n = flat.shape[0]
@@ -110,7 +114,7 @@ class Chunk(Layer):
     chunks = flat.reshape((n_chunks, self.size, flat.shape[-1]))
 
     def one(chunk):
-      return self.apply_sublayer(0, weights[0], state[0], chunk, rng)[0]
+      return self.apply_sublayer(0, weights[0], state[0], chunk, rng, position)[0]
 
     out = jax.lax.map(one, chunks)
     out = out.reshape((n_chunks * self.size,) + out.shape[2:])[:n]
@@ -139,17 +143,20 @@ class Cond(Layer):
     weights, states, outs = init_each_on_top(self, input_signature, rng)
     return weights, states, outs[1]   # the `true` branch's (the same as `false`'s)
 
-  def forward(self, weights, state, inputs, rng):
+  takes_position = True
+
+  def forward(self, weights, state, inputs, rng, position):
     items = as_items(inputs, self.n_in)
     cond, true, _ = self.sublayers
     flag, cond_state = self.apply_sublayer(0, weights[0], state[0],
-                                           from_items(items[:cond.n_in], cond.n_in), rng)
+                                           from_items(items[:cond.n_in], cond.n_in), rng,
+                                           position)
     branch_in = from_items(items[:true.n_in], true.n_in)
 
     def run(index):
       def branch(operands):
         out, s = self.apply_sublayer(index, weights[index], operands[index - 1],
-                                     branch_in, rng)
+                                     branch_in, rng, position)
         branch_states = list(operands)
         branch_states[index - 1] = s
         return out, tuple(branch_states)
@@ -165,9 +172,12 @@ class Cache(Layer):
   """In 'predict' mode, runs a layer on the first call and replays its outputs after.
 
   Used for the encoder of an encoder-decoder model: decoding feeds the same
-  source at every step, and the encoder runs only once. In other modes it
-  simply runs the layer. Shapes: the layer's (inputs -> outputs).
+  source at every step, and the encoder runs only once (its outputs kept in
+  a `RunOnce` record). In other modes it simply runs the layer. Shapes: the
+  layer's (inputs -> outputs).
   """
+
+  takes_position = True
 
   def __init__(self, layer: Layer, mode: str = 'train'):
     super().__init__(layer.n_in, layer.n_out, mode=mode, sublayers=(layer,))
@@ -176,20 +186,16 @@ class Cache(Layer):
     w, s, out = self.init_sublayer(0, input_signature, rng)
     if self.mode != 'predict':
       return (w,), (s,), out
-    cached = jax.tree_util.tree_map(lambda o: jnp.zeros(o.shape, o.dtype), out)
-    return (w,), (s, cached, jnp.zeros((), jnp.bool_)), out
+    return (w,), (s, RunOnce.empty(out)), out
 
-  def forward(self, weights, state, inputs, rng):
+  def forward(self, weights, state, inputs, rng, position):
     if self.mode != 'predict':
-      out, s = self.apply_sublayer(0, weights[0], state[0], inputs, rng)
+      out, s = self.apply_sublayer(0, weights[0], state[0], inputs, rng, position)
       return out, (s,)
-    layer_state, cached, filled = state
 
-    def compute(operand):
-      return self.apply_sublayer(0, weights[0], operand, inputs, rng)
+    def compute(layer_state):
+      return self.apply_sublayer(0, weights[0], layer_state, inputs, rng,
+                                 jnp.zeros((), jnp.int32))
 
-    def replay(operand):
-      return cached, operand
-
-    out, layer_state = jax.lax.cond(filled, replay, compute, layer_state)
-    return out, (layer_state, out, jnp.ones((), jnp.bool_))
+    out, layer_state, record = run_once(state[1], compute, state[0])
+    return out, (layer_state, record)

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from sparse_trax.layers import attention
 from sparse_trax.layers.base import Layer
 from sparse_trax.layers.linear import linear
-from sparse_trax.layers.sparse_ff import decision_state, replayed_choices
+from sparse_trax.layers.state import Decisions, poison_if, replayed_choices
 
 _glorot = jax.nn.initializers.glorot_uniform()
 _INVALID = -1e9
@@ -50,6 +50,11 @@ class _LongAttention(Layer):
     self.n_chunks_before = n_chunks_before
     self.dropout = dropout
     self.max_len = max_len
+
+  takes_position = True
+
+  def decode_capacity(self, input_length: int = 0):
+    return self.max_len if self.mode == 'predict' else None
 
   def _check(self, x):
     if x.ndim != 3 or x.shape[-1] % self.n_heads:
@@ -104,11 +109,11 @@ class ChunkedCausalAttention(_LongAttention):
     # Stacked as in CausalAttention, so the two share weights.
     return attention.stack_qkv(self._projections(('wq', 'wk', 'wv'), d_model, rng)), state
 
-  def forward(self, weights, state, x, rng):
+  def forward(self, weights, state, x, rng, position):
     self._check(x)
     q, k, v = attention.self_attention_heads(x, weights['wqkv'], self.n_heads)
     if self.mode == 'predict':
-      return self._decode(weights, state, q, k, v)
+      return self._decode(weights, state, q, k, v, position)
     batch, length, n_heads, d_head = q.shape
     c = self.chunk_len
     n = -(-length // c)
@@ -128,17 +133,14 @@ class ChunkedCausalAttention(_LongAttention):
     out = jnp.einsum('bnhqk,bnkhd->bnqhd', probs, v_windows).reshape(batch, n * c, n_heads, d_head)
     return self._output(weights, out[:, :length]), state
 
-  def _decode(self, weights, state, q, k, v):
-    position = state['position']
-    length = q.shape[1]
-    keys = jax.lax.dynamic_update_slice_in_dim(state['keys'], k, position, axis=1)
-    values = jax.lax.dynamic_update_slice_in_dim(state['values'], v, position, axis=1)
-    query_positions = position + jnp.arange(length)
+  def _decode(self, weights, state, q, k, v, position):
+    cache, overflow = state.append(position, k, v)
+    query_positions = position + jnp.arange(q.shape[1])
     first_visible = jnp.maximum(
         0, (query_positions // self.chunk_len - self.n_chunks_before) * self.chunk_len)
-    out = attention.cached_attention(q, keys, values, position, first_visible=first_visible)
-    return self._output(weights, out), {'keys': keys, 'values': values,
-                                        'position': position + length}
+    out = attention.cached_attention(q, cache.keys, cache.values, position,
+                                     first_visible=first_visible)
+    return self._output(weights, poison_if(overflow, out)), cache
 
 
 class LSHSelfAttention(_LongAttention):
@@ -199,11 +201,10 @@ class LSHSelfAttention(_LongAttention):
     d_head = d_model // self.n_heads
     state = {}
     if self.mode == 'train':
-      state = decision_state((batch, self.n_heads, self.n_hashes, length))
+      state = Decisions.empty((batch, self.n_heads, self.n_hashes, length))
     elif self.mode == 'predict':
-      state = attention.empty_kv_cache(batch, self.max_len, self.n_heads, d_head)
-      state['buckets'] = jnp.zeros((batch, state['keys'].shape[1], self.n_heads,
-                                    self.n_hashes), jnp.int32)
+      state = attention.empty_kv_cache(batch, self.max_len, self.n_heads, d_head,
+                                       n_hashes=self.n_hashes)
     return self._projections(('wqk', 'wv'), d_model, rng), state
 
   def hash(self, qk, rng, n_buckets):
@@ -222,17 +223,17 @@ class LSHSelfAttention(_LongAttention):
       return jax.random.split(rng)[0]
     return jax.random.key(self.hash_seed)
 
-  def forward(self, weights, state, x, rng):
+  def forward(self, weights, state, x, rng, position):
     self._check(x)
     qk = self._heads(x, weights['wqk'])
     v = self._heads(x, weights['wv'])
     n_buckets = self._buckets_for(self.max_len if self.mode == 'predict' else x.shape[1])
     buckets = self.hash(qk, self._rotation_rng(rng), n_buckets)
     if self.mode == 'predict':
-      return self._decode(weights, state, qk, v, buckets)
+      return self._decode(weights, state, qk, v, buckets, position)
     if self.mode == 'train':
       buckets = replayed_choices(state, buckets)
-      state = {'choices': buckets, 'replay': jnp.zeros((), jnp.bool_)}
+      state = Decisions.made(buckets)
     dropout_rng = None if rng is None else jax.random.split(rng)[1]
     out = self._attend(qk, v, buckets, dropout_rng)
     return self._output(weights, out), state
@@ -280,17 +281,10 @@ class LSHSelfAttention(_LongAttention):
     out = jnp.sum(out * round_weights, axis=2)                           # [b, h, Lp, d]
     return jnp.transpose(out, (0, 2, 1, 3))[:, :length]
 
-  def _decode(self, weights, state, qk, v, buckets):
-    position = state['position']
-    keys = _unit_norm(qk)
-    key_cache = jax.lax.dynamic_update_slice_in_dim(state['keys'], keys, position, axis=1)
-    value_cache = jax.lax.dynamic_update_slice_in_dim(state['values'], v, position, axis=1)
+  def _decode(self, weights, state, qk, v, buckets, position):
     query_buckets = jnp.transpose(buckets, (0, 3, 1, 2))                 # [b, l, h, r]
-    bucket_cache = jax.lax.dynamic_update_slice_in_dim(state['buckets'], query_buckets,
-                                                       position, axis=1)
-    out = attention.cached_attention(qk, key_cache, value_cache, position,
-                                     query_buckets=query_buckets, key_buckets=bucket_cache,
+    cache, overflow = state.append(position, _unit_norm(qk), v, query_buckets)
+    out = attention.cached_attention(qk, cache.keys, cache.values, position,
+                                     query_buckets=query_buckets, key_buckets=cache.buckets,
                                      mask_self=True)
-    new_state = {'keys': key_cache, 'values': value_cache, 'buckets': bucket_cache,
-                 'position': position + qk.shape[1]}
-    return self._output(weights, out), new_state
+    return self._output(weights, poison_if(overflow, out)), cache

@@ -11,7 +11,7 @@ Randomness drawn in the forward pass is reused exactly when a layer is
 recomputed: every sublayer gets the same rng (dropout masks, Gumbel noise, LSH
 rotations are rng-determined), and discrete choices that rounding could flip
 (SparseFF's units, LSH buckets) are kept in the layers' 'train' state and
-replayed (`with_replay`).
+replayed (`state.with_replay` sets the replay flag of every `Decisions` record).
 
 The stack is (x1, x2, *extras): extras (e.g. a padding mask) pass through
 unchanged and must not be floating point (they get no gradient).
@@ -24,18 +24,7 @@ import jax.numpy as jnp
 
 from sparse_trax.layers.base import Layer
 from sparse_trax.layers.combinators import Serial, as_items, from_items
-
-
-def with_replay(state):
-  """The state with every 'replay' flag set: recorded choices are reused."""
-  if isinstance(state, dict):
-    state = {k: with_replay(v) for k, v in state.items()}
-    if 'replay' in state:
-      state['replay'] = jnp.ones((), jnp.bool_)
-    return state
-  if isinstance(state, (tuple, list)):
-    return type(state)(with_replay(s) for s in state)
-  return state
+from sparse_trax.layers.state import with_replay
 
 
 def _after(values, rng):
@@ -104,6 +93,8 @@ class ReversibleHalfResidual(ReversibleLayer):
   through). Usually followed by ReversibleSwap.
   """
 
+  takes_position = True
+
   def __init__(self, *layers: Layer, name=None):
     residual = layers[0] if len(layers) == 1 else Serial(*layers)
     if residual.n_out < 1:
@@ -111,11 +102,11 @@ class ReversibleHalfResidual(ReversibleLayer):
     n = 1 + max(residual.n_in, 1)
     super().__init__(n, n, name=name, sublayers=(residual,))
 
-  def _residual(self, weights, state, x2, extras, rng):
+  def _residual(self, weights, state, x2, extras, rng, position=None):
     residual = self.sublayers[0]
     items = (x2,) + tuple(extras[:residual.n_in - 1])
     out, state = self.apply_sublayer(0, weights[0], state[0], from_items(items, residual.n_in),
-                                     rng)
+                                     rng, position)
     return as_items(out, residual.n_out)[0], (state,)
 
   def init_with_signature(self, input_signature, rng):
@@ -125,9 +116,9 @@ class ReversibleHalfResidual(ReversibleLayer):
                                                residual.n_in), rng)
     return (w,), (s,), input_signature
 
-  def forward(self, weights, state, inputs, rng):
+  def forward(self, weights, state, inputs, rng, position):
     x1, x2, *extras = inputs
-    fx, state = self._residual(weights, state, x2, extras, rng)
+    fx, state = self._residual(weights, state, x2, extras, rng, position)
     return (x1 + fx, x2, *extras), state
 
   def reverse_and_grad(self, weights, state, outputs, d_outputs, rng):
@@ -153,6 +144,8 @@ class ReversibleSerial(Layer):
       stores every activation): a reference, and a baseline for memory.
   """
 
+  takes_position = True
+
   def __init__(self, *layers: ReversibleLayer, memory_saving: bool = True, name=None):
     layers = tuple(layers)
     for layer in layers:
@@ -171,24 +164,25 @@ class ReversibleSerial(Layer):
       states.append(s)
     return tuple(weights), tuple(states), input_signature
 
-  def _run(self, weights, state, items, rng):
+  def _run(self, weights, state, items, rng, position=None):
     new_states = []
     for i, layer in enumerate(self.sublayers):
       items, layer_rng = _after(items, rng)
       out, s = self.apply_sublayer(i, weights[i], state[i],
-                                   from_items(items[:layer.n_in], layer.n_in), layer_rng)
+                                   from_items(items[:layer.n_in], layer.n_in), layer_rng,
+                                   position)
       items = tuple(as_items(out, layer.n_out)) + tuple(items[layer.n_in:])
       new_states.append(s)
     return items, tuple(new_states)
 
-  def forward(self, weights, state, inputs, rng):
+  def forward(self, weights, state, inputs, rng, position):
     items = tuple(as_items(inputs, self.n_in))
     for extra in items[2:]:
       if jnp.issubdtype(extra.dtype, jnp.floating):
         raise ValueError('the extra stack items of a reversible stack (beyond x1, x2) '
                          f'must not be floating point; got {extra.dtype}')
-    if not self.memory_saving:
-      outputs, new_state = self._run(weights, state, items, rng)
+    if not self.memory_saving or self.mode == 'predict':   # no gradients when decoding
+      outputs, new_state = self._run(weights, state, items, rng, position)
       return from_items(outputs, self.n_out), new_state
 
     @jax.custom_vjp

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 
 from sparse_trax.layers.base import Layer
 from sparse_trax.layers.linear import linear
+from sparse_trax.layers.state import Carry
 
 
 def linear_recurrence(decay, update, initial):
@@ -36,8 +37,9 @@ class SRU(Layer):
   """Simple recurrent unit: [batch, length, n_units] -> [batch, length, n_units].
 
   Weights: `w` [3 * n_units, n_units] (y, forget, reset rows; out-major), `b` [2 * n_units]
-  (forget and reset biases). In 'predict' mode the state holds the carry c,
-  so feeding one step at a time continues the sequence.
+  (forget and reset biases). In 'predict' mode the state holds the carry c
+  (a `Carry` record), so feeding steps one or many at a time continues the
+  sequence.
   """
 
   def __init__(self, n_units: int, forget_bias: float = 1.0, mode: str = 'train'):
@@ -54,7 +56,7 @@ class SRU(Layer):
                          jnp.zeros((self.n_units,), jnp.float32)])
     state = {}
     if self.mode == 'predict':
-      state = {'carry': jnp.zeros((input_signature.shape[0], self.n_units), jnp.float32)}
+      state = Carry(jnp.zeros((input_signature.shape[0], self.n_units), jnp.float32))
     return {'w': w, 'b': b}, state
 
   def gates(self, weights, x):
@@ -68,10 +70,10 @@ class SRU(Layer):
 
   def forward(self, weights, state, x, rng):
     y, forget, reset = self.gates(weights, x)
-    initial = state['carry'] if self.mode == 'predict' else jnp.zeros(
+    initial = state.value if self.mode == 'predict' else jnp.zeros(
         (x.shape[0], self.n_units), x.dtype)
     c = linear_recurrence(forget, (1.0 - forget) * y, initial)
     h = reset * c + (1.0 - reset) * x
     if self.mode == 'predict':
-      state = {'carry': c[:, -1]}
+      state = Carry(c[:, -1])
     return h, state

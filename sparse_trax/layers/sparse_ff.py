@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from sparse_trax.layers.base import Layer
 from sparse_trax.layers.linear import linear
+from sparse_trax.layers.state import Decisions, replayed_choices
 
 _glorot = jax.nn.initializers.glorot_uniform()
 
@@ -47,20 +48,17 @@ def _gumbel_one_hot_mask(log_probs, rng, temperature, quant_prob, index=None):
   return straight_through_mask(log_probs, index, rng, quant_prob), index
 
 
-def decision_state(shape) -> dict:
-  """Train-mode state of a layer with discrete choices: the last choice, and a replay flag.
-
-  A reversible backward pass sets 'replay' (see `with_replay`) so that the
-  recomputation reuses the forward pass's choices exactly.
-  """
-  return {'choices': jnp.zeros(shape, jnp.int32), 'replay': jnp.zeros((), jnp.bool_)}
+# A predict-mode call of at most this many positions gathers the chosen rows; a longer one
+# (a prompt's prefill) computes the masked product of the whole matrices, reading them once.
+GATHER_UP_TO = 4
 
 
-def replayed_choices(state, fresh):
-  """The stored choices when replaying (and shapes match), else the fresh ones."""
-  if state.get('choices') is None or state['choices'].shape != fresh.shape:
-    return fresh
-  return jnp.where(state['replay'], state['choices'], fresh)
+def _positions(x) -> int:
+  """How many positions (all axes but the last) x [..., d] holds."""
+  n = 1
+  for size in x.shape[:-1]:
+    n *= size
+  return n
 
 
 class SparseFF(Layer):
@@ -74,7 +72,9 @@ class SparseFF(Layer):
       the straight-through one-hot with probability quant_prob, else softmax;
     'eval': the argmax unit, applied as a mask on the full product;
     'predict': the argmax unit, and only its column of W1 and row of W2 are
-      gathered and multiplied (B columns instead of d_ff).
+      gathered and multiplied (B columns instead of d_ff); a call of more
+      than a few positions (a prompt's prefill) takes the eval path, which
+      reads every weight once instead of B rows per position.
   y = (relu(x @ W1.T + b1) * mask) @ W2 + b2.
 
   Weights: w1 [d_ff, d_model] and w2 [d_ff, d_model] (one contiguous row per
@@ -122,7 +122,7 @@ class SparseFF(Layer):
   def _initial_state(self, input_signature):
     if self.mode != 'train':
       return {}
-    return decision_state(tuple(input_signature.shape[:-1]) + (self.n_blocks,))
+    return Decisions.empty(tuple(input_signature.shape[:-1]) + (self.n_blocks,))
 
   def decode_weight_bytes(self, weights) -> int:
     """The controller, whole, and one row of W1 and W2 (and b1) per block."""
@@ -146,7 +146,7 @@ class SparseFF(Layer):
   def forward(self, weights, state, x, rng):
     y, units = self.forward_with_units(weights, x, rng, state=state)
     if self.mode == 'train':
-      state = {'choices': units, 'replay': jnp.zeros((), jnp.bool_)}
+      state = Decisions.made(units)
     return y, state
 
   def forward_with_units(self, weights, x, rng, units=None, state=None):
@@ -161,7 +161,7 @@ class SparseFF(Layer):
                        f'got input shape {tuple(x.shape)}')
     if self.mode != 'train' and units is None:   # an argmax needs no normalization
       units = jnp.argmax(self.controller_logits(weights, x), axis=-1).astype(jnp.int32)
-    if self.mode == 'predict':
+    if self.mode == 'predict' and _positions(x) <= GATHER_UP_TO:
       return self._gathered(weights, x, units), units
     if self.mode == 'train':
       log_probs = self.controller_log_probs(weights, x)
@@ -169,8 +169,7 @@ class SparseFF(Layer):
         raise ValueError("SparseFF in 'train' mode needs an rng (Gumbel noise)")
       mask_rng, dropout_rng = jax.random.split(rng)
       if units is None:
-        units = gumbel_choice(log_probs, mask_rng, self.temperature)
-        units = replayed_choices(state, units) if state else units
+        units = replayed_choices(state, gumbel_choice(log_probs, mask_rng, self.temperature))
       mask, chosen = straight_through_mask(log_probs, units, mask_rng, self.quant_prob), units
     else:
       dropout_rng = None
@@ -227,7 +226,7 @@ class BlockSparseFF(Layer):
             'b2': jnp.zeros((d_model,), jnp.float32),
             'router': _glorot(keys[2], (self.n_experts, d_model), jnp.float32),
             'router_bias': jnp.zeros((self.n_experts,), jnp.float32)}, (
-                decision_state(tuple(input_signature.shape[:-1])) if self.mode == 'train'
+                Decisions.empty(tuple(input_signature.shape[:-1])) if self.mode == 'train'
                 else {})
 
   def forward(self, weights, state, x, rng):
@@ -235,16 +234,15 @@ class BlockSparseFF(Layer):
       raise ValueError(f'last input dimension must be {weights["w1"].shape[1]}, '
                        f'got input shape {tuple(x.shape)}')
     log_probs = jax.nn.log_softmax(linear(x, weights['router']) + weights['router_bias'])
-    if self.mode == 'predict':
+    if self.mode == 'predict' and _positions(x) <= GATHER_UP_TO:
       return self._gathered(weights, x, jnp.argmax(log_probs, axis=-1)), state
     if self.mode == 'train':
       if rng is None:
         raise ValueError("BlockSparseFF in 'train' mode needs an rng (Gumbel noise)")
       mask_rng, dropout_rng = jax.random.split(rng)
-      expert = gumbel_choice(log_probs, mask_rng, self.temperature)
-      expert = replayed_choices(state, expert) if state else expert
+      expert = replayed_choices(state, gumbel_choice(log_probs, mask_rng, self.temperature))
       mask = straight_through_mask(log_probs, expert, mask_rng, self.quant_prob)
-      state = {'choices': expert, 'replay': jnp.zeros((), jnp.bool_)}
+      state = Decisions.made(expert)
     else:
       mask = jax.nn.one_hot(jnp.argmax(log_probs, axis=-1), self.n_experts, dtype=x.dtype)
     hidden = jax.nn.relu(linear(x, weights['w1']) + weights['b1'])

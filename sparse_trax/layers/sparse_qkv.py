@@ -14,8 +14,12 @@ from sparse_trax.layers import attention
 from sparse_trax.layers import combinators as cb
 from sparse_trax.layers import core
 from sparse_trax.layers.base import Layer
+from sparse_trax.layers.state import Carry
 
 _glorot = jax.nn.initializers.glorot_uniform()
+# Decoding calls of up to this many positions use the patches product; a prefill uses XLA's
+# convolution (the same sums).
+_PATCHES_UP_TO = 4
 
 
 class MultiplicativeDense(Layer):
@@ -61,7 +65,7 @@ class LocallyConvDense(Layer):
   and convolved with a kernel of (length_kernel_size, kernel_size) to
   d_out_per_module channels; the output is [batch, length, n_modules *
   d_out_per_module]. Along length the convolution is causal (left padding;
-  in 'predict' mode the last length_kernel_size - 1 inputs live in state),
+  in 'predict' mode the last length_kernel_size - 1 inputs live in a `Carry`),
   unless causal=False (centered). Along modules it is centered ('SAME').
 
   Weights: `kernel` [length_kernel_size, kernel_size, d_in / S, d_out_per_module],
@@ -96,8 +100,8 @@ class LocallyConvDense(Layer):
                'b': jnp.zeros((self.d_out_per_module,), jnp.float32)}
     state = {}
     if self.mode == 'predict':
-      state = {'history': jnp.zeros((batch, self.length_kernel_size - 1, self.n_modules,
-                                     d_in_per_module), jnp.float32)}
+      state = Carry(jnp.zeros((batch, self.length_kernel_size - 1, self.n_modules,
+                               d_in_per_module), jnp.float32))
     return weights, state
 
   def _patches_times_kernel(self, viewed, kernel, length, module_padding):
@@ -119,15 +123,15 @@ class LocallyConvDense(Layer):
     viewed = x.reshape(self._modules_shape(x.shape))                     # [b, l, S, c_in]
     k_len = self.length_kernel_size
     if self.mode == 'predict':
-      viewed = jnp.concatenate([state['history'], viewed], axis=1)
-      state = {'history': viewed[:, viewed.shape[1] - (k_len - 1):]}
+      viewed = jnp.concatenate([state.value, viewed], axis=1)
+      state = Carry(viewed[:, viewed.shape[1] - (k_len - 1):])
       length_padding = (0, 0)
     elif self.causal:
       length_padding = (k_len - 1, 0)
     else:
       length_padding = ((k_len - 1) // 2, k_len // 2)
     module_padding = ((self.kernel_size - 1) // 2, self.kernel_size // 2)
-    if self.mode == 'predict':
+    if self.mode == 'predict' and x.shape[1] <= _PATCHES_UP_TO:
       y = self._patches_times_kernel(viewed, weights['kernel'], x.shape[1], module_padding)
     else:
       y = jax.lax.conv_general_dilated(

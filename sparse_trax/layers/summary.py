@@ -10,6 +10,8 @@ from typing import Callable, Iterator, Tuple
 import jax
 import numpy as np
 
+from sparse_trax.layers import attention
+from sparse_trax.layers import state as state_lib
 from sparse_trax.layers.base import Layer
 
 
@@ -54,36 +56,28 @@ def decode_cost(model: Layer, weights, state=None, position: int = 0) -> dict:
     model: the layer (any mode: the count depends on its structure).
     weights: its weights.
     state: optional 'predict'-mode state (from `decoding.initial_state`);
-      its attention caches are read up to the block holding `position`,
-      its other arrays (convolution histories, cached encoder keys) whole.
+      its `KVCache` records are read up to the block holding `position`,
+      its other records (`Carry`, `RunOnce`: convolution histories, SRU
+      carries, cached encoder keys) whole.
     position: the position of the token being decoded.
 
   Returns:
     {'weights': bytes, 'cache': bytes, 'total': bytes, 'all_weights': bytes}.
   """
-  from sparse_trax.layers import attention  # pylint: disable=import-outside-toplevel
   weight_bytes = model.decode_weight_bytes(weights)
   cache_bytes = 0
-
-  def visit(tree):
-    nonlocal cache_bytes
-    if isinstance(tree, dict) and {'keys', 'values', 'position'} <= set(tree):
-      slots = tree['keys'].shape[1]
-      block = attention.cache_block_size(slots)
-      used = min(slots, -(-(position + 1) // block) * block)
-      per_slot = tree['keys'][:, 0].size * tree['keys'].dtype.itemsize
-      cache_bytes += 2 * used * per_slot
-    elif isinstance(tree, dict):
-      for value in tree.values():
-        visit(value)
-    elif isinstance(tree, (tuple, list)):
-      for value in tree:
-        visit(value)
-    elif hasattr(tree, 'shape'):
-      cache_bytes += int(tree.size * tree.dtype.itemsize)
-
   if state is not None:
-    visit(state)
+    for record in state_lib.records(state):
+      if isinstance(record, state_lib.KVCache):
+        # Attention reads the filled blocks only: those up to the one holding `position`.
+        block = attention.cache_block_size(record.max_len)
+        used = min(record.slots, -(-(position + 1) // block) * block)
+        per_slot = sum(x[:, :1].size * x.dtype.itemsize
+                       for x in (record.keys, record.values, record.buckets) if x is not None)
+        cache_bytes += used * per_slot
+      elif not isinstance(record, state_lib.DecodeState):
+        cache_bytes += sum(int(x.size * x.dtype.itemsize)
+                           for x in jax.tree_util.tree_leaves(record))
   all_weights = int(sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(weights)))
   return {'weights': weight_bytes, 'cache': cache_bytes, 'total': weight_bytes + cache_bytes,
           'all_weights': all_weights}

@@ -133,30 +133,39 @@ class ConcatenationDecoder(tl.Layer):
 
   In 'predict' mode the first call runs the decoder over the encoder output
   to fill its caches (the source must then be unpadded: all its tokens are
-  taken), and every call runs it over the new decoder positions.
+  taken; a `RunOnce` record notes that it ran), and every call runs it over
+  the new decoder positions, which sit after the source: the decoder's
+  position is the model's decode position plus the source length.
   """
+
+  takes_position = True
+  decode_stream = 0
 
   def __init__(self, decoder: tl.Layer, mode: str = 'train'):
     super().__init__(3, 1, mode=mode, sublayers=(decoder,))
+
+  def decode_capacity(self, input_length: int = 0):
+    capacity = self.sublayers[0].decode_capacity(input_length)
+    return None if capacity is None else capacity - input_length
 
   def init_with_signature(self, input_signature, rng):
     y, encoded, _ = input_signature
     total = jax.ShapeDtypeStruct((y.shape[0], encoded.shape[1] + y.shape[1], y.shape[2]),
                                  y.dtype)
     w, s, _ = self.init_sublayer(0, y if self.mode == 'predict' else total, rng)
-    state = (s, jnp.zeros((), jnp.bool_)) if self.mode == 'predict' else (s,)
+    state = (s, tl.RunOnce.empty(())) if self.mode == 'predict' else (s,)
     return (w,), state, y
 
-  def forward(self, weights, state, inputs, rng):
+  def forward(self, weights, state, inputs, rng, position):
     y, encoded, mask = inputs
     if self.mode == 'predict':
-      decoder_state, filled = state
-
-      def prefill(s):
-        return self.apply_sublayer(0, weights[0], s, encoded, rng)[1]
-      decoder_state = jax.lax.cond(filled, lambda s: s, prefill, decoder_state)
-      out, decoder_state = self.apply_sublayer(0, weights[0], decoder_state, y, rng)
-      return out, (decoder_state, jnp.ones((), jnp.bool_))
+      def prefill(decoder_state):
+        return (), self.apply_sublayer(0, weights[0], decoder_state, encoded, rng,
+                                       jnp.zeros((), jnp.int32))[1]
+      _, decoder_state, record = tl.run_once(state[1], prefill, state[0])
+      out, decoder_state = self.apply_sublayer(0, weights[0], decoder_state, y, rng,
+                                               position + encoded.shape[1])
+      return out, (decoder_state, record)
     length_enc, length_dec = encoded.shape[1], y.shape[1]
     encoder_lengths = jnp.sum(mask, axis=1).astype(jnp.int32)[:, None]        # [b, 1]
     positions = jnp.arange(length_enc + length_dec)[None, :]                  # [1, L]
@@ -167,7 +176,7 @@ class ConcatenationDecoder(tl.Layer):
     in_encoder = (positions < encoder_lengths)[..., None]
     in_decoder = (positions < encoder_lengths + length_dec)[..., None]
     sequence = jnp.where(in_encoder, from_encoder, jnp.where(in_decoder, from_decoder, 0.0))
-    out, decoder_state = self.apply_sublayer(0, weights[0], state[0], sequence, rng)
+    out, decoder_state = self.apply_sublayer(0, weights[0], state[0], sequence, rng, position)
     decoder_positions = encoder_lengths + jnp.arange(length_dec)[None, :]
     return jnp.take_along_axis(out, decoder_positions[..., None], axis=1), (decoder_state,)
 
