@@ -284,7 +284,7 @@ class CausalAttention(_MultiHeadAttention):
     q, k, v = self_attention_heads(x, weights['wqkv'], self.n_heads)
     out, state = causal_attention(q, k, v, state, mode=self.mode,
                                   dropout_rate=self._dropout_rate(rng), rng=rng,
-                                  position=position)
+                                  position=position and position.start)
     return self._output(weights, out), state
 
 
@@ -400,7 +400,7 @@ class DotProductCausalAttention(Layer):
       raise ValueError("attention dropout in 'train' mode needs an rng")
     q, k, v = (split_heads(t, self.n_heads) for t in inputs)
     out, state = causal_attention(q, k, v, state, mode=self.mode, dropout_rate=rate, rng=rng,
-                                  position=position)
+                                  position=position and position.start)
     return merge_heads(out), state
 
 

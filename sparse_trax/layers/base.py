@@ -23,7 +23,7 @@ from typing import Any, Optional, Sequence, Tuple
 import jax
 import jax.numpy as jnp
 
-from sparse_trax.layers.state import DecodeState
+from sparse_trax.layers.state import DecodeState, Position
 
 MODES = ('train', 'eval', 'predict')
 
@@ -137,9 +137,10 @@ class Layer(metaclass=_FrozenAfterInit):
 
   Predict mode passes the model's one decode position down: a layer whose
   class sets `takes_position = True` gets `forward(weights, state, inputs,
-  rng, position)`, with `position` the int32 position of its first input
-  position ('predict' mode) or None (other modes). Every combinator sets it
-  and hands the position on through `apply_sublayer`.
+  rng, position)`, with `position` a `state.Position` (where the call's
+  positions start, and how many of them count) in 'predict' mode, None in
+  the others. Every combinator sets it and hands the position on through
+  `apply_sublayer`.
   """
 
   takes_position = False
@@ -199,7 +200,8 @@ class Layer(metaclass=_FrozenAfterInit):
       return self._init_checked(signature, jax.random.key(0))[2]
     return jax.eval_shape(build)
 
-  def apply(self, weights, state, inputs, *, rng=None) -> Tuple[Any, Any]:
+  def apply(self, weights, state, inputs, *, rng=None,
+            valid_length=None) -> Tuple[Any, Any]:
     """Runs the layer: a pure function, safe under `jax.jit` and `jax.grad`.
 
     In 'predict' mode `state` is the `DecodeState` from `init` (or from the
@@ -215,6 +217,10 @@ class Layer(metaclass=_FrozenAfterInit):
       inputs: a bare array when `n_in == 1`, else a tuple of `n_in` arrays.
       rng: a `jax.random.key`, needed by layers that draw randomness in
         'train' mode (dropout, Gumbel noise).
+      valid_length: 'predict' mode: how many of the fed positions count
+        (an int32 scalar, may be traced; default all). The position advances
+        by it; the positions after it are padding (a batch of prompts fed at
+        once up to the shortest one's length, with one compiled shape).
 
     Returns:
       (outputs, new_state); outputs a bare array when `n_out == 1`.
@@ -226,11 +232,12 @@ class Layer(metaclass=_FrozenAfterInit):
       raise LayerError(self.name, self.created_at, 'apply', describe_shapes(inputs),
                        "in 'predict' mode the state must be the DecodeState that init "
                        f'returns (or the previous apply), got {type(state).__name__}')
-    outputs, layers_state = self._apply_checked(expanded, state.layers, inputs, rng,
-                                                state.position)
     stream = as_tuple(inputs)[self.decode_stream]
     length = stream.shape[1] if getattr(stream, 'ndim', 0) >= 2 else 1
-    return outputs, DecodeState(state.position + length, layers_state)
+    valid = length if valid_length is None else valid_length
+    outputs, layers_state = self._apply_checked(expanded, state.layers, inputs, rng,
+                                                Position.at(state.position, valid))
+    return outputs, DecodeState(state.position + valid, layers_state)
 
   def decode_capacity(self, input_length: int = 0) -> Optional[int]:
     """How many positions a 'predict'-mode run may feed (None: no bound).
@@ -261,8 +268,11 @@ class Layer(metaclass=_FrozenAfterInit):
     their sublayers' signatures.
     """
     weights, state = self.init_weights_and_state(input_signature, rng)
-    position = jnp.zeros((), jnp.int32) if self.mode == 'predict' else None
     def run(w, s, x, key):
+      position = None
+      if self.mode == 'predict':
+        stream = as_tuple(x)[self.decode_stream]
+        position = Position.at(0, stream.shape[1] if stream.ndim >= 2 else 1)
       if self.takes_position:
         return self.forward(w, s, x, key, position)[0]
       return self.forward(w, s, x, key)[0]

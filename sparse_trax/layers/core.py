@@ -203,9 +203,10 @@ class PositionalEncoding(Layer):
     table = jnp.asarray(sinusoidal_table(self.max_len, d))
     if self.mode != 'predict':
       return x + table[None, :length], state
-    check_bound(position, length, self.max_len, 'the positional encoding')
-    rows = jax.lax.dynamic_slice_in_dim(table, position, length, axis=0)
-    return poison_if(position + length > self.max_len, x + rows[None]), state
+    start = position.start
+    check_bound(start, length, self.max_len, 'the positional encoding')
+    rows = jax.lax.dynamic_slice_in_dim(table, start, length, axis=0)
+    return poison_if(start + length > self.max_len, x + rows[None]), state
 
 
 class ShiftRight(Layer):

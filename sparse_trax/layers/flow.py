@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from sparse_trax.layers.base import Layer
 from sparse_trax.layers.combinators import as_items, from_items, init_each_on_top, none_to_identity
-from sparse_trax.layers.state import RunOnce, run_once
+from sparse_trax.layers.state import Position, RunOnce, run_once
 
 
 class Scan(Layer):
@@ -47,7 +47,7 @@ class Scan(Layer):
     state = (s,)
     if self.mode == 'predict':
       state = (s, RunOnce.empty(tuple(items[n_xs:])))
-    position = jnp.zeros((), jnp.int32) if self.mode == 'predict' else None
+    position = Position.at(0, 1) if self.mode == 'predict' else None
     output_signature = jax.eval_shape(
         lambda w_, s_, x_: self.forward(w_, s_, x_, None, position)[0], (w,), state,
         input_signature)
@@ -194,8 +194,7 @@ class Cache(Layer):
       return out, (s,)
 
     def compute(layer_state):
-      return self.apply_sublayer(0, weights[0], layer_state, inputs, rng,
-                                 jnp.zeros((), jnp.int32))
+      return self.apply_sublayer(0, weights[0], layer_state, inputs, rng, Position.at(0, 1))
 
     out, layer_state, record = run_once(state[1], compute, state[0])
     return out, (layer_state, record)

@@ -113,7 +113,7 @@ class ChunkedCausalAttention(_LongAttention):
     self._check(x)
     q, k, v = attention.self_attention_heads(x, weights['wqkv'], self.n_heads)
     if self.mode == 'predict':
-      return self._decode(weights, state, q, k, v, position)
+      return self._decode(weights, state, q, k, v, position.start)
     batch, length, n_heads, d_head = q.shape
     c = self.chunk_len
     n = -(-length // c)
@@ -230,7 +230,7 @@ class LSHSelfAttention(_LongAttention):
     n_buckets = self._buckets_for(self.max_len if self.mode == 'predict' else x.shape[1])
     buckets = self.hash(qk, self._rotation_rng(rng), n_buckets)
     if self.mode == 'predict':
-      return self._decode(weights, state, qk, v, buckets, position)
+      return self._decode(weights, state, qk, v, buckets, position.start)
     if self.mode == 'train':
       buckets = replayed_choices(state, buckets)
       state = Decisions.made(buckets)

@@ -68,12 +68,15 @@ class SRU(Layer):
     b_forget, b_reset = jnp.split(weights['b'], 2)
     return y, jax.nn.sigmoid(forget + b_forget), jax.nn.sigmoid(reset + b_reset)
 
-  def forward(self, weights, state, x, rng):
+  takes_position = True
+
+  def forward(self, weights, state, x, rng, position):
     y, forget, reset = self.gates(weights, x)
     initial = state.value if self.mode == 'predict' else jnp.zeros(
         (x.shape[0], self.n_units), x.dtype)
     c = linear_recurrence(forget, (1.0 - forget) * y, initial)
     h = reset * c + (1.0 - reset) * x
     if self.mode == 'predict':
-      state = Carry(c[:, -1])
+      # The carry after the last valid position (a padded prefill has more).
+      state = Carry(jax.lax.dynamic_index_in_dim(c, position.valid - 1, axis=1, keepdims=False))
     return h, state

@@ -119,12 +119,15 @@ class LocallyConvDense(Layer):
     patches = patches.reshape(patches.shape[:3] + (k_len * k_mod * c_in,))
     return jnp.dot(patches, kernel.reshape(k_len * k_mod * c_in, c_out))
 
-  def forward(self, weights, state, x, rng):
+  takes_position = True
+
+  def forward(self, weights, state, x, rng, position):
     viewed = x.reshape(self._modules_shape(x.shape))                     # [b, l, S, c_in]
     k_len = self.length_kernel_size
     if self.mode == 'predict':
       viewed = jnp.concatenate([state.value, viewed], axis=1)
-      state = Carry(viewed[:, viewed.shape[1] - (k_len - 1):])
+      # The history ends at the last valid position (a padded prefill has more).
+      state = Carry(jax.lax.dynamic_slice_in_dim(viewed, position.valid, k_len - 1, axis=1))
       length_padding = (0, 0)
     elif self.causal:
       length_padding = (k_len - 1, 0)

@@ -220,6 +220,26 @@ def replayed_choices(state, fresh):
 
 
 @_record
+class Position:
+  """Where a predict-mode call's positions sit: passed down by `Layer.apply` to every layer.
+
+  Attributes:
+    start: int32 scalar, the decode position of the call's first position.
+    valid: int32 scalar, how many of the call's positions count. The rest
+      (right padding of a prefill) are computed but do not advance the
+      position: their cache entries are overwritten by later calls before
+      any query can see them, and recurrent carries stop at the last valid
+      position.
+  """
+  start: jax.Array
+  valid: jax.Array
+
+  @classmethod
+  def at(cls, start, valid) -> 'Position':
+    return cls(jnp.asarray(start, jnp.int32), jnp.asarray(valid, jnp.int32))
+
+
+@_record
 class DecodeState:
   """A predict-mode model's state: the decode position and every layer's state.
 

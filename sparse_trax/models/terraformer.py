@@ -161,10 +161,11 @@ class ConcatenationDecoder(tl.Layer):
     if self.mode == 'predict':
       def prefill(decoder_state):
         return (), self.apply_sublayer(0, weights[0], decoder_state, encoded, rng,
-                                       jnp.zeros((), jnp.int32))[1]
+                                       tl.state.Position.at(0, encoded.shape[1]))[1]
       _, decoder_state, record = tl.run_once(state[1], prefill, state[0])
-      out, decoder_state = self.apply_sublayer(0, weights[0], decoder_state, y, rng,
-                                               position + encoded.shape[1])
+      out, decoder_state = self.apply_sublayer(
+          0, weights[0], decoder_state, y, rng,
+          tl.state.Position(position.start + encoded.shape[1], position.valid))
       return out, (decoder_state, record)
     length_enc, length_dec = encoded.shape[1], y.shape[1]
     encoder_lengths = jnp.sum(mask, axis=1).astype(jnp.int32)[:, None]        # [b, 1]
