@@ -341,8 +341,7 @@ def length_penalty_factor(length, alpha: float):
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'beam_size', 'max_length',
-                                             'length_penalty', 'eos_id'),
-                   donate_argnames=('state',))
+                                             'length_penalty', 'eos_id'))
 def _beam_search(model: Layer, weights, state, prompt, prompt_lengths, inputs, *,
                  beam_size: int, max_length: int, length_penalty: float,
                  eos_id: Optional[int]):

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import sparse_trax.layers as tl
 from sparse_trax import decoding, models
 
 LM = dict(vocab_size=23, d_model=16, d_ff=32, n_layers=2, n_heads=2, max_len=32, dropout=0.0)
@@ -126,3 +127,136 @@ def test_encoder_decoder_greedy_equals_eval():
     logits = evaluate.apply(weights, state, (source, target))[0][:, -1]
     tokens = np.concatenate([tokens, np.argmax(logits, -1)[:, None]], axis=1)
   np.testing.assert_array_equal(got, tokens)
+
+
+# ------------------------------------------- batched prompts, bounds, beam search
+
+def test_prompts_of_different_lengths_decode_as_alone(lm):
+  _, predict, weights, _ = lm
+  prompts = [[5, 6, 7, 8, 9], [1, 2], [], [4, 4, 4]]
+  got = decoding.autoregressive_sample(predict, weights, prompts, max_length=6)
+  assert isinstance(got, list) and len(got) == 4
+  for prompt, row in zip(prompts, got):
+    alone = decoding.autoregressive_sample(predict, weights, np.array([prompt], np.int32)
+                                           .reshape(1, len(prompt)), max_length=6)
+    np.testing.assert_array_equal(row, alone[0])
+  # The same as a right-padded array with prefix_lengths.
+  padded = np.zeros((4, 5), np.int32)
+  for i, prompt in enumerate(prompts):
+    padded[i, :len(prompt)] = prompt
+  as_array = decoding.autoregressive_sample(predict, weights, padded, max_length=6,
+                                            prefix_lengths=[5, 2, 0, 3])
+  np.testing.assert_array_equal(as_array, np.stack(got))
+
+
+def test_each_row_stops_at_its_own_eos_and_lists_have_no_padding(lm):
+  _, predict, weights, _ = lm
+  prompts = [[5, 6, 7], [1, 2]]
+  free = decoding.autoregressive_sample(predict, weights, prompts, max_length=8)
+  eos = int(free[0][2])
+  got = decoding.autoregressive_sample(predict, weights, prompts, max_length=8, eos_id=eos)
+  for row, full in zip(got, free):
+    stop = list(full).index(eos) + 1 if eos in full else len(full)
+    np.testing.assert_array_equal(row, full[:stop])
+
+
+def test_no_retrace_across_prompt_lengths_in_one_batch_shape(lm):
+  _, predict, weights, _ = lm
+  padded = np.array([[3, 4, 5, 6], [7, 8, 0, 0]], np.int32)
+  decoding.autoregressive_sample(predict, weights, padded, prefix_lengths=[4, 2], max_length=5)
+  before = decoding.generate._cache_size()  # pylint: disable=protected-access
+  for lengths in ([1, 3], [4, 4], [0, 2]):
+    decoding.autoregressive_sample(predict, weights, padded, prefix_lengths=lengths,
+                                   max_length=5)
+  assert decoding.generate._cache_size() == before  # pylint: disable=protected-access
+
+
+def test_prompt_ids_are_checked_on_the_host(lm):
+  _, predict, weights, _ = lm
+  with pytest.raises(ValueError, match=r'token id 23 at index \[1, 0\].*\[0, 23\)'):
+    decoding.autoregressive_sample(predict, weights, [[1, 2], [23]], max_length=2)
+  with pytest.raises(ValueError, match='token id -1'):
+    decoding.autoregressive_sample(predict, weights, np.array([[1, -1]]), max_length=2)
+  with pytest.raises(ValueError, match='empty list'):
+    decoding.autoregressive_sample(predict, weights, [], max_length=2)
+  with pytest.raises(ValueError, match='max_length must be a positive int'):
+    decoding.autoregressive_sample(predict, weights, [[1]], max_length=0)
+
+
+def test_asking_past_max_len_fails_before_any_work(lm):
+  _, predict, weights, _ = lm
+  with pytest.raises(ValueError, match=r'30 tokens after a prompt of 3 needs 33 positions.*32'):
+    decoding.autoregressive_sample(predict, weights, [[1, 2, 3]], max_length=30)
+  with pytest.raises(ValueError, match='33 positions'):
+    decoding.beam_search(predict, weights, [[1, 2, 3]], beam_size=2, max_length=30)
+
+
+def test_feeding_past_the_cache_by_hand_raises_or_gives_nan():
+  model = models.TransformerLM(**dict(LM, max_len=4), mode='predict')
+  weights, state = model.init(jax.ShapeDtypeStruct((1, 1), jnp.int32), rng=jax.random.key(0))
+  tokens = jnp.ones((1, 3), jnp.int32)
+  _, full = model.apply(weights, state, tokens)            # positions 0..2 of 4
+  # The first layer that knows the bound names itself (path and numbers).
+  with pytest.raises(tl.LayerError, match=r'(?s)at path TransformerLM/3/PositionalEncoding.*'
+                                          r'positions 3\.\.4 were asked for.*max_len is 4'):
+    model.apply(weights, full, jnp.ones((1, 2), jnp.int32))
+  # Under jit the position is not known on the host: the logits are NaN, never plausible.
+  step = jax.jit(model.apply)
+  logits, at_4 = step(weights, full, jnp.ones((1, 1), jnp.int32))
+  assert np.isfinite(logits).all()
+  logits, _ = step(weights, at_4, jnp.ones((1, 1), jnp.int32))
+  assert np.isnan(logits).all()
+
+
+def test_beam_size_one_is_greedy(lm):
+  _, predict, weights, _ = lm
+  prompts = [[5, 6, 7], [1, 2]]
+  greedy = decoding.autoregressive_sample(predict, weights, prompts, max_length=5)
+  sequences, scores = decoding.beam_search(predict, weights, prompts, beam_size=1,
+                                           max_length=5)
+  assert sequences.shape == (2, 1, 5) and scores.shape == (2, 1)
+  for row, want in zip(sequences[:, 0], greedy):
+    np.testing.assert_array_equal(row, want)
+
+
+def test_beam_search_equals_exhaustive_search():
+  vocab, length = 5, 3
+  config = dict(vocab_size=vocab, d_model=16, d_ff=32, n_layers=1, n_heads=2, max_len=8,
+                dropout=0.0)
+  evaluate = models.TransformerLM(**config, mode='eval')
+  predict = models.TransformerLM(**config, mode='predict')
+  weights, state = evaluate.init(jax.ShapeDtypeStruct((1, 4), jnp.int32),
+                                 rng=jax.random.key(7))
+  prompts = [[2, 3], [4]]
+  # With beam_size = vocab ** (length - 1) every prefix survives: the search is exact.
+  beams = vocab ** (length - 1)
+  sequences, scores = decoding.beam_search(predict, weights, prompts, beam_size=beams,
+                                           max_length=length, length_penalty=0.0)
+  for prompt, got_seqs, got_scores in zip(prompts, sequences, scores):
+    every = np.array(np.meshgrid(*[np.arange(vocab)] * length, indexing='ij')).reshape(length, -1).T
+    full = np.concatenate([np.tile(prompt, (len(every), 1)), every], axis=1)
+    log_probs = jax.nn.log_softmax(evaluate.apply(weights, state, jnp.asarray(full))[0])
+    total = np.asarray(jnp.take_along_axis(log_probs, jnp.asarray(full)[..., None], -1)[..., 0]
+                       [:, len(prompt):].sum(1))
+    best = np.argsort(-total, kind='stable')[:beams]
+    np.testing.assert_allclose(got_scores, total[best], rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(got_seqs[0], every[best[0]])
+    assert {tuple(s) for s in got_seqs} == {tuple(every[i]) for i in best}
+
+
+def test_beam_search_for_an_encoder_decoder_and_with_eos():
+  config = dict(input_vocab_size=19, output_vocab_size=17, d_model=16, d_ff=32,
+                n_encoder_layers=1, n_decoder_layers=1, n_heads=2, max_len=16, dropout=0.0)
+  evaluate = models.Transformer(**config, mode='eval')
+  predict = models.Transformer(**config, mode='predict')
+  source = jax.random.randint(jax.random.key(1), (2, 6), 1, 19)
+  weights, _ = evaluate.init((source, jnp.zeros((2, 1), jnp.int32)), rng=jax.random.key(0))
+  greedy = decoding.autoregressive_sample(predict, weights, inputs=source, max_length=5)
+  sequences, scores = decoding.beam_search(predict, weights, inputs=source, beam_size=1,
+                                           max_length=5)
+  np.testing.assert_array_equal(sequences[:, 0], greedy)
+  sequences, scores = decoding.beam_search(predict, weights, inputs=source, beam_size=3,
+                                           max_length=5, eos_id=int(greedy[0, 1]))
+  assert sequences.shape == (2, 3, 5)
+  assert np.all(np.diff(scores, axis=1) <= 1e-6)           # best first
+  assert np.isfinite(scores).all()

@@ -8,7 +8,7 @@ import pytest
 import sparse_trax.layers as tl
 from sparse_trax import models
 from sparse_trax.decoding import initial_state
-from conftest import sig
+from conftest import prefill_then_steps, sig
 
 SIZE = dict(vocab_size=40, d_model=16, d_ff=32, n_layers=2, n_heads=2, max_len=24)
 VARIANTS = {
@@ -50,6 +50,9 @@ def test_lm_predict_equals_eval(variant):
     outs.append(logits)
     previous = tokens[:, t:t + 1]
   np.testing.assert_allclose(jnp.concatenate(outs, 1), full, rtol=1e-4, atol=1e-4)
+  # A prompt's prefill in one call, then token by token, gives the same logits.
+  np.testing.assert_allclose(prefill_then_steps(predict, weights, tokens, 7), full,
+                             rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize('variant', sorted(VARIANTS))

@@ -7,7 +7,7 @@ import pytest
 
 import sparse_trax.layers as tl
 from sparse_trax import decoding, models
-from conftest import sig
+from conftest import prefill_then_steps, sig
 
 LM = dict(vocab_size=40, d_model=16, d_ff=32, n_layers=2, n_heads=2, max_len=32,
           attention_chunk_len=4)
@@ -39,8 +39,11 @@ def test_terraformer_lm_predict_equals_eval(variant):
   evaluate = models.TerraformerLM(**kwargs, mode='eval')
   weights, state = evaluate.init(tokens, rng=jax.random.key(0))
   full = evaluate.apply(weights, state, tokens)[0]
-  got = decode_all(models.TerraformerLM(**kwargs, mode='predict'), weights, None, tokens)
+  predict = models.TerraformerLM(**kwargs, mode='predict')
+  got = decode_all(predict, weights, None, tokens)
   np.testing.assert_allclose(got, full, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(prefill_then_steps(predict, weights, tokens, 6), full,
+                             rtol=1e-4, atol=1e-4)
 
 
 def test_terraformer_lm_with_lsh_trains_and_decodes():
@@ -52,9 +55,14 @@ def test_terraformer_lm_with_lsh_trains_and_decodes():
       model.apply(w, state, tokens, rng=jax.random.key(2))[0], tokens,
       jnp.ones(tokens.shape)))(weights)
   assert all(np.isfinite(g).all() for g in jax.tree_util.tree_leaves(grads))
-  out = decoding.autoregressive_sample(models.TerraformerLM(**kwargs, mode='predict'), weights,
-                                       tokens[:, :3], max_length=5)
+  predict = models.TerraformerLM(**kwargs, mode='predict')
+  out = decoding.autoregressive_sample(predict, weights, tokens[:, :3], max_length=5)
   assert out.shape == (2, 5)
+  # LSH decodes by its bucket rule (not eval's sorted chunks): a prefill gives what
+  # token-by-token feeding gives.
+  np.testing.assert_allclose(prefill_then_steps(predict, weights, tokens[:, :9], 6),
+                             prefill_then_steps(predict, weights, tokens[:, :9], 1),
+                             rtol=1e-4, atol=1e-4)
 
 
 def test_reversible_and_plain_lm_give_the_same_gradients():
@@ -87,8 +95,11 @@ def test_terraformer_predict_equals_eval(variant):
   weights, state = evaluate.init((source, target), rng=jax.random.key(0))
   full = evaluate.apply(weights, state, (source, target))[0]
   assert full.shape == (2, 6, 36)
-  got = decode_all(models.Terraformer(**kwargs, mode='predict'), weights, None, target, source)
+  predict = models.Terraformer(**kwargs, mode='predict')
+  got = decode_all(predict, weights, None, target, source)
   np.testing.assert_allclose(got, full, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(prefill_then_steps(predict, weights, target, 4, inputs=source),
+                             full, rtol=1e-4, atol=1e-4)
 
 
 def test_concatenation_removes_encoder_padding():
