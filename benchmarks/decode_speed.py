@@ -79,11 +79,11 @@ def measure(size: str, variant: str, tokens: int, max_len: int, warmup: int) -> 
       step_times.append(time.perf_counter() - start)
   cost = tl.decode_cost(model, weights, state, position=warmup + tokens // 2)
   # The same number of tokens inside one while_loop (compiled first, then timed).
-  prefix = jnp.zeros((1, 0), jnp.int32)
+  prompt, prompt_lengths = jnp.zeros((1, 0), jnp.int32), jnp.zeros((1,), jnp.int32)
   for _ in range(2):   # the first run compiles; the second is timed
     fresh = decoding.initial_state(model, signature)
     start = time.perf_counter()
-    out, _, fresh = decoding.generate(model, weights, fresh, prefix, None, rng,
+    out, _, fresh = decoding.generate(model, weights, fresh, prompt, prompt_lengths, None, rng,
                                       max_length=warmup + tokens, temperature=0.0,
                                       top_k=None, eos_id=None)
     out.block_until_ready()
@@ -99,7 +99,9 @@ def measure(size: str, variant: str, tokens: int, max_len: int, warmup: int) -> 
 
 
 def _at_position(state, position: int):
-  """The predict-mode state (a DecodeState) moved to decode position `position`."""
+  """A predict-mode state (a DecodeState) moved to decode position `position`."""
+  if not isinstance(state, tl.DecodeState):   # a layer without decoding state
+    return state
   return tl.DecodeState(jnp.int32(position), state.layers)
 
 

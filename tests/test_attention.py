@@ -128,13 +128,35 @@ def test_cached_attention_over_several_blocks_equals_full_attention():
   batch, heads, d_head, slots = 2, 2, 4, 384      # three blocks of 128
   keys = jax.random.normal(jax.random.key(1), (batch, slots, heads, d_head))
   values = jax.random.normal(jax.random.key(2), (batch, slots, heads, d_head))
-  for position, length in [(0, 1), (127, 1), (128, 1), (200, 5), (250, 10), (383, 1)]:
+  # One query takes a window of 32, 64, ... slots (no loop); several loop over blocks.
+  for position, length in [(0, 1), (31, 1), (32, 1), (127, 1), (128, 1), (200, 5), (250, 10),
+                           (255, 1), (256, 1), (383, 1)]:
     q = jax.random.normal(jax.random.key(position), (batch, length, heads, d_head))
     got = tl.attention.cached_attention(q, keys, values, jnp.int32(position))
     filled = position + length
     mask = tl.causal_mask(length, filled, offset=position)[None, None]
     want = tl.dot_product_attention(q, keys[:, :filled], values[:, :filled], mask)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_one_query_window_equals_the_block_loop_with_local_and_bucket_masks():
+  batch, heads, d_head, slots, rounds = 1, 2, 4, 512, 2
+  keys = jax.random.normal(jax.random.key(1), (batch, slots, heads, d_head))
+  values = jax.random.normal(jax.random.key(2), (batch, slots, heads, d_head))
+  key_buckets = jax.random.randint(jax.random.key(3), (batch, slots, heads, rounds), 0, 3)
+  for position in (5, 40, 130, 300, 511):
+    q = jax.random.normal(jax.random.key(position), (batch, 2, heads, d_head))
+    first = jnp.array([max(0, position - 70)] * 2, jnp.int32)
+    query_buckets = key_buckets[:, position - 1:position + 1]
+    # The block loop answers both queries; the last one alone takes the window path.
+    both = tl.attention.cached_attention(q, keys, values, jnp.int32(position - 1),
+                                         first_visible=first, query_buckets=query_buckets,
+                                         key_buckets=key_buckets, mask_self=True)
+    last = tl.attention.cached_attention(q[:, 1:], keys, values, jnp.int32(position),
+                                         first_visible=first[1:],
+                                         query_buckets=query_buckets[:, 1:],
+                                         key_buckets=key_buckets, mask_self=True)
+    np.testing.assert_allclose(last, both[:, 1:], rtol=1e-5, atol=1e-5)
 
 
 def test_cache_rounds_up_to_whole_blocks():

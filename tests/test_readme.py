@@ -24,3 +24,13 @@ def test_ci_runs_the_readme_test_command():
   command = commands[1].strip()
   ci = open(os.path.join(os.path.dirname(README), '.ci', 'run'), encoding='utf-8').read()
   assert command in ci
+
+
+def test_readme_decoding_example_runs():
+  text = open(README, encoding='utf-8').read()
+  example = re.findall(r'```python\n(.*?)```', text, re.S)[1]
+  namespace = {}
+  exec(compile(example, 'README.md', 'exec'), namespace)  # pylint: disable=exec-used
+  samples = namespace['samples']
+  assert len(samples) == 2 and all(1 <= len(row) <= 10 for row in samples)
+  assert namespace['sequences'].shape == (1, 4, 10) and namespace['scores'].shape == (1, 4)
