@@ -1,6 +1,25 @@
 """sparse_trax: Trax-style layers on modern JAX for Scaling Transformers and Terraformer."""
 
-from setuptools import find_packages, setup
+import os
+
+from setuptools import Extension, find_packages, setup
+
+
+def _xla_ffi_include_dir():
+  """jaxlib's include folder (the XLA FFI headers); jaxlib is a build requirement."""
+  import jaxlib  # pylint: disable=import-outside-toplevel
+  return os.path.join(os.path.dirname(jaxlib.__file__), 'include')
+
+
+# Fused CPU decoding kernels (XLA FFI), compiled by the system C++ compiler. Optional: where
+# it does not build, sparse_trax runs its pure-JAX paths (the same results).
+cpu_kernels = Extension(
+    'sparse_trax.kernels._cpu_kernels',
+    sources=['sparse_trax/kernels/cpu_kernels.cc'],
+    include_dirs=[_xla_ffi_include_dir()],
+    extra_compile_args=['-std=c++17', '-O3', '-march=native', '-fvisibility=hidden'],
+    language='c++',
+    optional=True)
 
 setup(
     name='sparse_trax',
@@ -10,6 +29,7 @@ setup(
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',
     packages=find_packages(include=['sparse_trax', 'sparse_trax.*']),
+    ext_modules=[cpu_kernels],
     python_requires='>=3.11',
     install_requires=[
         'jax==0.10.2',

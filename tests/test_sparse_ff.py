@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import sparse_trax.layers as tl
+from sparse_trax import kernels
 from sparse_trax.layers.sparse_ff import _gumbel_one_hot_mask
 from conftest import sig
 
@@ -58,7 +59,7 @@ def all_equations(jaxpr):
 
 
 def test_sparse_ff_predict_reads_only_chosen_columns():
-  predict = tl.SparseFF(D_FF, n_elements_in_block=N, mode='predict')
+  predict = tl.SparseFF(D_FF, n_elements_in_block=N, mode="predict", decode_kernel=False)
   w, decode_state = predict.init(sig(1, 1, D), rng=jax.random.key(0))
   jaxpr = jax.make_jaxpr(lambda w, x: predict.apply(w, decode_state, x)[0])(w, jnp.ones((1, 1, D)))
   equations = list(all_equations(jaxpr.jaxpr))
@@ -153,3 +154,23 @@ def test_block_sparse_ff_router_gradient_and_count():
   grads = jax.grad(lambda w_: jnp.sum(layer.apply(w_, state, x_random(), rng=jax.random.key(2))[0] ** 2))(w)
   assert float(jnp.abs(grads['router']).sum()) > 0
   assert tl.count_parameters(w) == 2 * D * D_FF + D_FF + D + D * 4 + 4
+
+
+@pytest.mark.skipif(not kernels.available(), reason='the fused CPU kernel was not built')
+@pytest.mark.parametrize('shape, d_ff, n', [((1, 1, 24), 96, 8), ((2, 2, 33), 64, 4),
+                                            ((1, 3, 64), 1024, 32)])
+def test_sparse_ff_kernel_equals_the_pure_jax_gather(shape, d_ff, n):
+  fused = tl.SparseFF(d_ff, n_elements_in_block=n, mode='predict')
+  pure = tl.SparseFF(d_ff, n_elements_in_block=n, mode='predict', decode_kernel=False)
+  x = jax.random.normal(jax.random.key(1), shape)
+  w, state = fused.init(x, rng=jax.random.key(0))
+  w = dict(w, controller_bias=jax.random.normal(jax.random.key(2), (d_ff,)),
+           b1=jax.random.normal(jax.random.key(3), (d_ff,)) * 0.1)
+  y_fused, units_fused = jax.jit(lambda w, x: fused.forward_with_units(w, x, None))(w, x)
+  y_pure, units_pure = jax.jit(lambda w, x: pure.forward_with_units(w, x, None))(w, x)
+  np.testing.assert_array_equal(units_fused, units_pure)
+  np.testing.assert_allclose(y_fused, y_pure, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(fused.apply(w, state, x)[0], y_pure, rtol=1e-5, atol=1e-5)
+  # The kernel is one custom call: no gathers or products left in the program.
+  text = jax.jit(lambda w, x: fused.apply(w, state, x)[0]).lower(w, x).as_text()
+  assert 'sparse_trax_sparse_ff_decode' in text and 'gather' not in text

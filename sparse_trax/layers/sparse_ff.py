@@ -13,6 +13,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from sparse_trax import kernels
 from sparse_trax.layers.base import Layer
 from sparse_trax.layers.linear import linear
 from sparse_trax.layers.state import Decisions, replayed_choices
@@ -90,11 +91,15 @@ class SparseFF(Layer):
     quant_prob: probability of training with the hard (one-hot) mask.
     dropout: dropout rate on the hidden units in 'train'.
     mode: 'train', 'eval' or 'predict'.
+    decode_kernel: in 'predict' mode on CPU, run a decoding step (up to
+      GATHER_UP_TO positions) as one fused C++ kernel (`sparse_trax.kernels`)
+      where it was built; False keeps the pure-JAX gather path (the same
+      result; the kernel's sums may differ in rounding).
   """
 
   def __init__(self, d_ff: int, n_elements_in_block: int = 64, d_lowrank: Optional[int] = None,
                temperature: float = 0.1, quant_prob: float = 0.3, dropout: float = 0.0,
-               mode: str = 'train'):
+               mode: str = 'train', decode_kernel: bool = True):
     if d_ff % n_elements_in_block:
       raise ValueError(f'd_ff {d_ff} is not a multiple of n_elements_in_block '
                        f'{n_elements_in_block}')
@@ -106,6 +111,7 @@ class SparseFF(Layer):
     self.temperature = temperature
     self.quant_prob = quant_prob
     self.dropout = dropout
+    self.decode_kernel = decode_kernel
 
   def init_weights_and_state(self, input_signature, rng):
     d_model = input_signature.shape[-1]
@@ -149,16 +155,27 @@ class SparseFF(Layer):
       state = Decisions.made(units)
     return y, state
 
-  def forward_with_units(self, weights, x, rng, units=None, state=None):
+  def _use_kernel(self, weights, x) -> bool:
+    """The fused C++ decoding kernel: built, wanted, and float32 throughout."""
+    return (self.decode_kernel and kernels.available() and x.dtype == jnp.float32 and
+            all(w.dtype == jnp.float32 for w in weights.values()))
+
+  def forward_with_units(self, weights, x, rng, units=None, state=None, pure_jax=False):
     """Like `apply`, also returning the chosen units [..., n_blocks] (int32).
 
     Pass `units` (from an earlier call) to reuse the same choice when the
-    layer is recomputed; in 'train' mode a `state` with 'replay' set does
-    the same with the choices it holds (a reversible backward pass).
+    layer is recomputed; in 'train' mode a `Decisions` state with `replay`
+    set does the same with the choices it holds (a reversible backward
+    pass). `pure_jax` skips the fused decoding kernel (its reference).
     """
     if x.shape[-1] != weights['w1'].shape[1]:
       raise ValueError(f'last input dimension must be {weights["w1"].shape[1]}, '
                        f'got input shape {tuple(x.shape)}')
+    if self.mode == 'predict' and units is None and not pure_jax and \
+        _positions(x) <= GATHER_UP_TO and self._use_kernel(weights, x):
+      return kernels.sparse_ff_decode(
+          x, weights, self.n_elements_in_block,
+          lambda flat: self.forward_with_units(weights, flat, None, pure_jax=True))
     if self.mode != 'train' and units is None:   # an argmax needs no normalization
       units = jnp.argmax(self.controller_logits(weights, x), axis=-1).astype(jnp.int32)
     if self.mode == 'predict' and _positions(x) <= GATHER_UP_TO:

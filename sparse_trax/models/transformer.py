@@ -13,8 +13,9 @@ def TransformerLM(vocab_size: int, d_model: int = 512, d_ff: int = 2048,  # pyli
 
   Input: token ids [batch, length] (int32). Output: logits [batch, length,
   vocab_size]; position t predicts token t (the input is shifted right). In
-  'predict' mode feed the previous token ([batch, 1]) and get the next
-  token's logits; state holds every attention cache and the position.
+  'predict' mode feed the previous tokens ([batch, length]: a prompt's
+  prefill, or one token) and get the logits of the next ones; the state is a
+  DecodeState (the decode position and every attention cache).
   """
   return blocks.DecoderOnlyLM(
       vocab_size, d_model, n_layers, max_len, dropout, mode,
@@ -32,8 +33,8 @@ def Transformer(input_vocab_size: int, output_vocab_size: Optional[int] = None, 
   Inputs: (source ids [batch, length_src], target ids [batch, length_tgt]),
   0 is padding. Output: logits [batch, length_tgt, output_vocab_size]
   (target position t predicts target token t). In 'predict' mode feed the
-  same source and the previous target token ([batch, 1]) each call; the
-  encoder runs on the first call only.
+  same source and the previous target tokens ([batch, length], or [batch, 1])
+  each call; the encoder runs on the first call only.
   """
   output_vocab_size = output_vocab_size or input_vocab_size
   return blocks.EncoderDecoder(

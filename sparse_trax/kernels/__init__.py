@@ -1,0 +1,70 @@
+"""Fused CPU kernels for decoding, and their pure-JAX equivalents.
+
+`pip install -e .` compiles `cpu_kernels.cc` with the system C++ compiler
+against the XLA FFI headers that jaxlib ships, and this module registers its
+handlers with XLA. Where it did not build (no compiler), `available()` is
+False and the layers use their pure-JAX paths, which compute the same thing
+(tested side by side). The kernels run on CPU only: on other platforms
+`lax.platform_dependent` picks the pure-JAX path.
+"""
+
+import importlib.util
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+_SPARSE_FF_TARGET = 'sparse_trax_sparse_ff_decode'
+
+
+def _register() -> bool:
+  if importlib.util.find_spec('sparse_trax.kernels._cpu_kernels') is None:
+    return False
+  from sparse_trax.kernels import _cpu_kernels  # pylint: disable=import-outside-toplevel,no-name-in-module
+  for name, handler in _cpu_kernels.registrations().items():
+    jax.ffi.register_ffi_target(name, handler, platform='cpu')
+  return True
+
+
+_AVAILABLE = _register()
+
+
+def available() -> bool:
+  """True when the compiled kernels were built and registered."""
+  return _AVAILABLE
+
+
+def sparse_ff_decode(x, weights: dict, n_per_block: int, reference: Callable):
+  """One SparseFF decoding step in one fused kernel: x [..., d] -> (y [..., d], units [..., B]).
+
+  Args:
+    x: float32 [..., d_model] (a few positions).
+    weights: SparseFF's float32 weights (w1, b1, w2, b2, controller_in,
+      controller_out, controller_bias).
+    n_per_block: N, the units per block.
+    reference: x -> (y, units), the pure-JAX path, used off CPU.
+
+  Returns:
+    (y [..., d_model] float32, units [..., d_ff / N] int32: the chosen unit
+    of each block).
+  """
+  leading, d_model = x.shape[:-1], x.shape[-1]
+  n_blocks = weights['w1'].shape[0] // n_per_block
+  flat = x.reshape(-1, d_model)
+
+  def kernel(flat):
+    call = jax.ffi.ffi_call(
+        _SPARSE_FF_TARGET,
+        (jax.ShapeDtypeStruct(flat.shape, jnp.float32),
+         jax.ShapeDtypeStruct((flat.shape[0], n_blocks), jnp.int32)))
+    return call(flat, weights['controller_in'], weights['controller_out'],
+                weights['controller_bias'], weights['w1'], weights['b1'], weights['w2'],
+                weights['b2'], n_per_block=np.int64(n_per_block))
+
+  def fallback(flat):
+    y, units = reference(flat)
+    return y.astype(jnp.float32), units.astype(jnp.int32)
+
+  y, units = jax.lax.platform_dependent(flat, cpu=kernel, default=fallback)
+  return y.reshape(leading + (d_model,)), units.reshape(leading + (n_blocks,))

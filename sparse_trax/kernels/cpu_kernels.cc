@@ -1,0 +1,228 @@
+// Fused CPU kernels for decoding, registered with XLA through the typed FFI.
+//
+// sparse_ff_decode: one SparseFF step for a few positions in one call. XLA runs
+// the same computation as about a dozen small operations (two controller
+// products, an argmax, three gathers, two products); on a CPU their fixed
+// costs outweigh the few megabytes a token reads. Here it is one pass:
+//   low    = c_in x                              [r]
+//   logit  = c_out low + c_bias                  [d_ff], read block by block
+//   u_b    = b * N + argmax of block b's N logits
+//   y      = sum_b relu(w1[u_b] . x + b1[u_b]) w2[u_b] + b2
+// All matrices are out-major ([d_out, d_in]) float32, as in sparse_trax.
+
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "Python.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+// Eight float32 lanes (one AVX register where the compiler targets AVX).
+typedef float Lanes __attribute__((vector_size(32)));
+
+inline Lanes Load(const float* p) {
+  Lanes v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+inline float Sum(Lanes v) {
+  float s = 0.0f;
+  for (int j = 0; j < 8; ++j) s += v[j];
+  return s;
+}
+
+// a . b over n floats (two vector accumulators, then the tail).
+inline float Dot(const float* a, const float* b, int64_t n) {
+  Lanes acc0 = {}, acc1 = {};
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    acc0 += Load(a + i) * Load(b + i);
+    acc1 += Load(a + i + 8) * Load(b + i + 8);
+  }
+  for (; i + 8 <= n; i += 8) acc0 += Load(a + i) * Load(b + i);
+  float sum = Sum(acc0 + acc1);
+  for (; i < n; ++i) sum += a[i] * b[i];
+  return sum;
+}
+
+// The dots of four consecutive rows (row stride n) with b, sharing b's loads.
+inline void Dot4(const float* rows, const float* b, int64_t n, float* out) {
+  Lanes acc[4] = {};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    Lanes bv = Load(b + i);
+    for (int r = 0; r < 4; ++r) acc[r] += Load(rows + r * n + i) * bv;
+  }
+  for (int r = 0; r < 4; ++r) {
+    out[r] = Sum(acc[r]);
+    for (int64_t j = i; j < n; ++j) out[r] += rows[r * n + j] * b[j];
+  }
+}
+
+// y += scale * row over n floats.
+inline void Axpy(float scale, const float* row, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += scale * row[i];
+}
+
+// Work of one part of the blocks [first_block, end_block) for one position:
+// choose each block's unit, and add its contribution to y_part (zeroed here).
+void SparseFFBlocks(const float* x, const float* low, const float* c_out, const float* c_bias,
+                    const float* w1, const float* b1, const float* w2, int64_t d_model,
+                    int64_t rank, int64_t n_per_block, int64_t first_block, int64_t end_block,
+                    float* y_part, int32_t* chosen) {
+  std::memset(y_part, 0, d_model * sizeof(float));
+  float logits[4];
+  for (int64_t b = first_block; b < end_block; ++b) {
+    const int64_t first = b * n_per_block, end = first + n_per_block;
+    int64_t best = first;
+    float best_logit = 0.0f;
+    for (int64_t u = first; u < end; u += 4) {
+      const int64_t n_rows = end - u < 4 ? end - u : 4;
+      if (n_rows == 4) {
+        Dot4(c_out + u * rank, low, rank, logits);
+      } else {
+        for (int64_t r = 0; r < n_rows; ++r) logits[r] = Dot(c_out + (u + r) * rank, low, rank);
+      }
+      for (int64_t r = 0; r < n_rows; ++r) {
+        const float logit = logits[r] + c_bias[u + r];
+        if (u + r == first || logit > best_logit) {   // the first of equal maxima, as argmax
+          best_logit = logit;
+          best = u + r;
+        }
+      }
+    }
+    chosen[b] = static_cast<int32_t>(best - first);
+    const float hidden = Dot(w1 + best * d_model, x, d_model) + b1[best];
+    if (hidden > 0.0f) Axpy(hidden, w2 + best * d_model, y_part, d_model);
+  }
+}
+
+// Parts of a split job, each run once by whichever thread claims it first:
+// the caller runs part 0, then claims the rest or waits for the pool threads
+// that took them. Claiming makes this safe when no pool thread is free.
+struct SplitJob {
+  explicit SplitJob(int n) : n_parts(n), claimed(n), done(n) {
+    for (int i = 0; i < n; ++i) {
+      claimed[i].store(false);
+      done[i].store(false);
+    }
+  }
+  int n_parts;
+  std::vector<std::atomic<bool>> claimed, done;
+  std::function<void(int)> work;
+
+  void RunIfUnclaimed(int part) {
+    if (!claimed[part].exchange(true)) {
+      work(part);
+      done[part].store(true, std::memory_order_release);
+    }
+  }
+};
+
+void RunSplit(ffi::ThreadPool& pool, int n_parts, std::function<void(int)> work) {
+  auto job = std::make_shared<SplitJob>(n_parts);
+  job->work = std::move(work);
+  for (int part = 1; part < n_parts; ++part) {
+    pool.Schedule([job, part]() { job->RunIfUnclaimed(part); });
+  }
+  job->RunIfUnclaimed(0);
+  for (int part = 1; part < n_parts; ++part) {
+    job->RunIfUnclaimed(part);
+    while (!job->done[part].load(std::memory_order_acquire)) {
+    }
+  }
+}
+
+ffi::Error SparseFFDecodeImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                              ffi::Buffer<ffi::F32> c_in, ffi::Buffer<ffi::F32> c_out,
+                              ffi::Buffer<ffi::F32> c_bias, ffi::Buffer<ffi::F32> w1,
+                              ffi::Buffer<ffi::F32> b1, ffi::Buffer<ffi::F32> w2,
+                              ffi::Buffer<ffi::F32> b2, ffi::ResultBuffer<ffi::F32> y,
+                              ffi::ResultBuffer<ffi::S32> units, int64_t n_per_block) {
+  auto x_dims = x.dimensions();
+  auto c_in_dims = c_in.dimensions();
+  auto w1_dims = w1.dimensions();
+  if (x_dims.size() != 2 || c_in_dims.size() != 2 || w1_dims.size() != 2) {
+    return ffi::Error::InvalidArgument("sparse_ff_decode: x, c_in and w1 must be matrices");
+  }
+  const int64_t positions = x_dims[0], d_model = x_dims[1];
+  const int64_t rank = c_in_dims[0], d_ff = w1_dims[0];
+  if (c_in_dims[1] != d_model || w1_dims[1] != d_model || n_per_block <= 0 ||
+      d_ff % n_per_block != 0) {
+    return ffi::Error::InvalidArgument("sparse_ff_decode: inconsistent shapes");
+  }
+  const int64_t n_blocks = d_ff / n_per_block;
+  // Two parts where the pool has threads (reading the controller is bound by one
+  // core's memory bandwidth); one where the work is too small to pay for a hand-off.
+  const int n_parts = (pool.num_threads() > 1 && d_ff * rank >= (1 << 16)) ? 2 : 1;
+  std::vector<float> low(rank), y_parts(n_parts * d_model);
+  for (int64_t p = 0; p < positions; ++p) {
+    const float* xp = x.typed_data() + p * d_model;
+    int64_t k = 0;
+    for (; k + 4 <= rank; k += 4) Dot4(c_in.typed_data() + k * d_model, xp, d_model, &low[k]);
+    for (; k < rank; ++k) low[k] = Dot(c_in.typed_data() + k * d_model, xp, d_model);
+    int32_t* chosen = units->typed_data() + p * n_blocks;
+    auto work = [&](int part) {
+      const int64_t first = n_blocks * part / n_parts, end = n_blocks * (part + 1) / n_parts;
+      SparseFFBlocks(xp, low.data(), c_out.typed_data(), c_bias.typed_data(), w1.typed_data(),
+                     b1.typed_data(), w2.typed_data(), d_model, rank, n_per_block, first, end,
+                     &y_parts[part * d_model], chosen);
+    };
+    if (n_parts == 1) {
+      work(0);
+    } else {
+      RunSplit(pool, n_parts, work);
+    }
+    float* yp = y->typed_data() + p * d_model;
+    for (int64_t i = 0; i < d_model; ++i) {
+      float sum = b2.typed_data()[i];
+      for (int part = 0; part < n_parts; ++part) sum += y_parts[part * d_model + i];
+      yp[i] = sum;
+    }
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SparseFFDecode, SparseFFDecodeImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // x [positions, d]
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // controller_in [r, d]
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // controller_out [d_ff, r]
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // controller_bias [d_ff]
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // w1 [d_ff, d]
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // b1 [d_ff]
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // w2 [d_ff, d]
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // b2 [d]
+                                  .Ret<ffi::Buffer<ffi::F32>>()   // y [positions, d]
+                                  .Ret<ffi::Buffer<ffi::S32>>()   // units [positions, B]
+                                  .Attr<int64_t>("n_per_block"));
+
+// A Python module whose one function returns {target name: handler capsule}.
+static PyObject* Registrations(PyObject*, PyObject*) {
+  PyObject* dict = PyDict_New();
+  PyObject* capsule = PyCapsule_New(reinterpret_cast<void*>(SparseFFDecode), nullptr, nullptr);
+  PyDict_SetItemString(dict, "sparse_trax_sparse_ff_decode", capsule);
+  Py_DECREF(capsule);
+  return dict;
+}
+
+static PyMethodDef kMethods[] = {
+    {"registrations", Registrations, METH_NOARGS, "FFI target name -> handler capsule."},
+    {nullptr, nullptr, 0, nullptr}};
+
+static struct PyModuleDef kModule = {PyModuleDef_HEAD_INIT, "_cpu_kernels",
+                                     "sparse_trax's fused CPU kernels (XLA FFI handlers).", -1,
+                                     kMethods};
+
+PyMODINIT_FUNC PyInit__cpu_kernels(void) { return PyModule_Create(&kModule); }
