@@ -139,3 +139,32 @@ def test_bad_sparsity_is_rejected():
     tl.MultiplicativeConvCausalAttention(18, 2, sparsity=4)
   with pytest.raises(ValueError, match='multiple'):
     tl.MultiplicativeDense(3, 10)
+
+
+@pytest.mark.parametrize('causal', [True, False])
+def test_locally_conv_qkv_equals_a_branch_of_three_convolutions(causal):
+  x = jax.random.normal(jax.random.key(1), (2, 7, 8))
+  fused = tl.LocallyConvQKV(4, 3, (3, 3, 1), length_kernel_size=3, causal=causal, mode='eval')
+  branch = tl.Branch(*[tl.LocallyConvDense(4, 3, kernel_size=k, length_kernel_size=3,
+                                           causal=causal, mode='eval') for k in (3, 3, 1)])
+  weights, state = fused.init(sig(2, 7, 8), rng=jax.random.key(0))
+  branch_weights, branch_state = branch.init(sig(2, 7, 8), rng=jax.random.key(0))
+  for a, b in zip(jax.tree_util.tree_leaves(weights), jax.tree_util.tree_leaves(branch_weights)):
+    np.testing.assert_array_equal(a, b)          # the same initial weights, the same layout
+  weights = jax.tree_util.tree_map(
+      lambda w: w + 0.1 * jax.random.normal(jax.random.key(5), w.shape), weights)
+  got = fused.apply(weights, state, x)[0]
+  want = branch.apply(weights, branch_state, x)[0]
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+  if causal:   # one shared history decodes step by step to the same outputs
+    predict = tl.LocallyConvQKV(4, 3, (3, 3, 1), length_kernel_size=3, mode='predict')
+    _, history = predict.init(sig(2, 1, 8), rng=jax.random.key(0))
+    assert isinstance(history.layers, tl.Carry)
+    steps = []
+    for t in range(7):
+      out, history = predict.apply(weights, history, x[:, t:t + 1])
+      steps.append(out)
+    for i in range(3):
+      np.testing.assert_allclose(jnp.concatenate([s[i] for s in steps], 1), want[i],
+                                 rtol=1e-5, atol=1e-5)

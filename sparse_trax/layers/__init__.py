@@ -69,6 +69,7 @@ from sparse_trax.layers.rnn import SRU
 from sparse_trax.layers.sparse_ff import BlockSparseFF
 from sparse_trax.layers.sparse_ff import SparseFF
 from sparse_trax.layers.sparse_qkv import LocallyConvDense
+from sparse_trax.layers.sparse_qkv import LocallyConvQKV
 from sparse_trax.layers.sparse_qkv import MultiplicativeConvAttention
 from sparse_trax.layers.sparse_qkv import MultiplicativeConvCausalAttention
 from sparse_trax.layers.sparse_qkv import MultiplicativeDense

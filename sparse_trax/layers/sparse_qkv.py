@@ -58,7 +58,118 @@ class MultiplicativeDense(Layer):
     return y.reshape(x.shape[:-1] + (self.d_out,)) + weights['b'], state
 
 
-class LocallyConvDense(Layer):
+class _ConvolutionOverModules(Layer):
+  """One or several convolutions of the same input over (length, module), run as one.
+
+  [batch, length, d_in] is viewed as [batch, length, n_modules, d_in / n_modules]
+  and convolved with kernels of (length_kernel_size, kernel_sizes[i]) to
+  d_out_per_module channels each, weights shared across modules. Along
+  length the convolution is causal (left padding; in 'predict' mode the last
+  length_kernel_size - 1 inputs live in one `Carry`, whatever the number of
+  kernels), unless causal=False (centered). Along modules it is centered
+  ('SAME'). Over a sequence the kernels are zero-padded to the widest along
+  modules and stacked along their outputs: one XLA convolution computes every
+  output. For a few decoded positions the patches are cut once and each
+  kernel multiplies its window of them.
+  """
+
+  takes_position = True
+
+  def __init__(self, n_modules: int, d_out_per_module: int, kernel_sizes, length_kernel_size: int,
+               causal: bool, mode: str, n_out: int):
+    super().__init__(1, n_out, mode=mode)
+    if not causal and mode == 'predict':
+      raise ValueError(f"a non-causal {type(self).__name__} cannot run in 'predict' mode")
+    self.n_modules = n_modules
+    self.d_out_per_module = d_out_per_module
+    self.kernel_sizes = tuple(kernel_sizes)
+    self.length_kernel_size = length_kernel_size
+    self.causal = causal
+
+  def _modules_shape(self, shape):
+    """[batch, length, d] -> [batch, length, n_modules, d / n_modules]."""
+    if len(shape) != 3 or shape[-1] % self.n_modules:
+      raise ValueError(f'input must be [batch, length, d] with d divisible by n_modules='
+                       f'{self.n_modules}, got shape {tuple(shape)}')
+    return tuple(shape[:2]) + (self.n_modules, shape[-1] // self.n_modules)
+
+  def _init_kernel(self, kernel_size, d_in_per_module, rng) -> dict:
+    fan = self.length_kernel_size * kernel_size
+    kernel = _glorot(rng, (fan * d_in_per_module, self.d_out_per_module), jnp.float32)
+    return {'kernel': kernel.reshape(self.length_kernel_size, kernel_size, d_in_per_module,
+                                     self.d_out_per_module),
+            'b': jnp.zeros((self.d_out_per_module,), jnp.float32)}
+
+  def _initial_state(self, input_signature):
+    batch, _, _, d_in_per_module = self._modules_shape(input_signature.shape)
+    if self.mode != 'predict':
+      return {}
+    return Carry(jnp.zeros((batch, self.length_kernel_size - 1, self.n_modules,
+                            d_in_per_module), jnp.float32))
+
+  def _stacked_kernel(self, parts):
+    """The kernels padded to the widest along modules, stacked along outputs; and the biases."""
+    widest = max(self.kernel_sizes)
+    kernels = []
+    for part, size in zip(parts, self.kernel_sizes):
+      before = (widest - 1) // 2 - (size - 1) // 2      # keeps each kernel's 'SAME' alignment
+      kernels.append(jnp.pad(part['kernel'], ((0, 0), (before, widest - size - before), (0, 0),
+                                              (0, 0))))
+    if len(kernels) == 1:
+      return kernels[0], parts[0]['b']
+    return (jnp.concatenate(kernels, axis=-1),
+            jnp.concatenate([part['b'] for part in parts], axis=-1))
+
+  def _patches_times_kernels(self, viewed, parts, length):
+    """The convolutions as matrix products of patches (decoding: a few positions).
+
+    For a token or two, XLA's convolution costs far more than the product of
+    the [length, modules, window * channels] patches with the flattened
+    kernel, which computes the same sums. The patches are cut once, for the
+    widest kernel; each kernel multiplies the part of them its window covers.
+    """
+    k_len, widest = self.length_kernel_size, max(self.kernel_sizes)
+    n_modules, c_in = viewed.shape[2], viewed.shape[3]
+    padded = jnp.pad(viewed, ((0, 0), (0, 0), ((widest - 1) // 2, widest // 2), (0, 0)))
+    patches = jnp.stack([jnp.stack([padded[:, i:i + length, j:j + n_modules]
+                                    for j in range(widest)], axis=3)
+                         for i in range(k_len)], axis=3)            # [b, l, S, k_len, widest, c]
+    outputs = []
+    for part, size in zip(parts, self.kernel_sizes):
+      before = (widest - 1) // 2 - (size - 1) // 2      # each kernel's 'SAME' alignment
+      window = patches[:, :, :, :, before:before + size].reshape(
+          patches.shape[:3] + (k_len * size * c_in,))
+      kernel = part['kernel'].reshape(k_len * size * c_in, -1)
+      outputs.append(jnp.dot(window, kernel) + part['b'])
+    return outputs
+
+  def _convolve(self, parts, state, x, position):
+    """(outputs, one [batch, length, n_modules * d_out_per_module] per kernel; new state)."""
+    viewed = x.reshape(self._modules_shape(x.shape))                     # [b, l, S, c_in]
+    k_len = self.length_kernel_size
+    if self.mode == 'predict':
+      viewed = jnp.concatenate([state.value, viewed], axis=1)
+      # The history ends at the last valid position (a padded prefill has more).
+      state = Carry(jax.lax.dynamic_slice_in_dim(viewed, position.valid, k_len - 1, axis=1))
+      length_padding = (0, 0)
+    elif self.causal:
+      length_padding = (k_len - 1, 0)
+    else:
+      length_padding = ((k_len - 1) // 2, k_len // 2)
+    if self.mode == 'predict' and x.shape[1] <= _PATCHES_UP_TO:
+      outputs = self._patches_times_kernels(viewed, parts, x.shape[1])
+    else:
+      kernel, bias = self._stacked_kernel(parts)
+      widest = kernel.shape[1]
+      y = jax.lax.conv_general_dilated(
+          viewed, kernel, window_strides=(1, 1),
+          padding=(length_padding, ((widest - 1) // 2, widest // 2)),
+          dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+      outputs = jnp.split(y + bias, len(parts), axis=-1)
+    return [out.reshape(out.shape[:2] + (-1,)) for out in outputs], state
+
+
+class LocallyConvDense(_ConvolutionOverModules):
   """A convolution over (length, module), weights shared across modules.
 
   [batch, length, d_in] is viewed as [batch, length, n_modules, d_in / n_modules]
@@ -74,75 +185,49 @@ class LocallyConvDense(Layer):
 
   def __init__(self, n_modules: int, d_out_per_module: int, kernel_size: int = 1,
                length_kernel_size: int = 1, causal: bool = True, mode: str = 'train'):
-    super().__init__(1, 1, mode=mode)
-    if not causal and mode == 'predict':
-      raise ValueError("a non-causal LocallyConvDense cannot run in 'predict' mode")
-    self.n_modules = n_modules
-    self.d_out_per_module = d_out_per_module
+    super().__init__(n_modules, d_out_per_module, (kernel_size,), length_kernel_size, causal,
+                     mode, n_out=1)
     self.kernel_size = kernel_size
-    self.length_kernel_size = length_kernel_size
-    self.causal = causal
-
-  def _modules_shape(self, shape):
-    """[batch, length, d] -> [batch, length, n_modules, d / n_modules]."""
-    if len(shape) != 3 or shape[-1] % self.n_modules:
-      raise ValueError(f'input must be [batch, length, d] with d divisible by n_modules='
-                       f'{self.n_modules}, got shape {tuple(shape)}')
-    return tuple(shape[:2]) + (self.n_modules, shape[-1] // self.n_modules)
 
   def init_weights_and_state(self, input_signature, rng):
-    batch, _, _, d_in_per_module = self._modules_shape(input_signature.shape)
-    kernel_shape = (self.length_kernel_size, self.kernel_size, d_in_per_module,
-                    self.d_out_per_module)
-    fan = self.length_kernel_size * self.kernel_size
-    kernel = _glorot(rng, (fan * d_in_per_module, self.d_out_per_module), jnp.float32)
-    weights = {'kernel': kernel.reshape(kernel_shape),
-               'b': jnp.zeros((self.d_out_per_module,), jnp.float32)}
-    state = {}
-    if self.mode == 'predict':
-      state = Carry(jnp.zeros((batch, self.length_kernel_size - 1, self.n_modules,
-                               d_in_per_module), jnp.float32))
-    return weights, state
-
-  def _patches_times_kernel(self, viewed, kernel, length, module_padding):
-    """The convolution as one matrix product of patches (decoding: a few positions).
-
-    For a token or two, XLA's convolution costs far more than the product of
-    the [length, modules, window * channels] patches with the flattened
-    kernel, which computes the same sums.
-    """
-    k_len, k_mod, c_in, c_out = kernel.shape
-    n_modules = viewed.shape[2]
-    padded = jnp.pad(viewed, ((0, 0), (0, 0), module_padding, (0, 0)))
-    patches = jnp.stack([padded[:, i:i + length, j:j + n_modules]
-                         for i in range(k_len) for j in range(k_mod)], axis=3)
-    patches = patches.reshape(patches.shape[:3] + (k_len * k_mod * c_in,))
-    return jnp.dot(patches, kernel.reshape(k_len * k_mod * c_in, c_out))
-
-  takes_position = True
+    d_in_per_module = self._modules_shape(input_signature.shape)[-1]
+    return (self._init_kernel(self.kernel_size, d_in_per_module, rng),
+            self._initial_state(input_signature))
 
   def forward(self, weights, state, x, rng, position):
-    viewed = x.reshape(self._modules_shape(x.shape))                     # [b, l, S, c_in]
-    k_len = self.length_kernel_size
-    if self.mode == 'predict':
-      viewed = jnp.concatenate([state.value, viewed], axis=1)
-      # The history ends at the last valid position (a padded prefill has more).
-      state = Carry(jax.lax.dynamic_slice_in_dim(viewed, position.valid, k_len - 1, axis=1))
-      length_padding = (0, 0)
-    elif self.causal:
-      length_padding = (k_len - 1, 0)
-    else:
-      length_padding = ((k_len - 1) // 2, k_len // 2)
-    module_padding = ((self.kernel_size - 1) // 2, self.kernel_size // 2)
-    if self.mode == 'predict' and x.shape[1] <= _PATCHES_UP_TO:
-      y = self._patches_times_kernel(viewed, weights['kernel'], x.shape[1], module_padding)
-    else:
-      y = jax.lax.conv_general_dilated(
-          viewed, weights['kernel'], window_strides=(1, 1),
-          padding=(length_padding, module_padding),
-          dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-    y = y + weights['b']
-    return y.reshape(y.shape[:2] + (-1,)), state
+    outputs, state = self._convolve([weights], state, x, position)
+    return outputs[0], state
+
+
+class LocallyConvQKV(_ConvolutionOverModules):
+  """Sparse QKV's convolutions: x -> (q, k, v), three LocallyConvDense of x run as one.
+
+  x: [batch, length, d_in]; q, k, v: [batch, length, n_modules *
+  d_out_per_module]. Equal to Branch(LocallyConvDense(kernel_sizes[0]), ...,
+  LocallyConvDense(kernel_sizes[2])) with the same weights (a tuple of their
+  three dicts, each `kernel` [length_kernel_size, kernel_sizes[i], d_in / S,
+  d_out_per_module] and `b`), but one product computes all three and, in
+  'predict' mode, one history of the input serves all three (decoding runs
+  one operation where the Branch ran three).
+  """
+
+  def __init__(self, n_modules: int, d_out_per_module: int, kernel_sizes=(3, 3, 1),
+               length_kernel_size: int = 3, causal: bool = True, mode: str = 'train'):
+    super().__init__(n_modules, d_out_per_module, kernel_sizes, length_kernel_size, causal,
+                     mode, n_out=len(tuple(kernel_sizes)))
+
+  def init_weights_and_state(self, input_signature, rng):
+    d_in_per_module = self._modules_shape(input_signature.shape)[-1]
+    # Kernel i from fold_in(rng, i): the weights a Branch of LocallyConvDense would make.
+    weights = tuple(self._init_kernel(size, d_in_per_module, jax.random.fold_in(rng, i))
+                    for i, size in enumerate(self.kernel_sizes))
+    return weights, self._initial_state(input_signature)
+
+  def forward(self, weights, state, x, rng, position):
+    if not isinstance(weights, tuple) or len(weights) != len(self.kernel_sizes):
+      raise ValueError(f'weights must be a tuple of {len(self.kernel_sizes)} kernel dicts')
+    outputs, state = self._convolve(list(weights), state, x, position)
+    return tuple(outputs), state
 
 
 def _output_layer(output_layer_type: str, d_model: int, sparsity: int):
@@ -169,19 +254,18 @@ def MultiplicativeConvCausalAttention(  # pylint: disable=invalid-name
   """Causal self-attention with sparse QKV: [batch, length, d_model] -> same.
 
   One MultiplicativeDense(sparsity, d_model) shared by Q, K and V, then
-  LocallyConvDense with kernel 3 over modules for Q and K, 1 for V, and
+  LocallyConvQKV: convolutions with kernel 3 over modules for Q and K, 1 for
+  V (one product, one decoding history), and
   `length_kernel_size` along length (causal); causal attention with the
   predict-mode cache; an optional output layer ('none' | 'mult' | 'dense').
   """
   _check_sparsity(d_model, n_heads, sparsity)
   d_module = d_model // sparsity
 
-  def conv(kernel_size):
-    return LocallyConvDense(sparsity, d_module, kernel_size=kernel_size,
-                            length_kernel_size=length_kernel_size, mode=mode)
   return cb.Serial(
       MultiplicativeDense(sparsity, d_model),                      # x -> m
-      cb.Branch(conv(3), conv(3), conv(1)),                        # m -> q k v
+      LocallyConvQKV(sparsity, d_module, (3, 3, 1), length_kernel_size,
+                     mode=mode),                                   # m -> q k v
       attention.DotProductCausalAttention(n_heads, dropout, max_len, mode=mode),  # -> y
       _output_layer(output_layer_type, d_model, sparsity),
       name='MultiplicativeConvCausalAttention')
@@ -198,12 +282,10 @@ def MultiplicativeConvAttention(  # pylint: disable=invalid-name
   _check_sparsity(d_model, n_heads, sparsity)
   d_module = d_model // sparsity
 
-  def conv(kernel_size):
-    return LocallyConvDense(sparsity, d_module, kernel_size=kernel_size,
-                            length_kernel_size=length_kernel_size, causal=False, mode=mode)
   return cb.Serial(
       MultiplicativeDense(sparsity, d_model),                      # x mask -> m mask
-      cb.Branch(conv(3), conv(3), conv(1)),                        # -> q k v mask
+      LocallyConvQKV(sparsity, d_module, (3, 3, 1), length_kernel_size, causal=False,
+                     mode=mode),                                   # -> q k v mask
       attention.DotProductAttention(n_heads, dropout, mode=mode),  # -> y mask
       _output_layer(output_layer_type, d_model, sparsity),
       name='MultiplicativeConvAttention')
