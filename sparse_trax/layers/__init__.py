@@ -51,6 +51,10 @@ from sparse_trax.layers.losses import weighted_accuracy
 from sparse_trax.layers.losses import weighted_cross_entropy
 from sparse_trax.layers.lsh_attention import ChunkedCausalAttention
 from sparse_trax.layers.lsh_attention import LSHSelfAttention
+from sparse_trax.layers.quantize import QuantizedArray
+from sparse_trax.layers.quantize import dequantize_weights
+from sparse_trax.layers.quantize import quantize_int8
+from sparse_trax.layers.quantize import quantize_weights
 from sparse_trax.layers.reversible import ReversibleBlock
 from sparse_trax.layers.reversible import ReversibleHalfResidual
 from sparse_trax.layers.reversible import ReversibleLayer

@@ -298,7 +298,7 @@ class _MultiHeadAttention(Layer):
     return rate
 
   def _output(self, weights, heads):
-    return linear(merge_heads(heads), weights['wo']) + weights['bo']
+    return linear(merge_heads(heads), weights['wo']) + weights['bo'].astype(heads.dtype)
 
   def _attend(self, weights, q, k, v, mask, rng):
     out = dot_product_attention(q, k, v, mask, dropout_rate=self._dropout_rate(rng), rng=rng)

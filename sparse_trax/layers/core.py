@@ -13,6 +13,7 @@ import numpy as np
 from sparse_trax.layers.base import Layer
 from sparse_trax.layers.combinators import Fn
 from sparse_trax.layers.linear import linear
+from sparse_trax.layers.quantize import row_nbytes, take_rows
 from sparse_trax.layers.state import check_bound, poison_if
 
 Initializer = Callable[..., jax.Array]
@@ -51,7 +52,7 @@ class Dense(Layer):
                        f'were made for it), got input shape {tuple(x.shape)}')
     y = linear(x, w)
     if self.use_bias:
-      y = y + weights['b']
+      y = y + weights['b'].astype(y.dtype)
     return y, state
 
 
@@ -77,12 +78,11 @@ class Embedding(Layer):
 
   def decode_weight_bytes(self, weights) -> int:
     """A decoded token reads one row of the table."""
-    table = weights['embedding']
-    return int(table.shape[1] * table.dtype.itemsize)
+    return row_nbytes(weights['embedding'])
 
   def forward(self, weights, state, x, rng):
     self._check_ids(x)
-    return jnp.take(weights['embedding'], x, axis=0), state
+    return take_rows(weights['embedding'], x), state
 
 
 class LayerNorm(Layer):
@@ -103,10 +103,12 @@ class LayerNorm(Layer):
     if x.shape[-1] != weights['scale'].shape[0]:
       raise ValueError(f'last input dimension must be {weights["scale"].shape[0]}, '
                        f'got input shape {tuple(x.shape)}')
-    mean = jnp.mean(x, axis=-1, keepdims=True)
-    variance = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
-    normed = (x - mean) * jax.lax.rsqrt(variance + self.epsilon)
-    return normed * weights['scale'] + weights['bias'], state
+    # Statistics in float32 whatever the input dtype; the result in the input's.
+    wide = x.astype(jnp.float32)
+    mean = jnp.mean(wide, axis=-1, keepdims=True)
+    variance = jnp.mean(jnp.square(wide - mean), axis=-1, keepdims=True)
+    normed = ((wide - mean) * jax.lax.rsqrt(variance + self.epsilon)).astype(x.dtype)
+    return normed * weights['scale'].astype(x.dtype) + weights['bias'].astype(x.dtype), state
 
 
 class Dropout(Layer):

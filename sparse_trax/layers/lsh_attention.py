@@ -73,7 +73,7 @@ class _LongAttention(Layer):
     return attention.split_heads(linear(x, w), self.n_heads)
 
   def _output(self, weights, heads):
-    return linear(attention.merge_heads(heads), weights['wo']) + weights['bo']
+    return linear(attention.merge_heads(heads), weights['wo']) + weights['bo'].astype(heads.dtype)
 
   def _dropout(self, probs, rng):
     if self.mode != 'train' or self.dropout == 0.0:
@@ -130,7 +130,8 @@ class ChunkedCausalAttention(_LongAttention):
     logits = jnp.einsum('bnqhd,bnkhd->bnhqk', q_chunks, k_windows) / jnp.sqrt(jnp.float32(d_head))
     logits = jnp.where(visible[None, :, None], logits, _INVALID)
     probs = self._dropout(jax.nn.softmax(logits, axis=-1), rng)
-    out = jnp.einsum('bnhqk,bnkhd->bnqhd', probs, v_windows).reshape(batch, n * c, n_heads, d_head)
+    out = jnp.einsum('bnhqk,bnkhd->bnqhd', probs.astype(v_windows.dtype),
+                     v_windows).reshape(batch, n * c, n_heads, d_head)
     return self._output(weights, out[:, :length]), state
 
   def _decode(self, weights, state, q, k, v, position):
@@ -271,13 +272,13 @@ class LSHSelfAttention(_LongAttention):
     logits = jnp.where(visible, logits, _INVALID)
     lse = jax.nn.logsumexp(logits, axis=-1, keepdims=True)
     probs = self._dropout(jnp.exp(logits - lse), rng)
-    out = jnp.einsum('bhrnqk,bhrnkd->bhrnqd', probs, value_windows)
+    out = jnp.einsum('bhrnqk,bhrnkd->bhrnqd', probs.astype(value_windows.dtype), value_windows)
     out = out.reshape(batch, n_heads, self.n_hashes, padded, d_head)
     lse = lse.reshape(batch, n_heads, self.n_hashes, padded)
     undo = jnp.argsort(order, axis=-1)
     out = jnp.take_along_axis(out, undo[..., None], axis=3)
     lse = jnp.take_along_axis(lse, undo, axis=3)
-    round_weights = jax.nn.softmax(lse, axis=2)[..., None]               # combine rounds
+    round_weights = jax.nn.softmax(lse, axis=2)[..., None].astype(out.dtype)  # combine rounds
     out = jnp.sum(out * round_weights, axis=2)                           # [b, h, Lp, d]
     return jnp.transpose(out, (0, 2, 1, 3))[:, :length]
 

@@ -65,17 +65,18 @@ class SRU(Layer):
       raise ValueError(f'SRU({self.n_units}) needs [batch, length, {self.n_units}], '
                        f'got shape {tuple(x.shape)}')
     y, forget, reset = jnp.split(linear(x, weights['w']), 3, axis=-1)
-    b_forget, b_reset = jnp.split(weights['b'], 2)
+    b_forget, b_reset = jnp.split(weights['b'].astype(y.dtype), 2)
     return y, jax.nn.sigmoid(forget + b_forget), jax.nn.sigmoid(reset + b_reset)
 
   takes_position = True
 
   def forward(self, weights, state, x, rng, position):
-    y, forget, reset = self.gates(weights, x)
+    y, forget, reset = (t.astype(jnp.float32) for t in self.gates(weights, x))
+    # The carry accumulates in float32 whatever the input dtype; h is in the input's.
     initial = state.value if self.mode == 'predict' else jnp.zeros(
-        (x.shape[0], self.n_units), x.dtype)
+        (x.shape[0], self.n_units), jnp.float32)
     c = linear_recurrence(forget, (1.0 - forget) * y, initial)
-    h = reset * c + (1.0 - reset) * x
+    h = (reset * c + (1.0 - reset) * x.astype(jnp.float32)).astype(x.dtype)
     if self.mode == 'predict':
       # The carry after the last valid position (a padded prefill has more).
       state = Carry(jax.lax.dynamic_index_in_dim(c, position.valid - 1, axis=1, keepdims=False))

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from sparse_trax import kernels
 from sparse_trax.layers.base import Layer
 from sparse_trax.layers.linear import linear
+from sparse_trax.layers.quantize import QuantizedArray, as_float, row_nbytes, take_rows, weight_nbytes
 from sparse_trax.layers.state import Decisions, replayed_choices
 
 _glorot = jax.nn.initializers.glorot_uniform()
@@ -132,17 +133,15 @@ class SparseFF(Layer):
 
   def decode_weight_bytes(self, weights) -> int:
     """The controller, whole, and one row of W1 and W2 (and b1) per block."""
-    def nbytes(x):
-      return int(x.size * x.dtype.itemsize)
-    controller = sum(nbytes(weights[k]) for k in
+    controller = sum(weight_nbytes(weights[k]) for k in
                      ('controller_in', 'controller_out', 'controller_bias'))
-    row = nbytes(weights['w1'][0]) + nbytes(weights['w2'][0]) + weights['b1'].dtype.itemsize
-    return controller + self.n_blocks * row + nbytes(weights['b2'])
+    row = row_nbytes(weights['w1']) + row_nbytes(weights['w2']) + weights['b1'].dtype.itemsize
+    return controller + self.n_blocks * row + weight_nbytes(weights['b2'])
 
   def controller_logits(self, weights, x):
     """[..., d_model] -> logits [..., n_blocks, N] of each unit in its block."""
     logits = linear(linear(x, weights['controller_in']), weights['controller_out'])
-    logits = logits + weights['controller_bias']
+    logits = logits + weights['controller_bias'].astype(logits.dtype)
     return logits.reshape(x.shape[:-1] + (self.n_blocks, self.n_elements_in_block))
 
   def controller_log_probs(self, weights, x):
@@ -158,7 +157,8 @@ class SparseFF(Layer):
   def _use_kernel(self, weights, x) -> bool:
     """The fused C++ decoding kernel: built, wanted, and float32 throughout."""
     return (self.decode_kernel and kernels.available() and x.dtype == jnp.float32 and
-            all(w.dtype == jnp.float32 for w in weights.values()))
+            all(not isinstance(w, QuantizedArray) and w.dtype == jnp.float32
+                for w in weights.values()))
 
   def forward_with_units(self, weights, x, rng, units=None, state=None, pure_jax=False):
     """Like `apply`, also returning the chosen units [..., n_blocks] (int32).
@@ -192,21 +192,22 @@ class SparseFF(Layer):
       dropout_rng = None
       chosen = units
       mask = jax.nn.one_hot(chosen, self.n_elements_in_block, dtype=x.dtype)
-    hidden = jax.nn.relu(linear(x, weights['w1']) + weights['b1'])
-    hidden = hidden * mask.reshape(hidden.shape)
+    hidden = jax.nn.relu(linear(x, weights['w1']) + weights['b1'].astype(x.dtype))
+    hidden = hidden * mask.reshape(hidden.shape).astype(hidden.dtype)
     if self.mode == 'train' and self.dropout > 0.0:
       keep = jax.random.bernoulli(dropout_rng, 1.0 - self.dropout, hidden.shape)
       hidden = jnp.where(keep, hidden / (1.0 - self.dropout), 0.0)
-    return jnp.dot(hidden, weights['w2']) + weights['b2'], chosen
+    return (jnp.dot(hidden, as_float(weights['w2'], hidden.dtype)) +
+            weights['b2'].astype(hidden.dtype)), chosen
 
   def _gathered(self, weights, x, units):
     """Reads only the chosen unit's row of W1 and of W2 in each block."""
     flat_units = self.n_elements_in_block * jnp.arange(self.n_blocks) + units   # [..., B]
-    w1 = jnp.take(weights['w1'], flat_units, axis=0)                           # [..., B, d]
-    b1 = jnp.take(weights['b1'], flat_units)                                   # [..., B]
-    w2 = jnp.take(weights['w2'], flat_units, axis=0)                           # [..., B, d]
+    w1 = take_rows(weights['w1'], flat_units, x.dtype)                        # [..., B, d]
+    b1 = jnp.take(weights['b1'], flat_units).astype(x.dtype)                   # [..., B]
+    w2 = take_rows(weights['w2'], flat_units, x.dtype)                        # [..., B, d]
     hidden = jax.nn.relu(jnp.einsum('...d,...bd->...b', x, w1) + b1)
-    return jnp.einsum('...b,...bd->...d', hidden, w2) + weights['b2']
+    return jnp.einsum('...b,...bd->...d', hidden, w2) + weights['b2'].astype(x.dtype)
 
 
 class BlockSparseFF(Layer):
@@ -250,7 +251,8 @@ class BlockSparseFF(Layer):
     if x.shape[-1] != weights['w1'].shape[1]:
       raise ValueError(f'last input dimension must be {weights["w1"].shape[1]}, '
                        f'got input shape {tuple(x.shape)}')
-    log_probs = jax.nn.log_softmax(linear(x, weights['router']) + weights['router_bias'])
+    log_probs = jax.nn.log_softmax(
+        (linear(x, weights['router']) + weights['router_bias']).astype(jnp.float32))
     if self.mode == 'predict' and _positions(x) <= GATHER_UP_TO:
       return self._gathered(weights, x, jnp.argmax(log_probs, axis=-1)), state
     if self.mode == 'train':
@@ -262,29 +264,28 @@ class BlockSparseFF(Layer):
       state = Decisions.made(expert)
     else:
       mask = jax.nn.one_hot(jnp.argmax(log_probs, axis=-1), self.n_experts, dtype=x.dtype)
-    hidden = jax.nn.relu(linear(x, weights['w1']) + weights['b1'])
-    hidden = hidden.reshape(x.shape[:-1] + (self.n_experts, self.d_expert)) * mask[..., None]
+    hidden = jax.nn.relu(linear(x, weights['w1']) + weights['b1'].astype(x.dtype))
+    hidden = hidden.reshape(x.shape[:-1] + (self.n_experts, self.d_expert)) * \
+        mask[..., None].astype(hidden.dtype)
     hidden = hidden.reshape(x.shape[:-1] + (self.d_ff,))
     if self.mode == 'train' and self.dropout > 0.0:
       keep = jax.random.bernoulli(dropout_rng, 1.0 - self.dropout, hidden.shape)
       hidden = jnp.where(keep, hidden / (1.0 - self.dropout), 0.0)
-    return jnp.dot(hidden, weights['w2']) + weights['b2'], state
+    return (jnp.dot(hidden, as_float(weights['w2'], hidden.dtype)) +
+            weights['b2'].astype(hidden.dtype)), state
 
   def decode_weight_bytes(self, weights) -> int:
     """The router, and one expert's rows of W1 and W2 (and b1)."""
-    def nbytes(x):
-      return int(x.size * x.dtype.itemsize)
-    expert = (nbytes(weights['w1']) + nbytes(weights['w2']) + nbytes(weights['b1'])) \
-        // self.n_experts
-    return nbytes(weights['router']) + nbytes(weights['router_bias']) + expert + \
-        nbytes(weights['b2'])
+    expert = (weight_nbytes(weights['w1']) + weight_nbytes(weights['w2']) +
+              weight_nbytes(weights['b1'])) // self.n_experts
+    return weight_nbytes(weights['router']) + weight_nbytes(weights['router_bias']) + \
+        expert + weight_nbytes(weights['b2'])
 
   def _gathered(self, weights, x, expert):
     """Reads only the chosen expert's d_ff / n_experts columns and rows."""
-    d_model = x.shape[-1]
-    w1 = jnp.take(weights['w1'].reshape(self.n_experts, self.d_expert, d_model), expert,
-                  axis=0)                                                      # [..., M, d]
-    b1 = jnp.take(weights['b1'].reshape(self.n_experts, self.d_expert), expert, axis=0)
-    w2 = jnp.take(weights['w2'].reshape(self.n_experts, self.d_expert, d_model), expert, axis=0)
+    rows = expert[..., None] * self.d_expert + jnp.arange(self.d_expert)     # [..., M]
+    w1 = take_rows(weights['w1'], rows, x.dtype)                             # [..., M, d]
+    b1 = jnp.take(weights['b1'], rows).astype(x.dtype)
+    w2 = take_rows(weights['w2'], rows, x.dtype)                             # [..., M, d]
     hidden = jax.nn.relu(jnp.einsum('...d,...md->...m', x, w1) + b1)
-    return jnp.einsum('...m,...md->...d', hidden, w2) + weights['b2']
+    return jnp.einsum('...m,...md->...d', hidden, w2) + weights['b2'].astype(x.dtype)

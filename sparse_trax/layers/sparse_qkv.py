@@ -14,6 +14,7 @@ from sparse_trax.layers import attention
 from sparse_trax.layers import combinators as cb
 from sparse_trax.layers import core
 from sparse_trax.layers.base import Layer
+from sparse_trax.layers.quantize import as_float
 from sparse_trax.layers.state import Carry
 
 _glorot = jax.nn.initializers.glorot_uniform()
@@ -50,12 +51,12 @@ class MultiplicativeDense(Layer):
             'b': jnp.zeros((self.d_out,), jnp.float32)}, {}
 
   def forward(self, weights, state, x, rng):
-    d_in = weights['modules'].shape[0]
+    d_in = weights['modules'].shape[0]   # (a QuantizedArray has a shape too)
     if x.ndim < 1 or x.shape[-1] != d_in:
       raise ValueError(f'last input dimension must be {d_in}, got input shape {tuple(x.shape)}')
-    scaled = x[..., :, None] * weights['modules']                       # [..., d_in, S]
-    y = jnp.einsum('...is,im->...sm', scaled, weights['units'])         # [..., S, M]
-    return y.reshape(x.shape[:-1] + (self.d_out,)) + weights['b'], state
+    scaled = x[..., :, None] * as_float(weights['modules'], x.dtype)     # [..., d_in, S]
+    y = jnp.einsum('...is,im->...sm', scaled, as_float(weights['units'], x.dtype))  # [..., S, M]
+    return y.reshape(x.shape[:-1] + (self.d_out,)) + weights['b'].astype(x.dtype), state
 
 
 class _ConvolutionOverModules(Layer):
@@ -113,8 +114,8 @@ class _ConvolutionOverModules(Layer):
     kernels = []
     for part, size in zip(parts, self.kernel_sizes):
       before = (widest - 1) // 2 - (size - 1) // 2      # keeps each kernel's 'SAME' alignment
-      kernels.append(jnp.pad(part['kernel'], ((0, 0), (before, widest - size - before), (0, 0),
-                                              (0, 0))))
+      kernels.append(jnp.pad(as_float(part['kernel']), ((0, 0), (before, widest - size - before),
+                                                          (0, 0), (0, 0))))
     if len(kernels) == 1:
       return kernels[0], parts[0]['b']
     return (jnp.concatenate(kernels, axis=-1),
@@ -139,8 +140,8 @@ class _ConvolutionOverModules(Layer):
       before = (widest - 1) // 2 - (size - 1) // 2      # each kernel's 'SAME' alignment
       window = patches[:, :, :, :, before:before + size].reshape(
           patches.shape[:3] + (k_len * size * c_in,))
-      kernel = part['kernel'].reshape(k_len * size * c_in, -1)
-      outputs.append(jnp.dot(window, kernel) + part['b'])
+      kernel = as_float(part['kernel'], window.dtype).reshape(k_len * size * c_in, -1)
+      outputs.append(jnp.dot(window, kernel) + part['b'].astype(window.dtype))
     return outputs
 
   def _convolve(self, parts, state, x, position):
@@ -162,10 +163,10 @@ class _ConvolutionOverModules(Layer):
       kernel, bias = self._stacked_kernel(parts)
       widest = kernel.shape[1]
       y = jax.lax.conv_general_dilated(
-          viewed, kernel, window_strides=(1, 1),
+          viewed, kernel.astype(viewed.dtype), window_strides=(1, 1),
           padding=(length_padding, ((widest - 1) // 2, widest // 2)),
           dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-      outputs = jnp.split(y + bias, len(parts), axis=-1)
+      outputs = jnp.split(y + bias.astype(y.dtype), len(parts), axis=-1)
     return [out.reshape(out.shape[:2] + (-1,)) for out in outputs], state
 
 

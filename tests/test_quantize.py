@@ -1,0 +1,84 @@
+"""Low-precision weights: int8 round trip, every layer on int8 / bfloat16 weights, bytes counted."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import sparse_trax.layers as tl
+from sparse_trax import decoding, models
+from conftest import sig
+
+
+def test_int8_round_trip_error_is_within_half_a_step():
+  w = jax.random.normal(jax.random.key(0), (37, 53)) * jnp.linspace(0.01, 3.0, 37)[:, None]
+  q = tl.quantize_int8(w)
+  assert q.values.dtype == jnp.int8 and q.scale.shape == (37,)
+  error = jnp.abs(w - q.dequantize())
+  assert bool(jnp.all(error <= q.scale[:, None] / 2 + 1e-7))
+  kernel = jax.random.normal(jax.random.key(1), (3, 3, 4, 5))
+  qk = tl.quantize_int8(kernel)          # convolution kernels: a scale per output channel
+  assert qk.scale.shape == (5,)
+  assert bool(jnp.all(jnp.abs(kernel - qk.dequantize()) <= qk.scale / 2 + 1e-7))
+
+
+def test_quantize_weights_converts_matrices_and_keeps_vectors():
+  model = models.ScalingTransformerLM(40, 16, 32, 1, 2, max_len=16, dropout=0.0, ff_sparsity=8)
+  weights, _ = model.init(sig(1, 4, dtype=jnp.int32), rng=jax.random.key(0))
+  for storage, dtype in (('int8', jnp.int8), ('bfloat16', jnp.bfloat16)):
+    low = tl.quantize_weights(weights, storage)
+    leaves = jax.tree_util.tree_leaves(low, is_leaf=lambda x: isinstance(x, tl.QuantizedArray))
+    matrices = [x for x in leaves if isinstance(x, tl.QuantizedArray)]
+    assert matrices and all(m.values.dtype == dtype for m in matrices)
+    assert all(x.ndim == 1 for x in leaves if not isinstance(x, tl.QuantizedArray))
+  with pytest.raises(ValueError, match='storage must be one of'):
+    tl.quantize_weights(weights, 'int4')
+
+
+VARIANTS = {
+    'dense': {},
+    'sparse_ff_qkv_loss': dict(ff_sparsity=8, attention_type='multconv', attention_sparsity=4,
+                               loss_sparsity=4),
+    'moe': dict(ff_sparsity=4, ff_sparsity_type='block'),
+}
+
+
+@pytest.mark.parametrize('variant', sorted(VARIANTS))
+@pytest.mark.parametrize('storage', ['int8', 'bfloat16'])
+def test_every_layer_on_low_precision_weights_equals_its_dequantized_weights(variant, storage):
+  kwargs = dict(vocab_size=40, d_model=16, d_ff=32, n_layers=2, n_heads=2, max_len=16,
+                dropout=0.0, **VARIANTS[variant])
+  tokens = jax.random.randint(jax.random.key(1), (2, 7), 1, 40)
+  evaluate = models.ScalingTransformerLM(**kwargs, mode='eval')
+  weights, state = evaluate.init(tokens, rng=jax.random.key(0))
+  low = tl.quantize_weights(weights, storage)
+  reference = tl.dequantize_weights(low)
+  want = evaluate.apply(reference, state, tokens)[0]
+  np.testing.assert_allclose(evaluate.apply(low, state, tokens)[0], want, rtol=1e-4, atol=1e-4)
+  predict = models.ScalingTransformerLM(**kwargs, mode='predict')
+  got = decoding.autoregressive_sample(predict, low, tokens[:, :3], max_length=4)
+  np.testing.assert_array_equal(
+      got, decoding.autoregressive_sample(predict, reference, tokens[:, :3], max_length=4))
+
+
+def test_terraformer_with_sru_and_lsh_runs_on_int8_weights():
+  kwargs = dict(vocab_size=40, d_model=16, d_ff=32, n_layers=1, n_heads=2, max_len=32,
+                attention_type='chunked', attention_chunk_len=4, ff_sparsity=8, ff_use_sru=8,
+                dropout=0.0)
+  tokens = jax.random.randint(jax.random.key(1), (1, 9), 1, 40)
+  evaluate = models.TerraformerLM(**kwargs, mode='eval')
+  weights, state = evaluate.init(tokens, rng=jax.random.key(0))
+  low = tl.quantize_weights(weights, 'int8')
+  np.testing.assert_allclose(evaluate.apply(low, state, tokens)[0],
+                             evaluate.apply(tl.dequantize_weights(low), state, tokens)[0],
+                             rtol=1e-4, atol=1e-4)
+
+
+def test_summary_and_decode_cost_count_the_real_bytes():
+  model = models.ScalingTransformerLM(64, 32, 256, 1, 2, max_len=16, dropout=0.0, ff_sparsity=32)
+  weights, _ = model.init(sig(1, 4, dtype=jnp.int32), rng=jax.random.key(0))
+  full = tl.decode_cost(model, weights)
+  low = tl.decode_cost(model, tl.quantize_weights(weights, 'int8'))
+  assert 0.25 < low['all_weights'] / full['all_weights'] < 0.35   # int8 values, scales, vectors
+  assert 0.25 < low['weights'] / full['weights'] < 0.35
+  assert 'int8' in tl.summary(model, tl.quantize_weights(weights, 'int8'), print_fn=None)
