@@ -82,3 +82,64 @@ def test_summary_and_decode_cost_count_the_real_bytes():
   assert 0.25 < low['all_weights'] / full['all_weights'] < 0.35   # int8 values, scales, vectors
   assert 0.25 < low['weights'] / full['weights'] < 0.35
   assert 'int8' in tl.summary(model, tl.quantize_weights(weights, 'int8'), print_fn=None)
+
+
+@pytest.mark.parametrize('variant', sorted(VARIANTS))
+def test_bfloat16_training_steps_keep_float32_weights_and_finite_losses(variant):
+  import optax  # pylint: disable=import-outside-toplevel
+  from sparse_trax.train import loop  # pylint: disable=import-outside-toplevel
+  model = models.ScalingTransformerLM(40, 16, 32, 2, 2, max_len=16, dropout=0.1,
+                                      **VARIANTS[variant])
+  batch = {'targets': jax.random.randint(jax.random.key(1), (2, 8), 1, 40),
+           'weights': jnp.ones((2, 8), jnp.float32)}
+  weights, state = model.init(batch['targets'], rng=jax.random.key(0))
+  # On bfloat16 weights the layers compute in bfloat16, end to end.
+  logits, _ = model.apply(loop.cast_floating(weights, jnp.bfloat16), state, batch['targets'],
+                          rng=jax.random.key(3))
+  assert logits.dtype == jnp.bfloat16
+  tx = optax.adam(1e-2)
+  opt_state = tx.init(weights)
+  step = loop.make_train_step(model, tx, lm=True, compute_dtype='bfloat16')
+  losses = []
+  for i in range(4):
+    weights, state, opt_state, metrics = step(weights, state, opt_state, batch,
+                                              jax.random.key(i))
+    losses.append(float(metrics['loss']))
+  assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(weights))
+  assert np.isfinite(losses).all() and losses[-1] < losses[0]
+  with pytest.raises(ValueError, match='compute_dtype'):
+    loop.make_train_step(model, tx, lm=True, compute_dtype='float16')
+
+
+def test_terraformer_trains_in_bfloat16():
+  import optax  # pylint: disable=import-outside-toplevel
+  from sparse_trax.train import loop  # pylint: disable=import-outside-toplevel
+  model = models.TerraformerLM(40, 16, 32, 2, 2, max_len=16, ff_sparsity=8, ff_use_sru=8,
+                               attention_type='multconv', attention_sparsity=4, dropout=0.1)
+  batch = {'targets': jax.random.randint(jax.random.key(1), (2, 8), 1, 40),
+           'weights': jnp.ones((2, 8), jnp.float32)}
+  weights, state = model.init(batch['targets'], rng=jax.random.key(0))
+  tx = optax.adam(1e-2)
+  opt_state = tx.init(weights)
+  step = loop.make_train_step(model, tx, lm=True, compute_dtype='bfloat16')
+  weights, state, opt_state, metrics = step(weights, state, opt_state, batch, jax.random.key(0))
+  assert np.isfinite(float(metrics['loss']))
+  assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(weights))
+
+
+def test_init_in_int8_gives_the_converted_weights():
+  model = models.ScalingTransformerLM(512, 256, 4096, 4, 4, max_len=16, dropout=0.0,
+                                      ff_sparsity=64, mode='predict')
+  signature = sig(1, 1, dtype=jnp.int32)
+  weights, state = model.init(signature, rng=jax.random.key(0), weight_dtype='int8')
+  assert isinstance(state, tl.DecodeState)
+  reference = tl.quantize_weights(model.init(signature, rng=jax.random.key(0))[0], 'int8')
+  # The same weights as converting after (an int8 value may round the other way at .5).
+  for a, b in zip(jax.tree_util.tree_leaves(weights), jax.tree_util.tree_leaves(reference)):
+    np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64),
+                               rtol=1e-6, atol=1)
+  out = model.init_program(signature, 'int8').lower(jax.random.key(0)).compile() \
+      .memory_analysis().output_size_in_bytes
+  float32_bytes = sum(x.size * 4 for x in jax.tree_util.tree_leaves(
+      jax.eval_shape(lambda: model.init(signature, rng=jax.random.key(0))[0])))
+  assert out < 0.3 * float32_bytes          # the program returns int8 weights only

@@ -204,11 +204,11 @@ class PositionalEncoding(Layer):
       raise ValueError(f'sequence length {length} exceeds max_len {self.max_len}')
     table = jnp.asarray(sinusoidal_table(self.max_len, d))
     if self.mode != 'predict':
-      return x + table[None, :length], state
+      return x + table[None, :length].astype(x.dtype), state
     start = position.start
     check_bound(start, length, self.max_len, 'the positional encoding')
     rows = jax.lax.dynamic_slice_in_dim(table, start, length, axis=0)
-    return poison_if(start + length > self.max_len, x + rows[None]), state
+    return poison_if(start + length > self.max_len, x + rows[None].astype(x.dtype)), state
 
 
 class ShiftRight(Layer):

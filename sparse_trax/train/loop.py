@@ -47,14 +47,32 @@ def _signature(batch):
   return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), batch)
 
 
+COMPUTE_DTYPES = ('float32', 'bfloat16')
+
+
+def cast_floating(tree, dtype):
+  """Every floating array of a pytree cast to `dtype` (integers and keys kept)."""
+  return jax.tree_util.tree_map(
+      lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
 def make_train_step(model, optimizer: optax.GradientTransformation, lm: bool,
-                    shardings: Optional[tuple] = None):
+                    shardings: Optional[tuple] = None, compute_dtype: str = 'float32'):
   """A jitted step: (weights, model_state, opt_state, batch, rng) -> (..., metrics).
 
   `shardings`: optional (weights, model_state, opt_state, batch) pytrees of
   shardings (see `parallel.Placement`); outputs keep their inputs' shardings.
+  `compute_dtype` 'bfloat16' runs the forward and backward pass on bfloat16
+  copies of the weights (the layers then compute in bfloat16, with float32
+  softmax, normalization statistics, SRU carry and loss); the weights, their
+  gradients and the optimizer state stay float32.
   """
+  if compute_dtype not in COMPUTE_DTYPES:
+    raise ValueError(f'compute_dtype must be one of {COMPUTE_DTYPES}, got {compute_dtype!r}')
+
   def loss_fn(weights, model_state, batch, rng):
+    if compute_dtype != 'float32':
+      weights = cast_floating(weights, compute_dtype)   # gradients flow back to float32
     logits, model_state = model.apply(weights, model_state, model_inputs(batch, lm), rng=rng)
     loss = losses.weighted_cross_entropy(logits, batch['targets'], batch['weights'])
     return loss, (model_state, logits)
@@ -144,6 +162,7 @@ def train(output_dir: str, model: Callable, inputs, optimizer: Callable = optimi
           log_every: int = 10, seed: int = 0, decode_length: int = 32,
           decode_temperature: float = 0.0, progress_bar: bool = True,
           n_devices: Optional[int] = None, weight_sharding: str = 'replicated',
+          compute_dtype: str = 'float32',
           on_start: Optional[Callable[[], None]] = None) -> dict:
   """Trains `model` on `inputs`, evaluating, checkpointing and resuming.
 
@@ -167,12 +186,18 @@ def train(output_dir: str, model: Callable, inputs, optimizer: Callable = optimi
       be a multiple of it.
     weight_sharding: 'replicated' (every device holds all weights) or
       'sharded' (each array split over the devices; for large models).
+    compute_dtype: 'float32', or 'bfloat16': training steps compute on
+      bfloat16 copies of the float32 weights (optimizer state and
+      checkpoints stay float32; eval runs in float32).
     on_start: called once everything is built, before the first step.
 
   Returns:
     A dict: the final eval metrics, the unigram baseline, the decoded
     'sample' and the trained 'weights' (to decode or evaluate further).
   """
+  if compute_dtype not in COMPUTE_DTYPES:
+    raise ValueError(f'train.compute_dtype must be one of {COMPUTE_DTYPES}, '
+                     f'got {compute_dtype!r}')
   os.makedirs(output_dir, exist_ok=True)
   metrics_path = os.path.join(output_dir, 'metrics.jsonl')
   vocab_size = inputs.tokenizer.vocab_size
@@ -217,7 +242,8 @@ def train(output_dir: str, model: Callable, inputs, optimizer: Callable = optimi
                              train_state['opt_state']))
   batch_shardings = jax.tree_util.tree_map(
       lambda x: x.sharding, placement.batch(first_batch))
-  train_step = make_train_step(train_model, tx, lm, shardings + (batch_shardings,))
+  train_step = make_train_step(train_model, tx, lm, shardings + (batch_shardings,),
+                               compute_dtype=compute_dtype)
   eval_step = make_eval_step(eval_model, lm)
   rng = jax.random.wrap_key_data(jnp.asarray(train_state['rng']))
   weights, model_state = train_state['weights'], train_state['model_state']
