@@ -56,7 +56,8 @@ def memory_bandwidth(n: int = 16384, repeats: int = 15) -> float:
   return n * n * 4 / statistics.median(times)
 
 
-def measure(size: str, variant: str, tokens: int, max_len: int, warmup: int) -> dict:
+def measure(size: str, variant: str, tokens: int, max_len: int, warmup: int,
+            weight_dtype: str = 'float32') -> dict:
   d_model, d_ff, n_layers, n_heads = SIZES[size]
   knobs = dict(VARIANTS[variant])
   if knobs.get('attention_type') == 'multconv':
@@ -65,6 +66,8 @@ def measure(size: str, variant: str, tokens: int, max_len: int, warmup: int) -> 
                                       dropout=0.0, mode='predict', **knobs)
   signature = jax.ShapeDtypeStruct((1, 1), jnp.int32)
   weights = jax.jit(lambda: model.init(signature, rng=jax.random.key(1))[0])()
+  if weight_dtype != 'float32':
+    weights = jax.jit(lambda w: tl.quantize_weights(w, weight_dtype))(weights)
   params = tl.count_parameters(weights)
   state = decoding.initial_state(model, signature)
   rng = jax.random.key(2)
@@ -92,7 +95,8 @@ def measure(size: str, variant: str, tokens: int, max_len: int, warmup: int) -> 
   del weights, state
   gc.collect()
   ms = 1e3 * statistics.median(step_times)
-  return {'size': size, 'variant': variant, 'params': params, 'ms': ms,
+  return {'size': size, 'variant': variant, 'weight_dtype': weight_dtype, 'params': params,
+          'ms': ms,
           'loop_ms': 1e3 * loop_seconds / (warmup + tokens), 'per_layer_ms': ms / n_layers,
           'weight_bytes': cost['weights'], 'cache_bytes': cost['cache'],
           'bytes': cost['total']}
@@ -152,6 +156,9 @@ def main():
   parser.add_argument('--tokens', type=int, default=64, help='timed tokens (after warm-up)')
   parser.add_argument('--warmup', type=int, default=8)
   parser.add_argument('--max-len', type=int, default=2048, help='cache slots of each layer')
+  parser.add_argument('--weight-dtypes', nargs='+', default=['float32'],
+                      choices=['float32', 'bfloat16', 'int8'],
+                      help='weight storage (tl.quantize_weights); activations stay float32')
   parser.add_argument('--profile', action='store_true',
                       help='also time each part of one block alone (where the time goes)')
   args = parser.parse_args()
@@ -171,18 +178,22 @@ def main():
   rows = []
   for size in args.sizes:
     for variant in args.variants:
-      row = measure(size, variant, args.tokens, args.max_len, args.warmup)
-      row['floor_ms'] = 1e3 * row['bytes'] / bandwidth
-      rows.append(row)
-      print(f'  measured {size} {variant}: {row["ms"]:.2f} ms/token', flush=True)
-  print(f'\nbatch 1, float32, vocab {VOCAB}, cache max_len {args.max_len}, median of '
-        f'{args.tokens} tokens after {args.warmup} warm-up; {jax.devices()[0].device_kind}')
-  print('| size | variant | params | ms/token | ms/layer | speedup vs dense | '
+      for weight_dtype in args.weight_dtypes:
+        row = measure(size, variant, args.tokens, args.max_len, args.warmup, weight_dtype)
+        row['floor_ms'] = 1e3 * row['bytes'] / bandwidth
+        rows.append(row)
+        print(f'  measured {size} {variant} {weight_dtype}: {row["ms"]:.2f} ms/token',
+              flush=True)
+  print(f'\nbatch 1, float32 activations, vocab {VOCAB}, cache max_len {args.max_len}, median '
+        f'of {args.tokens} tokens after {args.warmup} warm-up; {jax.devices()[0].device_kind}')
+  print('| size | variant | weights | params | ms/token | ms/layer | speedup vs dense | '
         'loop ms/token | MB read/token (weights + cache) | floor ms | floor / measured |')
-  print('|---|---|---|---|---|---|---|---|---|---|')
+  print('|---|---|---|---|---|---|---|---|---|---|---|')
   for row in rows:
-    dense = next((r for r in rows if r['size'] == row['size'] and r['variant'] == 'dense'), row)
-    print(f'| {row["size"]} | {row["variant"]} | {row["params"] / 1e6:.1f}M | {row["ms"]:.2f} | '
+    dense = next((r for r in rows if r['size'] == row['size'] and r['variant'] == 'dense'
+                  and r['weight_dtype'] == 'float32'), row)
+    print(f'| {row["size"]} | {row["variant"]} | {row["weight_dtype"]} | '
+          f'{row["params"] / 1e6:.1f}M | {row["ms"]:.2f} | '
           f'{row["per_layer_ms"]:.3f} | {dense["ms"] / row["ms"]:.2f}x | {row["loop_ms"]:.2f} | '
           f'{row["weight_bytes"] / 1e6:.1f} + {row["cache_bytes"] / 1e6:.1f} | '
           f'{row["floor_ms"]:.2f} | {row["floor_ms"] / row["ms"]:.0%} |')

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import sparse_trax.layers as tl
-from sparse_trax import decoding, models
+from sparse_trax import decoding, kernels, models
 from conftest import sig
 
 
@@ -143,3 +143,18 @@ def test_init_in_int8_gives_the_converted_weights():
   float32_bytes = sum(x.size * 4 for x in jax.tree_util.tree_leaves(
       jax.eval_shape(lambda: model.init(signature, rng=jax.random.key(0))[0])))
   assert out < 0.3 * float32_bytes          # the program returns int8 weights only
+
+
+@pytest.mark.skipif(not kernels.available(), reason='the fused CPU kernels were not built')
+@pytest.mark.parametrize('storage', ['int8', 'bfloat16'])
+@pytest.mark.parametrize('positions, d_out, d_in', [(1, 7, 33), (3, 64, 512), (1, 130, 40)])
+def test_stored_matvec_kernel_equals_the_xla_path(storage, positions, d_out, d_in):
+  from sparse_trax.layers import linear as linear_lib  # pylint: disable=import-outside-toplevel
+  w = tl.quantize_weights({'w': jax.random.normal(jax.random.key(0), (d_out, d_in))},
+                          storage)['w']
+  x = jax.random.normal(jax.random.key(1), (1, positions, d_in))
+  got = jax.jit(linear_lib.linear)(x, w)
+  want = jax.jit(linear_lib._linear_reference)(x, w)  # pylint: disable=protected-access
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  text = jax.jit(linear_lib.linear).lower(x, w).as_text()
+  assert f'sparse_trax_{storage}_matvec' in text

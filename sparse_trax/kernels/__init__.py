@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 
 _SPARSE_FF_TARGET = 'sparse_trax_sparse_ff_decode'
+_INT8_MATVEC_TARGET = 'sparse_trax_int8_matvec'
+_BFLOAT16_MATVEC_TARGET = 'sparse_trax_bfloat16_matvec'
 
 
 def _register() -> bool:
@@ -68,3 +70,28 @@ def sparse_ff_decode(x, weights: dict, n_per_block: int, reference: Callable):
 
   y, units = jax.lax.platform_dependent(flat, cpu=kernel, default=fallback)
   return y.reshape(leading + (d_model,)), units.reshape(leading + (n_blocks,))
+
+
+def stored_matvec(x, values, scale, reference: Callable):
+  """x [..., d_in] float32 times stored weight rows values [d_out, d_in] -> [..., d_out].
+
+  values int8 (with float32 scales [d_out]) or bfloat16 (scale None). One
+  fused kernel on CPU (the rows converted in registers, four rows per pass
+  over x, rows split over the intra-op thread pool); `reference` (x -> y,
+  the pure-JAX path) elsewhere.
+  """
+  leading, d_in = x.shape[:-1], x.shape[-1]
+  flat = x.reshape(-1, d_in).astype(jnp.float32)
+  result = jax.ShapeDtypeStruct((flat.shape[0], values.shape[0]), jnp.float32)
+
+  def kernel(flat):
+    if values.dtype == jnp.int8:
+      return jax.ffi.ffi_call(_INT8_MATVEC_TARGET, result)(flat, values,
+                                                           scale.astype(jnp.float32))
+    return jax.ffi.ffi_call(_BFLOAT16_MATVEC_TARGET, result)(flat, values)
+
+  def fallback(flat):
+    return reference(flat).astype(jnp.float32)
+
+  y = jax.lax.platform_dependent(flat, cpu=kernel, default=fallback)
+  return y.reshape(leading + (values.shape[0],))

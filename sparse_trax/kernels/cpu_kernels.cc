@@ -1,5 +1,8 @@
 // Fused CPU kernels for decoding, registered with XLA through the typed FFI.
 //
+// int8_matvec / bfloat16_matvec: int8 (with float32 scales) or bfloat16 weight rows
+// times float32 activations, the weights converted in registers.
+//
 // sparse_ff_decode: one SparseFF step for a few positions in one call. XLA runs
 // the same computation as about a dozen small operations (two controller
 // products, an argmax, three gathers, two products); on a CPU their fixed
@@ -16,6 +19,10 @@
 #include <functional>
 #include <memory>
 #include <vector>
+
+#ifdef __AVX2__
+#include <immintrin.h>
+#endif
 
 #include "Python.h"
 #include "xla/ffi/api/ffi.h"
@@ -191,6 +198,141 @@ ffi::Error SparseFFDecodeImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   return ffi::Error::Success();
 }
 
+// y[p, o] = scale[o] * sum_i values[o, i] x[p, i]: int8 weight rows (out-major) times
+// float32 activations, converted in registers (XLA converts the whole matrix
+// first). Rows are split over the intra-op thread pool.
+// Loading 16 (AVX-512) or 8 (AVX2) stored weights as float32 lanes.
+struct Int8Weights {
+  typedef int8_t Type;
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+  static __m512 Load16(const int8_t* p) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  }
+#endif
+#ifdef __AVX2__
+  static __m256 Load8(const int8_t* p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
+        _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+  }
+#endif
+  static float Scalar(int8_t v) { return static_cast<float>(v); }
+};
+
+// bfloat16 is the top half of a float32: widen to 32 bits and shift left by 16.
+struct Bfloat16Weights {
+  typedef uint16_t Type;
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+  static __m512 Load16(const uint16_t* p) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(
+        _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
+  }
+#endif
+#ifdef __AVX2__
+  static __m256 Load8(const uint16_t* p) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(
+        _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
+  }
+#endif
+  static float Scalar(uint16_t v) {
+    const uint32_t bits = static_cast<uint32_t>(v) << 16;
+    float f;
+    std::memcpy(&f, &bits, sizeof(f));
+    return f;
+  }
+};
+
+// `count` (1..4) stored rows (row stride n) against b at once: b is read once for all.
+template <typename W>
+void DotRows(const typename W::Type* rows, int count, const float* b, int64_t n, float* out) {
+  int64_t i = 0;
+  float head[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+  __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
+                   _mm512_setzero_ps()};
+  for (; i + 16 <= n; i += 16) {
+    const __m512 bv = _mm512_loadu_ps(b + i);
+    for (int r = 0; r < count; ++r) acc[r] = _mm512_fmadd_ps(W::Load16(rows + r * n + i), bv, acc[r]);
+  }
+  for (int r = 0; r < count; ++r) head[r] = _mm512_reduce_add_ps(acc[r]);
+#elif defined(__AVX2__)
+  __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                   _mm256_setzero_ps()};
+  for (; i + 8 <= n; i += 8) {
+    const __m256 bv = _mm256_loadu_ps(b + i);
+    for (int r = 0; r < count; ++r) acc[r] = _mm256_fmadd_ps(W::Load8(rows + r * n + i), bv, acc[r]);
+  }
+  for (int r = 0; r < count; ++r) {
+    Lanes lanes;
+    std::memcpy(&lanes, &acc[r], sizeof(lanes));
+    head[r] = Sum(lanes);
+  }
+#endif
+  for (int r = 0; r < count; ++r) {
+    float sum = head[r];
+    for (int64_t j = i; j < n; ++j) sum += W::Scalar(rows[r * n + j]) * b[j];
+    out[r] = sum;
+  }
+}
+
+// y[p, o] = scale[o] (or 1) * sum_i w[o, i] x[p, i], rows split over the thread pool.
+template <typename W>
+void StoredMatvec(ffi::ThreadPool& pool, const float* x, const typename W::Type* w,
+                  const float* scale, int64_t positions, int64_t d_in, int64_t d_out, float* y) {
+  const int n_parts = (pool.num_threads() > 1 && d_out * d_in >= (1 << 18)) ? 2 : 1;
+  auto work = [&](int part) {
+    const int64_t first = d_out * part / n_parts, end = d_out * (part + 1) / n_parts;
+    for (int64_t p = 0; p < positions; ++p) {
+      const float* xp = x + p * d_in;
+      float* yp = y + p * d_out;
+      for (int64_t o = first; o < end; o += 4) {
+        const int count = end - o < 4 ? static_cast<int>(end - o) : 4;
+        DotRows<W>(w + o * d_in, count, xp, d_in, yp + o);
+        if (scale != nullptr) {
+          for (int r = 0; r < count; ++r) yp[o + r] *= scale[o + r];
+        }
+      }
+    }
+  };
+  if (n_parts == 1) {
+    work(0);
+  } else {
+    RunSplit(pool, n_parts, work);
+  }
+}
+
+ffi::Error CheckMatvec(ffi::Span<const int64_t> x_dims, ffi::Span<const int64_t> w_dims) {
+  if (x_dims.size() != 2 || w_dims.size() != 2 || x_dims[1] != w_dims[1]) {
+    return ffi::Error::InvalidArgument("matvec: need x [p, d_in] and weights [d_out, d_in]");
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error Bfloat16MatvecImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                              ffi::Buffer<ffi::BF16> values, ffi::ResultBuffer<ffi::F32> y) {
+  ffi::Error checked = CheckMatvec(x.dimensions(), values.dimensions());
+  if (checked.failure()) return checked;
+  StoredMatvec<Bfloat16Weights>(pool, x.typed_data(),
+                                reinterpret_cast<const uint16_t*>(values.untyped_data()), nullptr,
+                                x.dimensions()[0], x.dimensions()[1], values.dimensions()[0],
+                                y->typed_data());
+  return ffi::Error::Success();
+}
+
+ffi::Error Int8MatvecImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                          ffi::Buffer<ffi::S8> values, ffi::Buffer<ffi::F32> scale,
+                          ffi::ResultBuffer<ffi::F32> y) {
+  ffi::Error checked = CheckMatvec(x.dimensions(), values.dimensions());
+  if (checked.failure()) return checked;
+  if (scale.dimensions().size() != 1 || scale.dimensions()[0] != values.dimensions()[0]) {
+    return ffi::Error::InvalidArgument("int8_matvec: need one scale per row");
+  }
+  StoredMatvec<Int8Weights>(pool, x.typed_data(), values.typed_data(), scale.typed_data(),
+                            x.dimensions()[0], x.dimensions()[1], values.dimensions()[0],
+                            y->typed_data());
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SparseFFDecode, SparseFFDecodeImpl,
@@ -208,11 +350,32 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SparseFFDecode, SparseFFDecodeImpl,
                                   .Ret<ffi::Buffer<ffi::S32>>()   // units [positions, B]
                                   .Attr<int64_t>("n_per_block"));
 
+XLA_FFI_DEFINE_HANDLER_SYMBOL(Int8Matvec, Int8MatvecImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // x [positions, d_in]
+                                  .Arg<ffi::Buffer<ffi::S8>>()    // values [d_out, d_in]
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // scale [d_out]
+                                  .Ret<ffi::Buffer<ffi::F32>>());  // y [positions, d_out]
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(Bfloat16Matvec, Bfloat16MatvecImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // x [positions, d_in]
+                                  .Arg<ffi::Buffer<ffi::BF16>>()  // values [d_out, d_in]
+                                  .Ret<ffi::Buffer<ffi::F32>>());  // y [positions, d_out]
+
 // A Python module whose one function returns {target name: handler capsule}.
 static PyObject* Registrations(PyObject*, PyObject*) {
   PyObject* dict = PyDict_New();
   PyObject* capsule = PyCapsule_New(reinterpret_cast<void*>(SparseFFDecode), nullptr, nullptr);
   PyDict_SetItemString(dict, "sparse_trax_sparse_ff_decode", capsule);
+  Py_DECREF(capsule);
+  capsule = PyCapsule_New(reinterpret_cast<void*>(Int8Matvec), nullptr, nullptr);
+  PyDict_SetItemString(dict, "sparse_trax_int8_matvec", capsule);
+  Py_DECREF(capsule);
+  capsule = PyCapsule_New(reinterpret_cast<void*>(Bfloat16Matvec), nullptr, nullptr);
+  PyDict_SetItemString(dict, "sparse_trax_bfloat16_matvec", capsule);
   Py_DECREF(capsule);
   return dict;
 }
