@@ -158,3 +158,17 @@ def test_stored_matvec_kernel_equals_the_xla_path(storage, positions, d_out, d_i
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
   text = jax.jit(linear_lib.linear).lower(x, w).as_text()
   assert f'sparse_trax_{storage}_matvec' in text
+
+
+@pytest.mark.skipif(not kernels.available(), reason='the fused CPU kernels were not built')
+@pytest.mark.parametrize('storage', ['int8', 'bfloat16'])
+def test_multiplicative_dense_on_stored_units_uses_the_kernel(storage):
+  layer = tl.MultiplicativeDense(4, 200)
+  weights, _ = layer.init(sig(1, 1, 40), rng=jax.random.key(0))
+  low = tl.quantize_weights(weights, storage)
+  x = jax.random.normal(jax.random.key(1), (1, 1, 40))
+  got = jax.jit(lambda w, x: layer.apply(w, {}, x)[0])(low, x)
+  want = layer.apply(tl.dequantize_weights(low), {}, x)[0]
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  text = jax.jit(lambda w, x: layer.apply(w, {}, x)[0]).lower(low, x).as_text()
+  assert f'sparse_trax_{storage}_vecmat' in text

@@ -18,6 +18,8 @@ import numpy as np
 _SPARSE_FF_TARGET = 'sparse_trax_sparse_ff_decode'
 _INT8_MATVEC_TARGET = 'sparse_trax_int8_matvec'
 _BFLOAT16_MATVEC_TARGET = 'sparse_trax_bfloat16_matvec'
+_INT8_VECMAT_TARGET = 'sparse_trax_int8_vecmat'
+_BFLOAT16_VECMAT_TARGET = 'sparse_trax_bfloat16_vecmat'
 
 
 def _register() -> bool:
@@ -95,3 +97,28 @@ def stored_matvec(x, values, scale, reference: Callable):
 
   y = jax.lax.platform_dependent(flat, cpu=kernel, default=fallback)
   return y.reshape(leading + (values.shape[0],))
+
+
+def stored_vecmat(a, values, scale, reference: Callable):
+  """a [..., d_in] float32 times stored weights values [d_in, d_out] -> [..., d_out].
+
+  For matrices whose rows are indexed by the contracted axis (in-major, as
+  MultiplicativeDense's `units`): values int8 with float32 scales [d_in]
+  (per row), or bfloat16 (scale None). One kernel on CPU; `reference`
+  (a -> y, pure JAX) elsewhere.
+  """
+  leading, d_in = a.shape[:-1], a.shape[-1]
+  flat = a.reshape(-1, d_in).astype(jnp.float32)
+  result = jax.ShapeDtypeStruct((flat.shape[0], values.shape[1]), jnp.float32)
+
+  def kernel(flat):
+    if values.dtype == jnp.int8:
+      return jax.ffi.ffi_call(_INT8_VECMAT_TARGET, result)(flat, values,
+                                                           scale.astype(jnp.float32))
+    return jax.ffi.ffi_call(_BFLOAT16_VECMAT_TARGET, result)(flat, values)
+
+  def fallback(flat):
+    return reference(flat).astype(jnp.float32)
+
+  y = jax.lax.platform_dependent(flat, cpu=kernel, default=fallback)
+  return y.reshape(leading + (values.shape[1],))

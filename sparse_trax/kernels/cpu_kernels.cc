@@ -1,7 +1,8 @@
 // Fused CPU kernels for decoding, registered with XLA through the typed FFI.
 //
 // int8_matvec / bfloat16_matvec: int8 (with float32 scales) or bfloat16 weight rows
-// times float32 activations, the weights converted in registers.
+// times float32 activations, the weights converted in registers; *_vecmat: the same
+// for matrices whose rows are indexed by the contracted axis ([d_in, d_out]).
 //
 // sparse_ff_decode: one SparseFF step for a few positions in one call. XLA runs
 // the same computation as about a dozen small operations (two controller
@@ -301,6 +302,49 @@ void StoredMatvec(ffi::ThreadPool& pool, const float* x, const typename W::Type*
   }
 }
 
+// y[p, :] = sum_i a[p, i] * scale[i] (or 1) * w[i, :]: stored rows indexed by the
+// contracted axis (an in-major matrix, as MultiplicativeDense's units). Columns
+// are split over the thread pool; each part streams every row once per position.
+template <typename W>
+void StoredVecmat(ffi::ThreadPool& pool, const float* a, const typename W::Type* w,
+                  const float* scale, int64_t positions, int64_t d_in, int64_t d_out, float* y) {
+  const int n_parts = (pool.num_threads() > 1 && d_out * d_in >= (1 << 18) && d_out >= 64)
+                          ? 2 : 1;
+  auto work = [&](int part) {
+    // Column ranges that are multiples of 16 keep the vector loop whole.
+    const int64_t first = (d_out * part / n_parts) / 16 * 16;
+    const int64_t end = part + 1 == n_parts ? d_out : (d_out * (part + 1) / n_parts) / 16 * 16;
+    for (int64_t p = 0; p < positions; ++p) {
+      float* yp = y + p * d_out;
+      for (int64_t o = first; o < end; ++o) yp[o] = 0.0f;
+      for (int64_t i = 0; i < d_in; ++i) {
+        const float coefficient = a[p * d_in + i] * (scale == nullptr ? 1.0f : scale[i]);
+        const typename W::Type* row = w + i * d_out;
+        int64_t o = first;
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+        const __m512 c = _mm512_set1_ps(coefficient);
+        for (; o + 16 <= end; o += 16) {
+          _mm512_storeu_ps(yp + o, _mm512_fmadd_ps(W::Load16(row + o), c,
+                                                   _mm512_loadu_ps(yp + o)));
+        }
+#elif defined(__AVX2__)
+        const __m256 c = _mm256_set1_ps(coefficient);
+        for (; o + 8 <= end; o += 8) {
+          _mm256_storeu_ps(yp + o, _mm256_fmadd_ps(W::Load8(row + o), c,
+                                                   _mm256_loadu_ps(yp + o)));
+        }
+#endif
+        for (; o < end; ++o) yp[o] += coefficient * W::Scalar(row[o]);
+      }
+    }
+  };
+  if (n_parts == 1) {
+    work(0);
+  } else {
+    RunSplit(pool, n_parts, work);
+  }
+}
+
 ffi::Error CheckMatvec(ffi::Span<const int64_t> x_dims, ffi::Span<const int64_t> w_dims) {
   if (x_dims.size() != 2 || w_dims.size() != 2 || x_dims[1] != w_dims[1]) {
     return ffi::Error::InvalidArgument("matvec: need x [p, d_in] and weights [d_out, d_in]");
@@ -315,6 +359,35 @@ ffi::Error Bfloat16MatvecImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   StoredMatvec<Bfloat16Weights>(pool, x.typed_data(),
                                 reinterpret_cast<const uint16_t*>(values.untyped_data()), nullptr,
                                 x.dimensions()[0], x.dimensions()[1], values.dimensions()[0],
+                                y->typed_data());
+  return ffi::Error::Success();
+}
+
+ffi::Error CheckVecmat(ffi::Span<const int64_t> a_dims, ffi::Span<const int64_t> w_dims) {
+  if (a_dims.size() != 2 || w_dims.size() != 2 || a_dims[1] != w_dims[0]) {
+    return ffi::Error::InvalidArgument("vecmat: need a [p, d_in] and weights [d_in, d_out]");
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error Int8VecmatImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a,
+                          ffi::Buffer<ffi::S8> values, ffi::Buffer<ffi::F32> scale,
+                          ffi::ResultBuffer<ffi::F32> y) {
+  ffi::Error checked = CheckVecmat(a.dimensions(), values.dimensions());
+  if (checked.failure()) return checked;
+  StoredVecmat<Int8Weights>(pool, a.typed_data(), values.typed_data(), scale.typed_data(),
+                            a.dimensions()[0], a.dimensions()[1], values.dimensions()[1],
+                            y->typed_data());
+  return ffi::Error::Success();
+}
+
+ffi::Error Bfloat16VecmatImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a,
+                              ffi::Buffer<ffi::BF16> values, ffi::ResultBuffer<ffi::F32> y) {
+  ffi::Error checked = CheckVecmat(a.dimensions(), values.dimensions());
+  if (checked.failure()) return checked;
+  StoredVecmat<Bfloat16Weights>(pool, a.typed_data(),
+                                reinterpret_cast<const uint16_t*>(values.untyped_data()), nullptr,
+                                a.dimensions()[0], a.dimensions()[1], values.dimensions()[1],
                                 y->typed_data());
   return ffi::Error::Success();
 }
@@ -365,6 +438,21 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(Bfloat16Matvec, Bfloat16MatvecImpl,
                                   .Arg<ffi::Buffer<ffi::BF16>>()  // values [d_out, d_in]
                                   .Ret<ffi::Buffer<ffi::F32>>());  // y [positions, d_out]
 
+XLA_FFI_DEFINE_HANDLER_SYMBOL(Int8Vecmat, Int8VecmatImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // a [positions, d_in]
+                                  .Arg<ffi::Buffer<ffi::S8>>()    // values [d_in, d_out]
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // scale [d_in]
+                                  .Ret<ffi::Buffer<ffi::F32>>());  // y [positions, d_out]
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(Bfloat16Vecmat, Bfloat16VecmatImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // a [positions, d_in]
+                                  .Arg<ffi::Buffer<ffi::BF16>>()  // values [d_in, d_out]
+                                  .Ret<ffi::Buffer<ffi::F32>>());  // y [positions, d_out]
+
 // A Python module whose one function returns {target name: handler capsule}.
 static PyObject* Registrations(PyObject*, PyObject*) {
   PyObject* dict = PyDict_New();
@@ -376,6 +464,12 @@ static PyObject* Registrations(PyObject*, PyObject*) {
   Py_DECREF(capsule);
   capsule = PyCapsule_New(reinterpret_cast<void*>(Bfloat16Matvec), nullptr, nullptr);
   PyDict_SetItemString(dict, "sparse_trax_bfloat16_matvec", capsule);
+  Py_DECREF(capsule);
+  capsule = PyCapsule_New(reinterpret_cast<void*>(Int8Vecmat), nullptr, nullptr);
+  PyDict_SetItemString(dict, "sparse_trax_int8_vecmat", capsule);
+  Py_DECREF(capsule);
+  capsule = PyCapsule_New(reinterpret_cast<void*>(Bfloat16Vecmat), nullptr, nullptr);
+  PyDict_SetItemString(dict, "sparse_trax_bfloat16_vecmat", capsule);
   Py_DECREF(capsule);
   return dict;
 }

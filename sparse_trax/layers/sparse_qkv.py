@@ -14,7 +14,8 @@ from sparse_trax.layers import attention
 from sparse_trax.layers import combinators as cb
 from sparse_trax.layers import core
 from sparse_trax.layers.base import Layer
-from sparse_trax.layers.quantize import as_float
+from sparse_trax import kernels
+from sparse_trax.layers.quantize import QuantizedArray, as_float
 from sparse_trax.layers.state import Carry
 
 _glorot = jax.nn.initializers.glorot_uniform()
@@ -55,8 +56,25 @@ class MultiplicativeDense(Layer):
     if x.ndim < 1 or x.shape[-1] != d_in:
       raise ValueError(f'last input dimension must be {d_in}, got input shape {tuple(x.shape)}')
     scaled = x[..., :, None] * as_float(weights['modules'], x.dtype)     # [..., d_in, S]
-    y = jnp.einsum('...is,im->...sm', scaled, as_float(weights['units'], x.dtype))  # [..., S, M]
+    units = weights['units']
+
+    def reference(rows):                                                 # [n, d_in] -> [n, M]
+      return jnp.dot(rows, as_float(units, rows.dtype))
+
+    if self._use_kernel(units, x):     # decoding with stored units: rows converted in registers
+      y = kernels.stored_vecmat(jnp.swapaxes(scaled, -1, -2), units.values, units.scale,
+                                reference)                               # [..., S, M]
+    else:
+      y = jnp.einsum('...is,im->...sm', scaled, as_float(units, x.dtype))  # [..., S, M]
     return y.reshape(x.shape[:-1] + (self.d_out,)) + weights['b'].astype(x.dtype), state
+
+  @staticmethod
+  def _use_kernel(units, x) -> bool:
+    positions = 1
+    for size in x.shape[:-1]:
+      positions *= size
+    return (isinstance(units, QuantizedArray) and units.axis == 0 and units.ndim == 2 and
+            x.dtype == jnp.float32 and positions <= 4 and kernels.available())
 
 
 class _ConvolutionOverModules(Layer):
