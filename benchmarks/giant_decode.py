@@ -29,6 +29,8 @@ import sparse_trax.layers as tl
 from sparse_trax import decoding, models
 from sparse_trax.models import blocks, scaling
 
+from decode_speed import memory_bandwidth   # run from benchmarks/ (python benchmarks/...)
+
 D_MODEL, D_FF, N_HEADS, VOCAB = 6144, 49152, 48, 32000
 BLOCK_VARIANTS = {
     'dense': dict(),
@@ -36,20 +38,6 @@ BLOCK_VARIANTS = {
     '+sparse QKV': dict(attention_type='multconv', attention_sparsity=16),
     '+sparse FF+QKV': dict(ff_sparsity=64, attention_type='multconv', attention_sparsity=16),
 }
-
-
-def memory_bandwidth(n: int = 16384, repeats: int = 11) -> float:
-  matrix = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-  vector = jnp.ones((n,), jnp.float32)
-  matvec = jax.jit(lambda m, v: m @ v)
-  matvec(matrix, vector).block_until_ready()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    matvec(matrix, vector).block_until_ready()
-    times.append(time.perf_counter() - start)
-  del matrix
-  return n * n * 4 / statistics.median(times)
 
 
 def peak_rss_gib() -> float:
@@ -97,6 +85,7 @@ def int8_model_weights(model: tl.Layer, signature, rng):
       made = jax.jit(lambda s=sublayer, sig=items, i=index: tl.quantize_weights(
           s.init(sig, rng=jax.random.fold_in(rng, i))[0], 'int8'))()
       jax.block_until_ready(made)
+      gc.collect()
     else:
       made = abstract[index]
     weights.append(made)
@@ -106,7 +95,7 @@ def int8_model_weights(model: tl.Layer, signature, rng):
   return tuple(weights)
 
 
-def run_model(layers: int, tokens: int, bandwidth: float):
+def run_model(layers: int, tokens: int):
   model = models.ScalingTransformerLM(VOCAB, D_MODEL, D_FF, layers, N_HEADS, max_len=128,
                                       dropout=0.0, ff_sparsity=64, attention_type='multconv',
                                       attention_sparsity=16, loss_sparsity=4, mode='predict')
@@ -115,7 +104,6 @@ def run_model(layers: int, tokens: int, bandwidth: float):
   weights = int8_model_weights(model, signature, jax.random.key(1))
   made_seconds = time.perf_counter() - start
   params = sum(x.size for x in jax.tree_util.tree_leaves(weights))
-  state = decoding.initial_state(model, signature)
   prompt = jnp.arange(1, 9, dtype=jnp.int32)[None]
   state_after = decoding.initial_state(model, signature)
   logits, position, state_after = decoding.prefill(model, weights, state_after, prompt,
@@ -131,8 +119,10 @@ def run_model(layers: int, tokens: int, bandwidth: float):
       times.append(time.perf_counter() - begin)
   cost = tl.decode_cost(model, weights, state_after, position=8 + tokens // 2)
   ms = 1e3 * statistics.median(times)
+  peak = peak_rss_gib()
+  bandwidth = memory_bandwidth(n=8192)
+  print(f'memory bandwidth (8192x8192 float32 matvec, median): {bandwidth / 1e9:.1f} GB/s')
   floor = 1e3 * cost['total'] / bandwidth
-  del state
   print(f'\nall-sparse decoder, {layers} layers at d_model {D_MODEL}, d_ff {D_FF}, N 64, '
         f'multconv S 16, loss sparsity 4, vocab {VOCAB}; int8 weights (random, made in '
         f'{made_seconds:.0f} s); {tokens} tokens after an 8-token prompt (position {int(position)})')
@@ -140,7 +130,7 @@ def run_model(layers: int, tokens: int, bandwidth: float):
         'floor / measured | peak RSS GiB |')
   print('|---|---|---|---|---|---|---|---|')
   print(f'| {params / 1e9:.2f}B | {cost["all_weights"] / 1e9:.1f} | {ms:.1f} | {1e3 / ms:.2f} | '
-        f'{cost["total"] / 1e6:.0f} | {floor:.1f} | {floor / ms:.0%} | {peak_rss_gib():.1f} |')
+        f'{cost["total"] / 1e6:.0f} | {floor:.1f} | {floor / ms:.0%} | {peak:.1f} |')
 
 
 def main():
@@ -149,11 +139,11 @@ def main():
   parser.add_argument('--tokens', type=int, default=16)
   parser.add_argument('--layers', type=int, default=24)
   args = parser.parse_args()
+  if args.part == 'model':   # the bandwidth is measured after the weights are made (memory)
+    run_model(args.layers, args.tokens)
+    return
   bandwidth = memory_bandwidth()
   print(f'memory bandwidth (16384x16384 float32 matvec, median): {bandwidth / 1e9:.1f} GB/s')
-  if args.part == 'model':
-    run_model(args.layers, args.tokens, bandwidth)
-    return
   rows = []
   for variant in BLOCK_VARIANTS:
     rows.append(time_block(variant, args.tokens))

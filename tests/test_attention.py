@@ -132,7 +132,7 @@ def test_cached_attention_over_several_blocks_equals_full_attention():
   for position, length in [(0, 1), (31, 1), (32, 1), (127, 1), (128, 1), (200, 5), (250, 10),
                            (255, 1), (256, 1), (383, 1)]:
     q = jax.random.normal(jax.random.key(position), (batch, length, heads, d_head))
-    got = tl.attention.cached_attention(q, keys, values, jnp.int32(position))
+    got = jax.jit(tl.attention.cached_attention)(q, keys, values, jnp.int32(position))
     filled = position + length
     mask = tl.causal_mask(length, filled, offset=position)[None, None]
     want = tl.dot_product_attention(q, keys[:, :filled], values[:, :filled], mask)

@@ -43,8 +43,9 @@ VARIANTS = {
 }
 
 
-@pytest.mark.parametrize('variant', sorted(VARIANTS))
-@pytest.mark.parametrize('storage', ['int8', 'bfloat16'])
+@pytest.mark.parametrize('variant, storage', [('dense', 'int8'), ('moe', 'int8'),
+                                              ('sparse_ff_qkv_loss', 'int8'),
+                                              ('sparse_ff_qkv_loss', 'bfloat16')])
 def test_every_layer_on_low_precision_weights_equals_its_dequantized_weights(variant, storage):
   kwargs = dict(vocab_size=40, d_model=16, d_ff=32, n_layers=2, n_heads=2, max_len=16,
                 dropout=0.0, **VARIANTS[variant])
@@ -61,7 +62,8 @@ def test_every_layer_on_low_precision_weights_equals_its_dequantized_weights(var
       got, decoding.autoregressive_sample(predict, reference, tokens[:, :3], max_length=4))
 
 
-def test_terraformer_with_sru_and_lsh_runs_on_int8_weights():
+def test_terraformer_on_int8_weights_and_in_bfloat16():
+  from sparse_trax.train import loop  # pylint: disable=import-outside-toplevel
   kwargs = dict(vocab_size=40, d_model=16, d_ff=32, n_layers=1, n_heads=2, max_len=32,
                 attention_type='chunked', attention_chunk_len=4, ff_sparsity=8, ff_use_sru=8,
                 dropout=0.0)
@@ -72,6 +74,15 @@ def test_terraformer_with_sru_and_lsh_runs_on_int8_weights():
   np.testing.assert_allclose(evaluate.apply(low, state, tokens)[0],
                              evaluate.apply(tl.dequantize_weights(low), state, tokens)[0],
                              rtol=1e-4, atol=1e-4)
+  # The reversible stack with SRU computes in bfloat16 on bfloat16 weights, and its
+  # memory-saving gradient flows back to float32 weights.
+  def loss(w):
+    logits = evaluate.apply(loop.cast_floating(w, jnp.bfloat16), state, tokens)[0]
+    assert logits.dtype == jnp.bfloat16
+    return tl.weighted_cross_entropy(logits, tokens, jnp.ones(tokens.shape))
+  grads = jax.jit(jax.grad(loss))(weights)
+  assert all(g.dtype == jnp.float32 and np.isfinite(g).all()
+             for g in jax.tree_util.tree_leaves(grads))
 
 
 def test_summary_and_decode_cost_count_the_real_bytes():
@@ -85,7 +96,19 @@ def test_summary_and_decode_cost_count_the_real_bytes():
 
 
 @pytest.mark.parametrize('variant', sorted(VARIANTS))
-def test_bfloat16_training_steps_keep_float32_weights_and_finite_losses(variant):
+def test_bfloat16_forward_computes_in_bfloat16(variant):
+  from sparse_trax.train import loop  # pylint: disable=import-outside-toplevel
+  model = models.ScalingTransformerLM(40, 16, 32, 1, 2, max_len=16, dropout=0.1,
+                                      **VARIANTS[variant])
+  tokens = jax.random.randint(jax.random.key(1), (2, 8), 1, 40)
+  weights, state = model.init(tokens, rng=jax.random.key(0))
+  logits, _ = model.apply(loop.cast_floating(weights, jnp.bfloat16), state, tokens,
+                          rng=jax.random.key(3))
+  assert logits.dtype == jnp.bfloat16 and np.isfinite(np.asarray(logits, np.float32)).all()
+
+
+def test_bfloat16_training_steps_keep_float32_weights_and_finite_losses():
+  variant = 'sparse_ff_qkv_loss'   # sparse FF, sparse QKV and the sparse loss in one model
   import optax  # pylint: disable=import-outside-toplevel
   from sparse_trax.train import loop  # pylint: disable=import-outside-toplevel
   model = models.ScalingTransformerLM(40, 16, 32, 2, 2, max_len=16, dropout=0.1,
@@ -93,15 +116,11 @@ def test_bfloat16_training_steps_keep_float32_weights_and_finite_losses(variant)
   batch = {'targets': jax.random.randint(jax.random.key(1), (2, 8), 1, 40),
            'weights': jnp.ones((2, 8), jnp.float32)}
   weights, state = model.init(batch['targets'], rng=jax.random.key(0))
-  # On bfloat16 weights the layers compute in bfloat16, end to end.
-  logits, _ = model.apply(loop.cast_floating(weights, jnp.bfloat16), state, batch['targets'],
-                          rng=jax.random.key(3))
-  assert logits.dtype == jnp.bfloat16
   tx = optax.adam(1e-2)
   opt_state = tx.init(weights)
   step = loop.make_train_step(model, tx, lm=True, compute_dtype='bfloat16')
   losses = []
-  for i in range(4):
+  for i in range(3):
     weights, state, opt_state, metrics = step(weights, state, opt_state, batch,
                                               jax.random.key(i))
     losses.append(float(metrics['loss']))
@@ -111,25 +130,9 @@ def test_bfloat16_training_steps_keep_float32_weights_and_finite_losses(variant)
     loop.make_train_step(model, tx, lm=True, compute_dtype='float16')
 
 
-def test_terraformer_trains_in_bfloat16():
-  import optax  # pylint: disable=import-outside-toplevel
-  from sparse_trax.train import loop  # pylint: disable=import-outside-toplevel
-  model = models.TerraformerLM(40, 16, 32, 2, 2, max_len=16, ff_sparsity=8, ff_use_sru=8,
-                               attention_type='multconv', attention_sparsity=4, dropout=0.1)
-  batch = {'targets': jax.random.randint(jax.random.key(1), (2, 8), 1, 40),
-           'weights': jnp.ones((2, 8), jnp.float32)}
-  weights, state = model.init(batch['targets'], rng=jax.random.key(0))
-  tx = optax.adam(1e-2)
-  opt_state = tx.init(weights)
-  step = loop.make_train_step(model, tx, lm=True, compute_dtype='bfloat16')
-  weights, state, opt_state, metrics = step(weights, state, opt_state, batch, jax.random.key(0))
-  assert np.isfinite(float(metrics['loss']))
-  assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(weights))
-
-
 def test_init_in_int8_gives_the_converted_weights():
-  model = models.ScalingTransformerLM(512, 256, 4096, 4, 4, max_len=16, dropout=0.0,
-                                      ff_sparsity=64, mode='predict')
+  model = models.ScalingTransformerLM(256, 128, 1024, 2, 4, max_len=16, dropout=0.0,
+                                      ff_sparsity=32, mode='predict')
   signature = sig(1, 1, dtype=jnp.int32)
   weights, state = model.init(signature, rng=jax.random.key(0), weight_dtype='int8')
   assert isinstance(state, tl.DecodeState)

@@ -74,6 +74,12 @@ def sparse_ff_decode(x, weights: dict, n_per_block: int, reference: Callable):
   return y.reshape(leading + (d_model,)), units.reshape(leading + (n_blocks,))
 
 
+def _on_cpu(flat, kernel: Callable, reference: Callable):
+  """kernel(flat) when lowering for CPU, reference(flat) as float32 elsewhere."""
+  return jax.lax.platform_dependent(
+      flat, cpu=kernel, default=lambda f: reference(f).astype(jnp.float32))
+
+
 def stored_matvec(x, values, scale, reference: Callable):
   """x [..., d_in] float32 times stored weight rows values [d_out, d_in] -> [..., d_out].
 
@@ -92,11 +98,7 @@ def stored_matvec(x, values, scale, reference: Callable):
                                                            scale.astype(jnp.float32))
     return jax.ffi.ffi_call(_BFLOAT16_MATVEC_TARGET, result)(flat, values)
 
-  def fallback(flat):
-    return reference(flat).astype(jnp.float32)
-
-  y = jax.lax.platform_dependent(flat, cpu=kernel, default=fallback)
-  return y.reshape(leading + (values.shape[0],))
+  return _on_cpu(flat, kernel, reference).reshape(leading + (values.shape[0],))
 
 
 def stored_vecmat(a, values, scale, reference: Callable):
@@ -117,8 +119,4 @@ def stored_vecmat(a, values, scale, reference: Callable):
                                                            scale.astype(jnp.float32))
     return jax.ffi.ffi_call(_BFLOAT16_VECMAT_TARGET, result)(flat, values)
 
-  def fallback(flat):
-    return reference(flat).astype(jnp.float32)
-
-  y = jax.lax.platform_dependent(flat, cpu=kernel, default=fallback)
-  return y.reshape(leading + (values.shape[1],))
+  return _on_cpu(flat, kernel, reference).reshape(leading + (values.shape[1],))

@@ -19,7 +19,8 @@ from sparse_trax.layers.quantize import QuantizedArray
 FUSED_UP_TO = 4
 
 
-def _positions(x) -> int:
+def positions(x) -> int:
+  """How many positions (all axes but the last) x [..., d] holds."""
   n = 1
   for size in x.shape[:-1]:
     n *= size
@@ -39,7 +40,7 @@ def linear(x: jax.Array, w) -> jax.Array:
   """
   quantized = isinstance(w, QuantizedArray)
   if (quantized and w.axis % w.ndim == 0 and w.ndim == 2 and x.dtype == jnp.float32 and
-      w.values.dtype in (jnp.int8, jnp.bfloat16) and _positions(x) <= FUSED_UP_TO and
+      w.values.dtype in (jnp.int8, jnp.bfloat16) and positions(x) <= FUSED_UP_TO and
       kernels.available()):
     return kernels.stored_matvec(x, w.values, w.scale,
                                  lambda flat: _linear_reference(flat, w))
@@ -55,7 +56,7 @@ def _linear_reference(x, w):
   # bfloat16 rows: one multiply-and-sum loop (XLA fuses the conversion into it). int8
   # rows: XLA did not fuse that loop (it built the whole float32 product, 180x slower than
   # float32 at 16384 x 16384), so they are converted, then multiplied.
-  if values.dtype == jnp.bfloat16 != dtype and _positions(x) <= FUSED_UP_TO:
+  if values.dtype == jnp.bfloat16 != dtype and positions(x) <= FUSED_UP_TO:
     y = jnp.sum(values.astype(dtype) * x[..., None, :], axis=-1)
   else:
     y = jax.lax.dot_general(x, values.astype(dtype), (((x.ndim - 1,), (1,)), ((), ())))

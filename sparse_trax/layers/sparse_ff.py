@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from sparse_trax import kernels
 from sparse_trax.layers.base import Layer
-from sparse_trax.layers.linear import linear
+from sparse_trax.layers.linear import linear, positions as _positions
 from sparse_trax.layers.quantize import QuantizedArray, as_float, row_nbytes, take_rows, weight_nbytes
 from sparse_trax.layers.state import Decisions, replayed_choices
 
@@ -53,14 +53,6 @@ def _gumbel_one_hot_mask(log_probs, rng, temperature, quant_prob, index=None):
 # A predict-mode call of at most this many positions gathers the chosen rows; a longer one
 # (a prompt's prefill) computes the masked product of the whole matrices, reading them once.
 GATHER_UP_TO = 4
-
-
-def _positions(x) -> int:
-  """How many positions (all axes but the last) x [..., d] holds."""
-  n = 1
-  for size in x.shape[:-1]:
-    n *= size
-  return n
 
 
 class SparseFF(Layer):

@@ -15,6 +15,7 @@ from sparse_trax.layers import combinators as cb
 from sparse_trax.layers import core
 from sparse_trax.layers.base import Layer
 from sparse_trax import kernels
+from sparse_trax.layers.linear import FUSED_UP_TO, positions
 from sparse_trax.layers.quantize import QuantizedArray, as_float
 from sparse_trax.layers.state import Carry
 
@@ -70,11 +71,8 @@ class MultiplicativeDense(Layer):
 
   @staticmethod
   def _use_kernel(units, x) -> bool:
-    positions = 1
-    for size in x.shape[:-1]:
-      positions *= size
     return (isinstance(units, QuantizedArray) and units.axis == 0 and units.ndim == 2 and
-            x.dtype == jnp.float32 and positions <= 4 and kernels.available())
+            x.dtype == jnp.float32 and positions(x) <= FUSED_UP_TO and kernels.available())
 
 
 class _ConvolutionOverModules(Layer):
