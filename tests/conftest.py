@@ -17,6 +17,9 @@ import jax.numpy as jnp  # pylint: disable=wrong-import-position
 import pytest  # pylint: disable=wrong-import-position
 
 
+_JITTED_APPLY = {}
+
+
 def prefill_then_steps(predict, weights, tokens, n_prefill, inputs=None):
   """Logits of a 'predict'-mode model fed the shifted `tokens` [batch, length]: positions
   0 .. n_prefill - 1 in one call, then one position per call. Compare with the eval pass."""
@@ -31,7 +34,7 @@ def prefill_then_steps(predict, weights, tokens, n_prefill, inputs=None):
   outs = []
   logits, state = predict.apply(weights, state, feed(shifted[:, :n_prefill]))
   outs.append(logits)
-  step = jax.jit(predict.apply)
+  step = _JITTED_APPLY.setdefault(predict, jax.jit(predict.apply))   # one compile per model
   for t in range(n_prefill, tokens.shape[1]):
     logits, state = step(weights, state, feed(shifted[:, t:t + 1]))
     outs.append(logits)
