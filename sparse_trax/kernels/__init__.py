@@ -80,6 +80,21 @@ def _on_cpu(flat, kernel: Callable, reference: Callable):
       flat, cpu=kernel, default=lambda f: reference(f).astype(jnp.float32))
 
 
+def _stored_product(x, values, scale, d_out: int, targets: dict, reference: Callable):
+  """x [..., d_in] times stored weights through the kernel for values' dtype: [..., d_out]."""
+  leading, d_in = x.shape[:-1], x.shape[-1]
+  flat = x.reshape(-1, d_in).astype(jnp.float32)
+  result = jax.ShapeDtypeStruct((flat.shape[0], d_out), jnp.float32)
+
+  def kernel(flat):
+    call = jax.ffi.ffi_call(targets[jnp.dtype(values.dtype).name], result)
+    if scale is None:
+      return call(flat, values)
+    return call(flat, values, scale.astype(jnp.float32))
+
+  return _on_cpu(flat, kernel, reference).reshape(leading + (d_out,))
+
+
 def stored_matvec(x, values, scale, reference: Callable):
   """x [..., d_in] float32 times stored weight rows values [d_out, d_in] -> [..., d_out].
 
@@ -88,17 +103,9 @@ def stored_matvec(x, values, scale, reference: Callable):
   over x, rows split over the intra-op thread pool); `reference` (x -> y,
   the pure-JAX path) elsewhere.
   """
-  leading, d_in = x.shape[:-1], x.shape[-1]
-  flat = x.reshape(-1, d_in).astype(jnp.float32)
-  result = jax.ShapeDtypeStruct((flat.shape[0], values.shape[0]), jnp.float32)
-
-  def kernel(flat):
-    if values.dtype == jnp.int8:
-      return jax.ffi.ffi_call(_INT8_MATVEC_TARGET, result)(flat, values,
-                                                           scale.astype(jnp.float32))
-    return jax.ffi.ffi_call(_BFLOAT16_MATVEC_TARGET, result)(flat, values)
-
-  return _on_cpu(flat, kernel, reference).reshape(leading + (values.shape[0],))
+  return _stored_product(x, values, scale, values.shape[0],
+                         {'int8': _INT8_MATVEC_TARGET, 'bfloat16': _BFLOAT16_MATVEC_TARGET},
+                         reference)
 
 
 def stored_vecmat(a, values, scale, reference: Callable):
@@ -109,14 +116,6 @@ def stored_vecmat(a, values, scale, reference: Callable):
   (per row), or bfloat16 (scale None). One kernel on CPU; `reference`
   (a -> y, pure JAX) elsewhere.
   """
-  leading, d_in = a.shape[:-1], a.shape[-1]
-  flat = a.reshape(-1, d_in).astype(jnp.float32)
-  result = jax.ShapeDtypeStruct((flat.shape[0], values.shape[1]), jnp.float32)
-
-  def kernel(flat):
-    if values.dtype == jnp.int8:
-      return jax.ffi.ffi_call(_INT8_VECMAT_TARGET, result)(flat, values,
-                                                           scale.astype(jnp.float32))
-    return jax.ffi.ffi_call(_BFLOAT16_VECMAT_TARGET, result)(flat, values)
-
-  return _on_cpu(flat, kernel, reference).reshape(leading + (values.shape[1],))
+  return _stored_product(a, values, scale, values.shape[1],
+                         {'int8': _INT8_VECMAT_TARGET, 'bfloat16': _BFLOAT16_VECMAT_TARGET},
+                         reference)
