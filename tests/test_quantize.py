@@ -7,6 +7,7 @@ import pytest
 
 import sparse_trax.layers as tl
 from sparse_trax import decoding, kernels, models
+from sparse_trax.layers import streamed_init
 from conftest import sig
 
 
@@ -141,11 +142,28 @@ def test_init_in_int8_gives_the_converted_weights():
   for a, b in zip(jax.tree_util.tree_leaves(weights), jax.tree_util.tree_leaves(reference)):
     np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64),
                                rtol=1e-6, atol=1)
-  out = model.init_program(signature, 'int8').lower(jax.random.key(0)).compile() \
-      .memory_analysis().output_size_in_bytes
+
+
+def test_init_in_int8_never_holds_the_float32_tree():
+  # 8 matrices of 1024 x 1024: 32 MiB in float32, 8 MiB in int8. Live arrays
+  # are sampled by the jax runtime after every traced equation.
+  model = tl.Serial(*[tl.Dense(1024) for _ in range(8)])
+  signature = sig(1, 1, 1024)
   float32_bytes = sum(x.size * 4 for x in jax.tree_util.tree_leaves(
       jax.eval_shape(lambda: model.init(signature, rng=jax.random.key(0))[0])))
-  assert out < 0.3 * float32_bytes          # the program returns int8 weights only
+  before = sum(a.nbytes for a in jax.live_arrays())
+  peak = [0]
+  def sample(done, total):
+    del done, total
+    peak[0] = max(peak[0], sum(a.nbytes for a in jax.live_arrays()) - before)
+  weights, _ = streamed_init.init_in_storage(model, signature, jax.random.key(0), 'int8',
+                                             on_step=sample)
+  int8_bytes = sum(x.nbytes for x in jax.tree_util.tree_leaves(weights))
+  assert int8_bytes < 0.3 * float32_bytes
+  matrix = 1024 * 1024 * 4
+  assert peak[0] <= int8_bytes + 2 * matrix + 64 * 1024, (peak[0], float32_bytes)
+  with pytest.raises(ValueError, match='storage must be one of'):
+    model.init(signature, rng=jax.random.key(0), weight_dtype='int4')
 
 
 @pytest.mark.skipif(not kernels.available(), reason='the fused CPU kernels were not built')

@@ -23,7 +23,7 @@ from typing import Any, Optional, Sequence, Tuple
 import jax
 import jax.numpy as jnp
 
-from sparse_trax.layers.quantize import convert_leaf
+from sparse_trax.layers import streamed_init
 from sparse_trax.layers.state import DecodeState, Position
 
 MODES = ('train', 'eval', 'predict')
@@ -185,12 +185,12 @@ class Layer(metaclass=_FrozenAfterInit):
         no input data is computed on.
       rng: a `jax.random.key`; sublayer i gets `fold_in(rng, i)`.
       weight_dtype: None (float32), or 'int8' / 'bfloat16': every weight
-        matrix is converted as it is made (see `quantize_weights`), inside
-        one compiled program (`init_program`) that returns only the
-        converted tree. Its peak temporaries are not yet bounded to one
-        matrix: XLA schedules the random draws together (measured 116 MB of
-        temporaries for a 40 MB float32 tree; `init_program(...).lower(rng)
-        .compile().memory_analysis()` shows them).
+        matrix is converted as it is made (see `quantize_weights`): the
+        initialization runs one traced equation at a time and keeps only the
+        converted arrays, so peak memory is the converted weights plus about
+        one float32 matrix (`layers/streamed_init.py`). The values equal
+        `quantize_weights` of the float32 `init` (an int8 value may round
+        the other way at .5).
 
     Returns:
       (weights, state), both pytrees of arrays. In 'predict' mode the state
@@ -198,28 +198,11 @@ class Layer(metaclass=_FrozenAfterInit):
     """
     signature = to_signature(input_signature)
     if weight_dtype is not None:
-      return self.init_program(signature, weight_dtype)(rng)
+      return streamed_init.init_in_storage(self, signature, rng, weight_dtype)
     weights, state, _ = self._init_checked(signature, rng)
     if self.mode == 'predict':
       state = DecodeState(jnp.zeros((), jnp.int32), state)
     return _unshare(self, weights, {}), state
-
-  def init_program(self, input_signature, weight_dtype: str):
-    """The jitted rng -> (weights, state) that `init(..., weight_dtype=)` runs.
-
-    Each float32 matrix is converted after it is drawn; only the converted
-    tree is returned. `init_program(...).lower(rng).compile()
-    .memory_analysis()` gives the peak temporaries.
-    """
-    signature = to_signature(input_signature)
-
-    def build(rng):
-      weights, state, _ = self._init_checked(signature, rng)
-      weights = jax.tree_util.tree_map(lambda x: convert_leaf(x, weight_dtype), weights)
-      if self.mode == 'predict':
-        state = DecodeState(jnp.zeros((), jnp.int32), state)
-      return _unshare(self, weights, {}), state
-    return jax.jit(build)
 
   def output_signature(self, input_signature):
     """Returns the output signature for inputs of the given signature."""
