@@ -4,8 +4,14 @@
           [--config_file more.gin] [--config 'train.n_steps = 100']
 
 The gin files and bindings are parsed before anything else runs, so a typo
-fails at once with gin's message naming the binding and the file. The
-operative config is written to <output_dir>/config.gin.
+fails at once with gin's message naming the binding and the file; a macro
+bound on the command line or in a given file but never used (a misspelt
+`D_MODLE = 64`) is an error too (in an included file, a warning). Includes
+resolve from the including file's folder first (`gin_files`). The operative
+config is written to <output_dir>/config.gin once training starts.
+
+Errors print one message (`trainer: error: ...`) and exit with status 1;
+`--debug` shows the traceback.
 
 Several hosts: run the same command in one process per host with
 `--distributed` (the cluster is detected: Cloud TPU, Slurm, Open MPI) or with
@@ -17,12 +23,15 @@ import argparse
 import logging
 import os
 import sys
+import traceback
+import warnings
 from typing import Optional, Sequence
 
 import gin
 import jax
 
 from sparse_trax import gin_config  # registers every configurable
+from sparse_trax import gin_files
 from sparse_trax.train import loop
 
 
@@ -52,18 +61,30 @@ _HIDE_GIN_RESOURCE_MISSES = _HideGinResourceMisses()
 
 
 def parse_gin_config(config_files: Sequence[str], bindings: Sequence[str] = (),
-                     finalize_config: bool = True) -> None:
+                     finalize_config: bool = True, check_unused_macros: bool = True) -> None:
   """Parses gin files and bindings, with includes resolved as the trainer does.
 
-  Includes resolve against each file's folder and its nearest ancestor
-  folder named 'gin'. Raises gin's error (naming the binding and the file) on
-  an unknown configurable or parameter.
+  An include resolves from the including file's folder, then that folder's
+  nearest ancestor named 'gin' (`gin_files.resolve_include`), then the given
+  files' folders and their 'gin' ancestors. Raises gin's error (naming the
+  binding and the file) on an unknown configurable or parameter, and a
+  ValueError for a macro bound on the command line or in a given file but
+  never referenced (one bound only in an included file gets a warning).
   """
   logging.getLogger().addFilter(_HIDE_GIN_RESOURCE_MISSES)
   for path in _gin_search_paths(config_files):
     gin.add_config_file_search_path(path)
-  gin.parse_config_files_and_bindings(list(config_files), list(bindings),
-                                      finalize_config=finalize_config)
+  gin.parse_config_files_and_bindings([gin_files.resolved_name(f) for f in config_files],
+                                      list(bindings), finalize_config=finalize_config)
+  unused = gin_files.unused_macros(config_files, bindings) if check_unused_macros else []
+  for binding in unused:
+    if not binding.top_level:
+      warnings.warn(f'gin macro {binding.name} is bound ({binding.where}) but never used')
+  mistakes = [b for b in unused if b.top_level]
+  if mistakes:
+    named = ', '.join(f'{b.name} ({b.where})' for b in mistakes)
+    raise ValueError(f'gin macro {named} is bound but never used: no %{mistakes[0].name} '
+                     'in the config; is it misspelt?')
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -76,6 +97,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   parser.add_argument('--output_dir', required=True,
                       help='checkpoints, metrics.jsonl and config.gin go here; '
                            'rerunning with the same folder resumes')
+  parser.add_argument('--debug', action='store_true',
+                      help='on an error, print the whole traceback (default: the message)')
   cluster = parser.add_argument_group(
       'several hosts', 'connect one trainer process per host (jax.distributed.initialize)')
   cluster.add_argument('--distributed', action='store_true',
@@ -118,9 +141,30 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
   return result
 
 
-def console_main():  # the `trainer` console script
-  main(sys.argv[1:])
+def console_main(argv: Optional[Sequence[str]] = None) -> int:
+  """The `trainer` console script: errors as one message, exit status 1.
+
+  Returns the exit status (0: trained and decoded).
+  """
+  argv = sys.argv[1:] if argv is None else list(argv)
+  try:
+    main(argv)
+  except KeyboardInterrupt:
+    print('trainer: interrupted', file=sys.stderr)
+    return 130
+  except Exception as e:  # pylint: disable=broad-except
+    if '--debug' in argv:
+      traceback.print_exc()
+    # gin appends "  In call to configurable 'train' (<function ...>)" lines: the message
+    # names its owner already.
+    message = '\n'.join(line for line in (str(e) or type(e).__name__).splitlines()
+                        if not line.strip().startswith('In call to configurable'))
+    print(f'trainer: error: {message}', file=sys.stderr)
+    if '--debug' not in argv:
+      print('(run with --debug for the traceback)', file=sys.stderr)
+    return 1
+  return 0
 
 
 if __name__ == '__main__':
-  console_main()
+  sys.exit(console_main())

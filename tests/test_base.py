@@ -91,6 +91,22 @@ def test_bad_mode_is_rejected():
     tl.Dropout(0.1, mode='training')
 
 
+def test_predict_mixed_with_another_mode_fails_at_construction_naming_the_layer():
+  with pytest.raises(ValueError, match=r"Serial \(made at .*test_base.py:\d+\) mixes 'predict' "
+                                       r"with 'train': Serial/1/Residual/1/Dropout .* is in "
+                                       r"'train' mode while Serial/0/CausalAttention is in "
+                                       r"'predict'"):
+    tl.Serial(tl.CausalAttention(8, 2, mode='predict'),
+              tl.Residual(tl.Dense(8), tl.Dropout(0.1)))
+  # Layers that take no mode (Dense, Relu) mix with anything; an encoder run once under
+  # Cache is built in 'eval' mode inside a 'predict' model.
+  tl.Serial(tl.Dense(8), tl.Relu(), tl.CausalAttention(8, 2, mode='predict'))
+  tl.Serial(tl.Cache(tl.Serial(tl.Attention(8, 2, mode='eval')), mode='predict'),
+            tl.CausalAttention(8, 2, mode='predict'))
+  with pytest.raises(ValueError, match="build it in 'eval' mode, not \\['train'\\]"):
+    tl.Cache(tl.Dropout(0.1, mode='train'), mode='predict')
+
+
 def _error_of(model, inputs, signature=None):
   signature = signature if signature is not None else jax.tree_util.tree_map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), inputs)

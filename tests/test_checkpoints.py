@@ -1,4 +1,5 @@
-"""Checkpoints: round trip of real train states, keep-last-n, corrupt ones skipped."""
+"""Checkpoints: round trip of real train states, keep-last-n, damaged ones skipped,
+incompatible ones refused, and reading that never moves anything."""
 
 import os
 import warnings
@@ -12,8 +13,8 @@ import sparse_trax.layers as tl
 from sparse_trax.train import checkpoints, optimizers
 
 
-def train_state(seed=0):
-  model = tl.Serial(tl.Dense(4), tl.Relu(), tl.LayerNorm(), tl.Dense(2))
+def train_state(seed=0, width=4):
+  model = tl.Serial(tl.Dense(width), tl.Relu(), tl.LayerNorm(), tl.Dense(2))
   weights, state = model.init(jax.ShapeDtypeStruct((3, 5), jnp.float32), rng=jax.random.key(seed))
   tx = optimizers.Adam(1e-3)
   return {'weights': weights, 'model_state': state, 'opt_state': tx.init(weights),
@@ -59,14 +60,17 @@ def test_corrupt_latest_falls_back_with_a_warning_naming_it(tmp_path, damage):
     else:
       f.write(content[:-8] + bytes(255 - b for b in content[-8:]))
   reopened = checkpoints.Checkpointer(directory, keep=3)
-  with warnings.catch_warnings(record=True) as caught:
-    warnings.simplefilter('always')
-    state, meta = reopened.restore_latest(train_state(0))
-  assert meta['step'] == 10
-  assert_trees_equal(state, train_state(10))
-  messages = [str(w.message) for w in caught if 'corrupt' in str(w.message)]
-  assert messages and os.path.join(directory, '20') in messages[0]
-  assert reopened.steps() == [10]          # the bad one is moved aside, step 20 can be redone
+  for set_aside in (False, True):
+    with warnings.catch_warnings(record=True) as caught:
+      warnings.simplefilter('always')
+      state, meta = reopened.restore_latest(train_state(0), set_aside_corrupt=set_aside)
+    assert meta['step'] == 10
+    assert_trees_equal(state, train_state(10))
+    messages = [str(w.message) for w in caught if 'damaged' in str(w.message)]
+    assert messages and os.path.join(directory, '20') in messages[0]
+    # Reading alone moves nothing; the trainer's set_aside_corrupt moves the bad one
+    # aside, so that step 20 can be redone.
+    assert reopened.steps() == ([10, 20] if not set_aside else [10])
   reopened.save(20, train_state(21), {'data_position': 20})
   assert reopened.steps() == [10, 20]
 
@@ -77,3 +81,51 @@ def test_checksum_changes_with_any_value():
   b['weights'][0]['w'] = b['weights'][0]['w'].at[0, 0].add(1e-6)
   assert checkpoints.tree_checksum(a) != checkpoints.tree_checksum(b)
   assert checkpoints.tree_checksum(a) == checkpoints.tree_checksum(train_state(0))
+
+
+def test_incompatible_checkpoint_is_refused_naming_the_weight_and_kept(tmp_path):
+  directory = str(tmp_path / 'ckpt')
+  checkpointer = checkpoints.Checkpointer(directory)
+  checkpointer.save(1, train_state(1), {'data_position': 1})
+  checkpointer.save(2, train_state(2), {'data_position': 2})
+  before = sorted(os.walk(directory))
+  for _ in range(2):
+    with pytest.raises(checkpoints.IncompatibleCheckpointError,
+                       match=r'weights/0/b is \(4,\) float32 in the checkpoint but '
+                             r'\(8,\) float32 in the model'):
+      checkpointer.restore_latest(train_state(0, width=8), set_aside_corrupt=True)
+  assert sorted(os.walk(directory)) == before
+  assert not os.path.exists(directory + '_corrupt')
+  assert checkpointer.steps() == [1, 2]
+  # Another optimizer's state is a different tree: refused too, naming the first path.
+  other = dict(train_state(0), opt_state=optimizers.SGD(0.1).init(train_state(0)['weights']))
+  with pytest.raises(checkpoints.IncompatibleCheckpointError, match='train/opt_state'):
+    checkpointer.restore_latest(other)
+
+
+def test_load_weights_reads_any_mode_and_moves_nothing(tmp_path):
+  from sparse_trax import models  # pylint: disable=import-outside-toplevel
+  from sparse_trax.train import load_weights  # pylint: disable=import-outside-toplevel
+  model = models.TransformerLM(50, 16, 32, 1, 2, max_len=32, dropout=0.0)
+  signature = jax.ShapeDtypeStruct((4, 12), jnp.int32)
+  weights, _ = model.init(signature, rng=jax.random.key(3))
+  directory = str(tmp_path / 'checkpoints')
+  checkpointer = checkpoints.Checkpointer(directory)
+  for step in (5, 10):
+    scaled = jax.tree_util.tree_map(lambda x, s=step: x * s, weights)
+    checkpointer.save(step, {'weights': scaled, 'rng': jnp.zeros(2, jnp.uint32)},
+                      {'data_position': step,
+                       'input_signature': checkpoints.signature_to_json(signature)})
+  predict = models.TransformerLM(50, 16, 32, 1, 2, max_len=32, dropout=0.0, mode='predict')
+  before = sorted(os.walk(str(tmp_path)))
+  latest = load_weights(str(tmp_path), predict)
+  assert_trees_equal(latest, jax.tree_util.tree_map(lambda x: x * 10, weights))
+  assert_trees_equal(load_weights(str(tmp_path), model, step=5),
+                     jax.tree_util.tree_map(lambda x: x * 5, weights))
+  assert sorted(os.walk(str(tmp_path))) == before
+  with pytest.raises(FileNotFoundError, match='there are steps'):
+    load_weights(str(tmp_path), model, step=7)
+  with pytest.raises(checkpoints.IncompatibleCheckpointError, match='in the model'):
+    load_weights(str(tmp_path), models.TransformerLM(50, 24, 32, 1, 2, max_len=32))
+  with pytest.raises(FileNotFoundError, match='no checkpoint'):
+    load_weights(str(tmp_path / 'nothing'), model)

@@ -1,6 +1,7 @@
 """The data pipeline: sources, tokenizers through tensorflow-text, batching, resuming."""
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -184,3 +185,39 @@ def test_missing_text_file_fails_naming_it(tmp_path):
   missing = str(tmp_path / 'nope.txt')
   with pytest.raises(FileNotFoundError, match='nope.txt'):
     data.TextFiles([missing], [missing])
+
+
+def test_token_ids_outside_the_vocabulary_fail_on_the_host():
+  batch = {'targets': np.array([[1, 2, 300]], np.int32), 'weights': np.ones((1, 3), np.float32)}
+  with pytest.raises(ValueError, match=r"token id 300 in batch\['targets'\] at \(0, 2\) is "
+                                       r'outside \[0, 258\)'):
+    data.pipeline.check_ids(batch, 258)
+  batch['targets'][0, 2] = -1
+  with pytest.raises(ValueError, match='token id -1'):
+    data.pipeline.check_ids(batch, 258)
+  batch['targets'][0, 2] = 257
+  data.pipeline.check_ids(batch, 258)
+
+
+def test_check_reports_what_cannot_give_data(text_files):
+  tokenizer = data.ByteTokenizer()
+  task = data.CopyTask(train_max_digits=8, eval_min_digits=8, eval_max_digits=8)
+  with pytest.raises(ValueError, match=r"no example of the train split of 'copy' fits "
+                                       r'max_length=3: the first 1000 are \d+ to \d+ tokens'):
+    data.Inputs(task, tokenizer, max_length=3, batch_size=2).check(lm=True)
+  with pytest.raises(ValueError, match=r"no example of the eval split of 'copy' fits "
+                                       r'max_length=12'):
+    data.Inputs(task, tokenizer, max_length=24, eval_max_length=12, batch_size=2).check(lm=True)
+  data.Inputs(task, tokenizer, max_length=24, batch_size=2).check(lm=True)
+  data.Inputs(data.TextFiles(*[[p] for p in text_files]), tokenizer, max_length=16,
+              batch_size=2).check(lm=True)
+
+
+@pytest.mark.parametrize('argument, value, message', [
+    ('batch_size', 0, 'Inputs: batch_size must be >= 1, got 0'),
+    ('max_length', 12.5, 'Inputs: max_length must be an int, got 12.5 (a float)'),
+    ('n_eval_batches', -1, 'Inputs: n_eval_batches must be >= 1, got -1'),
+])
+def test_inputs_arguments_are_checked(argument, value, message):
+  with pytest.raises(ValueError, match=re.escape(message)):
+    data.Inputs(data.CopyTask(), data.ByteTokenizer(), **{argument: value})

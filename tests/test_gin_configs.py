@@ -10,6 +10,7 @@ import pytest
 
 import sparse_trax.layers as tl
 from sparse_trax import gin_config  # noqa: F401  (registers the configurables)
+from sparse_trax import gin_files
 from sparse_trax import trainer
 from sparse_trax.train.loop import build_model
 
@@ -17,15 +18,28 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GIN_FILES = sorted(glob.glob(os.path.join(REPO, 'gin', '**', '*.gin'), recursive=True))
 
 
-def parse(config_file):
+def parse(config_file, check_unused_macros=True):
   gin.clear_config()
-  trainer.parse_gin_config([config_file], finalize_config=False)
+  trainer.parse_gin_config([config_file], finalize_config=False,
+                           check_unused_macros=check_unused_macros)
+
+
+def is_experiment(config_file):
+  try:
+    gin.query_parameter('train.model')
+    return True
+  except ValueError:
+    return False
 
 
 @pytest.mark.parametrize('config_file', GIN_FILES, ids=lambda p: os.path.relpath(p, REPO))
 def test_gin_file_parses(config_file):
+  # Fragments (sizes, models, data) bind macros for the experiments that include them;
+  # an experiment must use every macro it binds.
   try:
-    parse(config_file)
+    parse(config_file, check_unused_macros=False)
+    if is_experiment(config_file):
+      assert not gin_files.unused_macros([config_file]), config_file
   finally:
     gin.clear_config()
 

@@ -8,6 +8,7 @@ import sys
 import time
 
 import gin
+import jax
 import numpy as np
 import pytest
 
@@ -131,7 +132,8 @@ def test_sigkill_mid_training_then_resume_equals_uninterrupted(tmp_path, text_fi
                  stderr=subprocess.DEVNULL)
   assert reference.wait(timeout=300) == 0
   resumed, straight = train_losses(killed_dir), train_losses(reference_dir)
-  assert sorted(resumed) == list(range(1, steps + 1))
+  # One record per step: the records after the restored checkpoint were dropped on resume.
+  assert [r['step'] for r in read_metrics(killed_dir) if 'loss' in r] == list(range(1, steps + 1))
   np.testing.assert_array_equal([resumed[s] for s in range(1, steps + 1)],
                                 [straight[s] for s in range(1, steps + 1)])
 
@@ -222,3 +224,120 @@ def test_arxiv_summarization_config_runs_on_local_data(tmp_path, monkeypatch):
   result = run_trainer(*args)
   assert np.isfinite(result['eval_log_perplexity'])
   assert 'sample' in result and result['sample']['prompt']
+
+
+def _snapshot(folder):
+  """Every file under a folder with its bytes."""
+  files = {}
+  for root, _, names in os.walk(folder):
+    for name in names:
+      path = os.path.join(root, name)
+      with open(path, 'rb') as f:
+        files[os.path.relpath(path, folder)] = f.read()
+  return files
+
+
+def test_changed_model_rerun_stops_and_changes_nothing(tmp_path, text_files, capsys):
+  config = tiny_config(str(tmp_path), text_files, n_steps=8, decode_length=0)
+  out = str(tmp_path / 'run')
+  run_trainer('--config_file', config, '--output_dir', out)
+  before = _snapshot(str(tmp_path))
+  assert 'config.gin' in os.listdir(out) and len(os.listdir(os.path.join(out, 'checkpoints'))) == 2
+  with pytest.raises(ValueError, match=r'does not fit the configured model: weights/.* is '
+                                       r'\(.*\) float32 in the checkpoint but .* in the model.*'
+                                       r'another --output_dir'):
+    run_trainer('--config_file', config, '--output_dir', out, '--config', 'D_MODEL = 24')
+  assert _snapshot(str(tmp_path)) == before      # checkpoints, config.gin, metrics.jsonl
+  # The console entry point prints the message alone, and exits 1.
+  capsys.readouterr()
+  gin.clear_config()
+  assert trainer.console_main(['--config_file', config, '--output_dir', out,
+                               '--config', 'D_MODEL = 24']) == 1
+  gin.clear_config()
+  lines = capsys.readouterr().err.strip().splitlines()
+  assert lines[0].startswith('trainer: error: checkpoint ') and 'Traceback' not in ''.join(lines)
+  # Weights of the finished run, one call away, for a predict-mode model; nothing moved.
+  from sparse_trax import models  # pylint: disable=import-outside-toplevel
+  from sparse_trax.train import load_weights  # pylint: disable=import-outside-toplevel
+  predict = models.TransformerLM(258, 16, 32, 1, 2, max_len=64, mode="predict")  # bytes + 2
+  weights = load_weights(out, predict)
+  assert sum(x.size for x in jax.tree_util.tree_leaves(weights)) > 0
+  assert _snapshot(str(tmp_path)) == before
+
+
+def test_rerun_of_a_finished_run_appends_nothing(tmp_path, text_files):
+  config = tiny_config(str(tmp_path), text_files, n_steps=4, decode_length=0)
+  out = str(tmp_path / 'run')
+  run_trainer('--config_file', config, '--output_dir', out)
+  before = open(os.path.join(out, 'metrics.jsonl'), encoding='utf-8').read()
+  run_trainer('--config_file', config, '--output_dir', out)
+  assert open(os.path.join(out, 'metrics.jsonl'), encoding='utf-8').read() == before
+
+
+def test_addition_with_no_fitting_example_fails_fast(tmp_path):
+  start = time.perf_counter()
+  with pytest.raises(ValueError, match=r"no example of the train split of 'addition' fits "
+                                       r'max_length=4'):
+    run_trainer('--config_file', os.path.join(REPO, 'gin', 'terraformer', 'addition.gin'),
+                '--output_dir', str(tmp_path / 'run'), '--config', 'Inputs.max_length = 4')
+  assert time.perf_counter() - start < 30
+  assert not os.path.exists(tmp_path / 'run' / 'checkpoints')
+
+
+def test_eval_split_without_a_window_fails_before_training(tmp_path, text_files):
+  short = tmp_path / 'short.txt'
+  short.write_text('a few words\n', encoding='utf-8')
+  config = tiny_config(str(tmp_path), text_files)
+  with pytest.raises(ValueError, match=r"the eval split of 'text_files' holds \d+ tokens, less "
+                                       r'than one window of max_length=16'):
+    run_trainer('--config_file', config, '--output_dir', str(tmp_path / 'run'),
+                '--config', f"TextFiles.eval_files = ['{short}']")
+  assert not os.path.exists(tmp_path / 'run' / 'checkpoints')
+
+
+@pytest.mark.parametrize('binding, message', [
+    ('train.n_steps = -5', 'train: n_steps must be >= 1, got -5'),
+    ("train.n_steps = '10'", "train: n_steps must be an int, got '10' (a str)"),
+    ('Inputs.batch_size = 0', 'Inputs: batch_size must be >= 1, got 0'),
+    ('D_MODEL = 64.5', 'TransformerLM: d_model must be an int, got 64.5 (a float)'),
+    ("TransformerLM.n_heads = '4'", "TransformerLM: n_heads must be an int, got '4' (a str)"),
+    ('N_LAYERS = -1', 'TransformerLM: n_layers must be >= 1, got -1'),
+    ('train.decode_temperature = -1', 'train: decode_temperature must be >= 0.0, got -1'),
+    ('Inputs.max_length = 0', 'Inputs: max_length must be >= 1, got 0'),
+    ('D_MODLE = 32', 'gin macro D_MODLE (--config) is bound but never used'),
+])
+def test_bad_argument_gets_one_line(tmp_path, text_files, capsys, binding, message):
+  config = tiny_config(str(tmp_path), text_files)
+  gin.clear_config()
+  status = trainer.console_main(['--config_file', config, '--output_dir', str(tmp_path / 'run'),
+                                 '--config', binding])
+  gin.clear_config()
+  err = capsys.readouterr().err.strip().splitlines()
+  assert status == 1
+  assert len(err) == 2 and err[1] == '(run with --debug for the traceback)', err
+  assert err[0].startswith(f'trainer: error: {message}'), err
+  assert not os.path.exists(tmp_path / 'run' / 'checkpoints')
+
+
+def test_nested_includes_resolve_from_the_including_file(tmp_path):
+  # A config outside the repo includes the quickstart by absolute path; the quickstart's
+  # own includes ('sizes/cpu_small.gin', ...) resolve from its folder's 'gin' ancestor.
+  mine = tmp_path / 'elsewhere' / 'mine.gin'
+  mine.parent.mkdir()
+  mine.write_text(f"include '{REPO}/gin/quickstart.gin'\ntrain.n_steps = 3\n", encoding='utf-8')
+  # A file of the same name beside the including file wins over the search path.
+  (tmp_path / 'elsewhere' / 'local.gin').write_text('train.log_every = 7\n', encoding='utf-8')
+  other = tmp_path / 'other'       # given first, so its folder is first on gin's search path
+  other.mkdir()
+  (other / 'first.gin').write_text('train.seed = 1\n', encoding='utf-8')
+  (other / 'local.gin').write_text('train.log_every = 99\n', encoding='utf-8')
+  with open(mine, 'a', encoding='utf-8') as f:
+    f.write("include 'local.gin'\n")
+  gin.clear_config()
+  try:
+    trainer.parse_gin_config([str(other / 'first.gin'), str(mine)])
+    assert gin.query_parameter('train.n_steps') == 3
+    assert gin.query_parameter('train.log_every') == 7
+    assert gin.query_parameter('%D_MODEL') == 128
+  finally:
+    gin.clear_config()

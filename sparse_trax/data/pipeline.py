@@ -13,7 +13,9 @@ batches an uninterrupted one would.
 from typing import Dict, Iterator, Optional, Sequence
 
 import numpy as np
+import tqdm
 
+from sparse_trax import arguments
 from sparse_trax.data.tf_setup import tf
 
 Batch = Dict[str, np.ndarray]
@@ -47,6 +49,17 @@ class Inputs:
                max_input_length: Optional[int] = None, pack: Optional[bool] = None,
                bucket_boundaries: Optional[Sequence[int]] = None, shuffle_buffer: int = 1024,
                n_eval_batches: Optional[int] = None, seed: int = 0):
+    arguments.check_int('Inputs', 'max_length', max_length)
+    arguments.check_int('Inputs', 'batch_size', batch_size)
+    for name, value in (('eval_batch_size', eval_batch_size),
+                        ('eval_max_length', eval_max_length),
+                        ('max_input_length', max_input_length),
+                        ('n_eval_batches', n_eval_batches)):
+      arguments.check_int('Inputs', name, value, optional=True)
+    arguments.check_int('Inputs', 'shuffle_buffer', shuffle_buffer)
+    arguments.check_int('Inputs', 'seed', seed, minimum=0)
+    if pack is not None and not isinstance(pack, bool):
+      raise ValueError(f'Inputs: pack must be True, False or None, got {pack!r}')
     self.source = source
     self.tokenizer = tokenizer.build(source)
     self.max_length = max_length
@@ -86,7 +99,7 @@ class Inputs:
                                 drop_remainder=True)
     ds = ds.skip(position).prefetch(2)
     return _numpy_batches(ds, f'no training batch: does any example of {self.source.name!r} '
-                              f'fit max_length={self.max_length}?')
+                              f'fit max_length={self.max_length}?', self.tokenizer.vocab_size)
 
   def eval_batches(self, *, lm: bool = True) -> Iterator[Batch]:
     """The eval batches, the same every call."""
@@ -99,7 +112,60 @@ class Inputs:
                                 drop_remainder=False)
     if self.n_eval_batches is not None:
       ds = ds.take(self.n_eval_batches)
-    return _numpy_batches(ds, None)
+    return _numpy_batches(ds, None, self.tokenizer.vocab_size)
+
+  def check(self, *, lm: bool = True, max_examples: int = 1000) -> None:
+    """Fails fast, with the reason, when training or evaluation would get no data.
+
+    Reads at most `max_examples` examples of each split (printing a progress
+    line when that takes a while; Ctrl-C works between examples): without
+    packing, at least one must fit the lengths; with packing, the split must
+    hold a full window. Then draws one training batch and one eval batch.
+    Call before the first training step.
+
+    Raises:
+      ValueError: naming the split, the lengths asked for and what was seen.
+    """
+    for split, length in (('train', self.max_length), ('eval', self.eval_max_length)):
+      self._check_split(split, length, lm, max_examples)
+    next(self.train_batches(lm=lm))
+    eval_batch = next(self.eval_batches(lm=lm), None)
+    if eval_batch is None or not eval_batch['weights'].any():
+      raise ValueError(f'the eval split of {self.source.name!r} gives no batch with '
+                       f'eval_max_length={self.eval_max_length}')
+
+  # ----------------------------------------------------------- private
+
+  def _check_split(self, split: str, length: int, lm: bool, max_examples: int) -> None:
+    """Raises unless the split has an example that fits (or a full window, packed)."""
+    fits = self._fits(length, lm)
+    longest = shortest = None
+    seen, tokens = 0, 0
+    with tqdm.tqdm(desc=f'checking {split} examples of {self.source.name!r}', unit='example',
+                   delay=3, leave=False) as bar:
+      for example in self._encoded(split, lm).take(max_examples):
+        seen += 1
+        bar.update(1)
+        size = int(tf.shape(example['targets'])[0])
+        tokens += size
+        if self.pack:
+          if tokens >= length:
+            return
+          continue
+        if bool(fits(example)):
+          return
+        longest = size if longest is None else max(longest, size)
+        shortest = size if shortest is None else min(shortest, size)
+    if seen == 0:
+      raise ValueError(f'the {split} split of {self.source.name!r} has no examples')
+    if self.pack:
+      raise ValueError(f'the {split} split of {self.source.name!r} holds {tokens} tokens, '
+                       f'less than one window of max_length={length}')
+    lengths = (f'max_length={length}' if lm or not self.source.has_inputs else
+               f'max_length={length} and max_input_length={self.max_input_length}')
+    raise ValueError(f'no example of the {split} split of {self.source.name!r} fits '
+                     f'{lengths}: the first {seen} are {shortest} to {longest} tokens long')
+
 
   def unigram_log_perplexity(self, *, lm: bool = True, max_train_tokens: int = 2_000_000) -> float:
     """Eval cross-entropy (nats per token) of add-one-smoothed unigram frequencies.
@@ -121,8 +187,6 @@ class Inputs:
       total -= float(np.sum(log_probs[batch['targets']] * batch['weights']))
       weight += float(batch['weights'].sum())
     return total / max(weight, 1.0)
-
-  # ----------------------------------------------------------- private
 
   def _encoded(self, split: str, lm: bool) -> tf.data.Dataset:
     """Examples as {'targets', 'weights'[, 'inputs']} id tensors (with EOS)."""
@@ -181,10 +245,25 @@ class Inputs:
         pad_to_bucket_boundary=True, drop_remainder=drop_remainder)
 
 
-def _numpy_batches(ds: tf.data.Dataset, empty_message: Optional[str]) -> Iterator[Batch]:
+def check_ids(batch: Batch, vocab_size: int) -> None:
+  """Raises ValueError naming the first token id outside [0, vocab_size) in a batch."""
+  for key in ('targets', 'inputs'):
+    if key not in batch:
+      continue
+    ids = batch[key]
+    bad = np.flatnonzero((ids < 0) | (ids >= vocab_size))
+    if bad.size:
+      where = np.unravel_index(bad[0], ids.shape)
+      raise ValueError(f'token id {int(ids[where])} in batch[{key!r}] at {tuple(map(int, where))} '
+                       f'is outside [0, {vocab_size}) (the tokenizer\'s vocab_size)')
+
+
+def _numpy_batches(ds: tf.data.Dataset, empty_message: Optional[str],
+                   vocab_size: int) -> Iterator[Batch]:
   empty = True
   for batch in ds.as_numpy_iterator():
     empty = False
+    check_ids(batch, vocab_size)
     yield batch
   if empty and empty_message:
     raise ValueError(empty_message)

@@ -109,6 +109,36 @@ def _creation_site() -> str:
   return '<unknown>'
 
 
+def _first_in_mode(layer: 'Layer', modes, path: str):
+  """The path of the first layer under `layer` that was given a mode in `modes`."""
+  if layer.mode_given and layer.mode in modes:
+    return path
+  for index, sub in enumerate(layer.sublayers):
+    if sub.given_modes & set(modes):
+      return _first_in_mode(sub, modes, f'{path}/{index}/{sub.name}')
+  return None
+
+
+def _check_no_predict_mixed(layer: 'Layer') -> None:
+  """Raises if the sublayers mix 'predict' with another mode.
+
+  Only modes given to a layer count (layers that take no `mode` argument
+  behave the same in every mode).
+  """
+  if 'predict' not in layer.given_modes or len(layer.given_modes) == 1:
+    return
+  others = sorted(layer.given_modes - {'predict'})
+  odd = _first_in_mode(layer, others, layer.name)
+  predict = _first_in_mode(layer, ('predict',), layer.name)
+  odd_layer = layer
+  for index in odd.split('/')[1::2]:
+    odd_layer = odd_layer.sublayers[int(index)]
+  raise ValueError(
+      f"{layer.name} (made at {layer.created_at}) mixes 'predict' with {others[0]!r}: "
+      f'{odd} (made at {odd_layer.created_at}) is in {odd_layer.mode!r} mode while {predict} '
+      f"is in 'predict'; build every layer of a decoding model with mode='predict'")
+
+
 def _derived_mode(sublayers) -> str:
   """A combinator's mode: 'predict' if any sublayer predicts, else 'eval' if any evals."""
   modes = {layer.mode for layer in sublayers}
@@ -145,11 +175,15 @@ class Layer(metaclass=_FrozenAfterInit):
   """
 
   takes_position = False
+  # True for a layer that runs its sublayers on whole sequences even in 'predict' mode (an
+  # encoder run once, in 'eval' mode): their modes do not count as mixed with 'predict'.
+  runs_sublayers_whole = False
   # Which input item's axis 1 is the decoded sequence (its length advances the position).
   decode_stream = -1
 
   def __init__(self, n_in: int = 1, n_out: int = 1, *, name: Optional[str] = None,
                mode: Optional[str] = None, sublayers: Sequence['Layer'] = ()):
+    mode_given = mode is not None
     if mode is None:
       mode = _derived_mode(sublayers)
     if mode not in MODES:
@@ -160,6 +194,12 @@ class Layer(metaclass=_FrozenAfterInit):
     self.mode = mode
     self.sublayers = tuple(sublayers)
     self.created_at = _creation_site()
+    # The modes given explicitly to this layer or any layer under it.
+    self.mode_given = mode_given
+    own = frozenset({mode} if mode_given else ())
+    self.given_modes = own if self.runs_sublayers_whole else own.union(
+        *(sub.given_modes for sub in self.sublayers))
+    _check_no_predict_mixed(self)
 
   def __setattr__(self, key, value):
     if getattr(self, '_frozen', False):

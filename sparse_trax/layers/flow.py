@@ -174,12 +174,17 @@ class Cache(Layer):
   Used for the encoder of an encoder-decoder model: decoding feeds the same
   source at every step, and the encoder runs only once (its outputs kept in
   a `RunOnce` record). In other modes it simply runs the layer. Shapes: the
-  layer's (inputs -> outputs).
+  layer's (inputs -> outputs). In 'predict' mode the layer must be built in
+  'eval' mode (it sees the whole source at once).
   """
 
   takes_position = True
+  runs_sublayers_whole = True
 
   def __init__(self, layer: Layer, mode: str = 'train'):
+    if mode == 'predict' and layer.given_modes - {'eval'}:
+      raise ValueError(f"Cache in 'predict' mode runs {layer.name} on the whole source: build "
+                       f"it in 'eval' mode, not {sorted(layer.given_modes - {'eval'})}")
     super().__init__(layer.n_in, layer.n_out, mode=mode, sublayers=(layer,))
 
   def init_with_signature(self, input_signature, rng):

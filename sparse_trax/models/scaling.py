@@ -6,6 +6,7 @@ dense baseline (the same layers and weights as TransformerLM / Transformer).
 
 from typing import Optional
 
+from sparse_trax import arguments
 from sparse_trax import layers as tl
 from sparse_trax.models import blocks
 
@@ -64,6 +65,7 @@ def ScalingTransformerLM(vocab_size: int, d_model: int = 512, d_ff: int = 2048, 
     loss_sparsity: 0 for a dense vocabulary projection; else the modules
       of a multiplicative one (the sparse loss).
   """
+  arguments.check_model_arguments(ScalingTransformerLM, locals())
   return blocks.DecoderOnlyLM(
       vocab_size, d_model, n_layers, max_len, dropout, mode,
       attention=causal_attention_factory(d_model, n_heads, attention_type, attention_sparsity,
@@ -85,6 +87,7 @@ def ScalingTransformer(input_vocab_size: int, output_vocab_size: Optional[int] =
   encoder and decoder self-attention use sparse QKV (the encoder's length
   convolution is centered, the decoder's causal); cross-attention stays dense.
   """
+  arguments.check_model_arguments(ScalingTransformer, locals())
   output_vocab_size = output_vocab_size or input_vocab_size
   if attention_type == 'multconv':
     def encoder_attention(mode):

@@ -13,6 +13,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from sparse_trax import arguments
 from sparse_trax import layers as tl
 from sparse_trax.models import blocks
 from sparse_trax.models import scaling
@@ -102,6 +103,7 @@ def TerraformerLM(vocab_size: int, d_model: int = 512, d_ff: int = 2048, n_layer
     reversible: False keeps the same function with plain (memory-hungry) gradients.
     Others: as TransformerLM.
   """
+  arguments.check_model_arguments(TerraformerLM, locals())
   def attentions():
     return [_decoder_attention(attention_type, d_model, n_heads, attention_sparsity,
                                attention_chunk_len, n_hashes, dropout, max_len, mode)
@@ -205,6 +207,7 @@ def Terraformer(input_vocab_size: int, output_vocab_size: Optional[int] = None, 
   decoder_attention_type ('dense' | 'multconv' | 'lsh' | 'chunked'),
   n_decoder_attention_layers per decoder block, and reversible_encoder.
   """
+  arguments.check_model_arguments(Terraformer, locals())
   output_vocab_size = output_vocab_size or input_vocab_size
   encoder_mode = 'eval' if mode == 'predict' else mode
 

@@ -2,6 +2,7 @@
 
 from typing import Optional
 
+from sparse_trax import arguments
 from sparse_trax import layers as tl
 from sparse_trax.models import blocks
 
@@ -17,6 +18,7 @@ def TransformerLM(vocab_size: int, d_model: int = 512, d_ff: int = 2048,  # pyli
   prefill, or one token) and get the logits of the next ones; the state is a
   DecodeState (the decode position and every attention cache).
   """
+  arguments.check_model_arguments(TransformerLM, locals())
   return blocks.DecoderOnlyLM(
       vocab_size, d_model, n_layers, max_len, dropout, mode,
       attention=lambda m: tl.CausalAttention(d_model, n_heads, dropout, max_len, mode=m),
@@ -36,6 +38,7 @@ def Transformer(input_vocab_size: int, output_vocab_size: Optional[int] = None, 
   same source and the previous target tokens ([batch, length], or [batch, 1])
   each call; the encoder runs on the first call only.
   """
+  arguments.check_model_arguments(Transformer, locals())
   output_vocab_size = output_vocab_size or input_vocab_size
   return blocks.EncoderDecoder(
       input_vocab_size, output_vocab_size, d_model, n_encoder_layers, n_decoder_layers,

@@ -2,4 +2,5 @@
 
 from sparse_trax.train import checkpoints
 from sparse_trax.train import optimizers
+from sparse_trax.train.checkpoints import load_weights
 from sparse_trax.train.loop import train

@@ -1,10 +1,23 @@
-"""Checkpoints with orbax: atomic saves, the last n kept, corrupt ones skipped.
+"""Checkpoints with orbax: atomic saves, the last n kept, damaged ones skipped, nothing destroyed.
 
+A step's checkpoint holds two orbax items, 'weights' and 'train' (model
+state, optimizer state, rng), and a JSON 'meta' item: the step, the data
+position, the model's input signature and a SHA-256 of each item's arrays.
 Orbax writes each step into a temporary directory and renames it when
 complete, so a run killed mid-write never leaves a checkpoint that looks
-whole. We also record a SHA-256 of every array with the step: a checkpoint
-whose files were damaged later fails the check on restore, and the run falls
-back to the one before it with a warning naming the directory.
+whole.
+
+Restoring tells two failures apart:
+  * a damaged checkpoint (its files cannot be parsed, or its arrays fail the
+    checksum): skipped with a warning naming it, falling back to the one
+    before. Only the trainer (`set_aside_corrupt=True`) moves it to
+    `checkpoints_corrupt/`, so that the step can be redone;
+  * an incompatible one (its tree, shapes or dtypes differ from the model's):
+    `IncompatibleCheckpointError`, naming the first differing path with both
+    shapes. Nothing is moved or skipped: the run was made with another
+    config.
+Reading (`restore_latest`, `restore_weights`, `load_weights`) never moves or
+deletes anything.
 """
 
 import hashlib
@@ -15,6 +28,16 @@ from typing import Any, Optional, Tuple
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+FORMAT = 2          # 'weights' + 'train' + 'meta' items
+
+
+class IncompatibleCheckpointError(ValueError):
+  """A checkpoint that is whole but does not fit the model it is restored for."""
+
+
+class CorruptCheckpointError(ValueError):
+  """A checkpoint whose files cannot be parsed or whose arrays fail their checksum."""
 
 
 def tree_checksum(tree) -> str:
@@ -27,66 +50,262 @@ def tree_checksum(tree) -> str:
   return digest.hexdigest()
 
 
+def _path_name(path) -> str:
+  """'weights/3/1/w' for a jax key path (tuples and lists alike)."""
+  parts = []
+  for key in path:
+    for attribute in ('key', 'idx', 'name'):
+      if hasattr(key, attribute):
+        parts.append(str(getattr(key, attribute)))
+        break
+  return '/'.join(parts)
+
+
+def _layout(tree, prefix: str) -> dict:
+  """path -> (shape, dtype) of every array leaf of a tree (arrays or metadata)."""
+  layout = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    layout[f'{prefix}/{_path_name(path)}'] = (tuple(leaf.shape),
+                                                          str(np.dtype(leaf.dtype)))
+  return layout
+
+
+def compare_layouts(saved: dict, wanted: dict) -> Optional[str]:
+  """None if the layouts agree, else a sentence naming the first difference."""
+  for path, (shape, dtype) in wanted.items():
+    if path not in saved:
+      return f'the model has {path} {shape} {dtype}, which the checkpoint lacks'
+    if saved[path] != (shape, dtype):
+      return (f'{path} is {saved[path][0]} {saved[path][1]} in the checkpoint but '
+              f'{shape} {dtype} in the model')
+  for path, (shape, dtype) in saved.items():
+    if path not in wanted:
+      return f'the checkpoint has {path} {shape} {dtype}, which the model lacks'
+  return None
+
+
+def _abstract(tree):
+  return jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, tree)
+
+
 class Checkpointer:
-  """Saves and restores (train_state pytree, metadata dict) per step.
+  """Saves and restores (train state, metadata) per step.
+
+  The train state is a dict with 'weights' and any other entries (model
+  state, optimizer state, rng); 'weights' is stored as its own item, so it
+  can be read without knowing the optimizer (`restore_weights`).
 
   Args:
-    directory: where step directories go (created if missing).
+    directory: where step directories go.
     keep: how many of the latest checkpoints to keep.
+    read_only: open an existing directory for reading only (nothing is
+      created, cleaned up or written).
   """
 
-  def __init__(self, directory: str, keep: int = 3):
+  def __init__(self, directory: str, keep: int = 3, read_only: bool = False):
     self.directory = os.path.abspath(directory)
-    os.makedirs(self.directory, exist_ok=True)
+    self.read_only = read_only
+    if read_only and not os.path.isdir(self.directory):
+      raise FileNotFoundError(f'no checkpoint directory {self.directory}')
+    if not read_only:
+      os.makedirs(self.directory, exist_ok=True)
     self._manager = ocp.CheckpointManager(
         self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep,
-                                             enable_async_checkpointing=False,
-                                             cleanup_tmp_directories=True))
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, enable_async_checkpointing=False,
+            cleanup_tmp_directories=not read_only, read_only=read_only,
+            create=not read_only),
+        item_handlers={'weights': ocp.StandardCheckpointHandler(),
+                       'train': ocp.StandardCheckpointHandler(),
+                       'meta': ocp.JsonCheckpointHandler()})
 
   def steps(self):
     return sorted(self._manager.all_steps())
 
-  def save(self, step: int, train_state, metadata: dict) -> None:
-    metadata = dict(metadata, step=int(step), checksum=tree_checksum(train_state))
+  def save(self, step: int, train_state: dict, metadata: dict) -> None:
+    """Saves a train state {'weights': ..., <other entries>} and JSON metadata."""
+    if self.read_only:
+      raise ValueError(f'{self.directory} was opened read-only')
+    weights = train_state['weights']
+    rest = {k: v for k, v in train_state.items() if k != 'weights'}
+    metadata = dict(metadata, step=int(step), format=FORMAT,
+                    checksums={'weights': tree_checksum(weights), 'train': tree_checksum(rest)})
     self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(train_state), meta=ocp.args.JsonSave(metadata)))
+        weights=ocp.args.StandardSave(weights), train=ocp.args.StandardSave(rest),
+        meta=ocp.args.JsonSave(metadata)))
     self._manager.wait_until_finished()
 
-  def restore_latest(self, abstract_state) -> Optional[Tuple[Any, dict]]:
-    """The newest checkpoint that loads and passes its checksum, else None.
+  def metadata(self, step: int) -> dict:
+    """A step's JSON metadata; CorruptCheckpointError if it cannot be read."""
+    try:
+      metadata = self._manager.restore(step, args=ocp.args.Composite(
+          meta=ocp.args.JsonRestore()))['meta']
+    except Exception as e:  # pylint: disable=broad-except
+      raise CorruptCheckpointError(f'checkpoint {self._step_dir(step)}: its metadata cannot '
+                                   f'be read ({type(e).__name__}: {e})') from e
+    if metadata.get('format') != FORMAT:
+      raise IncompatibleCheckpointError(
+          f'checkpoint {self._step_dir(step)} was written by another sparse_trax version '
+          f'(format {metadata.get("format", 1)}, this one reads {FORMAT})')
+    return metadata
+
+  def check_fits(self, step: int, abstract_state: dict) -> None:
+    """Raises IncompatibleCheckpointError unless the step's tree, shapes and dtypes
+    are those of `abstract_state` (CorruptCheckpointError if unreadable)."""
+    self.metadata(step)
+    items = ('weights', 'train') if set(abstract_state) != {'weights'} else ('weights',)
+    saved, wanted = {}, {}
+    for item in items:
+      try:
+        tree = self._manager.item_metadata(step)[item].tree
+      except Exception as e:  # pylint: disable=broad-except
+        raise CorruptCheckpointError(f'checkpoint {self._step_dir(step)}: the {item!r} item '
+                                     f'cannot be parsed ({type(e).__name__}: {e})') from e
+      saved.update(_layout(tree, item))
+    wanted.update(_layout(abstract_state['weights'], 'weights'))
+    if 'train' in items:
+      wanted.update(_layout({k: v for k, v in abstract_state.items() if k != 'weights'},
+                           'train'))
+    difference = compare_layouts(saved, wanted)
+    if difference is not None:
+      raise IncompatibleCheckpointError(
+          f'checkpoint {self._step_dir(step)} does not fit the configured model: {difference}')
+
+  def restore(self, step: int, abstract_state: dict) -> Tuple[Any, dict]:
+    """The train state and metadata of one step.
 
     Args:
-      abstract_state: the train state's structure (arrays or ShapeDtypeStructs).
+      step: a saved step.
+      abstract_state: the train state's structure (arrays or
+        ShapeDtypeStructs, with shardings where they matter); a dict with
+        'weights' only restores only the weights.
+
+    Raises:
+      IncompatibleCheckpointError: the checkpoint's layout differs.
+      CorruptCheckpointError: its files cannot be parsed or fail the checksum.
     """
-    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, abstract_state)
+    self.check_fits(step, abstract_state)
+    metadata = self.metadata(step)
+    weights_only = set(abstract_state) == {'weights'}
+    args = {'weights': ocp.args.StandardRestore(_abstract(abstract_state['weights']))}
+    if not weights_only:
+      args['train'] = ocp.args.StandardRestore(
+          _abstract({k: v for k, v in abstract_state.items() if k != 'weights'}))
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(**args))
+    except Exception as e:  # pylint: disable=broad-except
+      raise CorruptCheckpointError(f'checkpoint {self._step_dir(step)} cannot be read '
+                                   f'({type(e).__name__}: {str(e)[:300]})') from e
+    state = {'weights': restored['weights']}
+    if tree_checksum(state['weights']) != metadata['checksums']['weights']:
+      raise CorruptCheckpointError(f'checkpoint {self._step_dir(step)}: the weights differ from '
+                                   'what was saved (checksum mismatch)')
+    if not weights_only:
+      rest = restored['train']
+      if tree_checksum(rest) != metadata['checksums']['train']:
+        raise CorruptCheckpointError(f'checkpoint {self._step_dir(step)}: the train state '
+                                     'differs from what was saved (checksum mismatch)')
+      state.update(rest)
+    return state, metadata
+
+  def restore_latest(self, abstract_state: dict, set_aside_corrupt: bool = False
+                     ) -> Optional[Tuple[Any, dict]]:
+    """The newest checkpoint that loads and passes its checksums, else None.
+
+    A damaged checkpoint is skipped with a warning naming it (and moved to
+    `<directory>_corrupt/` only with `set_aside_corrupt=True`, which the
+    trainer passes so that the step can be redone). An incompatible one
+    raises `IncompatibleCheckpointError` and nothing is skipped or moved.
+
+    Args:
+      abstract_state: see `restore`.
+      set_aside_corrupt: move damaged checkpoints out of the directory.
+    """
     for step in reversed(self.steps()):
-      path = os.path.join(self.directory, str(step))
       try:
-        restored = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-        state, metadata = restored.state, restored.meta
-        if tree_checksum(state) != metadata.get('checksum'):
-          raise ValueError('checksum mismatch: the arrays differ from what was saved')
-      except Exception as e:  # pylint: disable=broad-except
-        aside = self._move_aside(step)
-        warnings.warn(f'checkpoint {path} is corrupt or truncated and was skipped '
-                      f'({type(e).__name__}: {str(e)[:300]}); moved to {aside}; '
-                      f'trying an older one')
-        continue
-      return state, metadata
+        return self.restore(step, abstract_state)
+      except CorruptCheckpointError as e:
+        note = 'skipped'
+        if set_aside_corrupt:
+          note = f'moved to {self._move_aside(step)}'
+        warnings.warn(f'{e}; it is damaged and was {note}; trying an older one')
     return None
 
+  def _step_dir(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
+
   def _move_aside(self, step: int) -> str:
-    """Moves a bad step directory out of the manager's way (the step is redone)."""
+    """Moves a damaged step directory out of the manager's way (the step is redone)."""
     aside = os.path.join(os.path.dirname(self.directory),
                          f'{os.path.basename(self.directory)}_corrupt', str(step))
     os.makedirs(os.path.dirname(aside), exist_ok=True)
     if os.path.exists(aside):
       aside = f'{aside}.{os.getpid()}'
-    os.replace(os.path.join(self.directory, str(step)), aside)
+    os.replace(self._step_dir(step), aside)
     self._manager.reload()
     return aside
 
   def close(self):
     self._manager.close()
+
+
+def signature_to_json(signature) -> list:
+  """A model's input signature (a ShapeDtypeStruct or a tuple of them) as JSON."""
+  items = signature if isinstance(signature, (tuple, list)) else (signature,)
+  return [[list(item.shape), str(np.dtype(item.dtype))] for item in items]
+
+
+def signature_from_json(items: list):
+  """The inverse of `signature_to_json` (a bare ShapeDtypeStruct for one item)."""
+  structs = tuple(jax.ShapeDtypeStruct(tuple(shape), dtype) for shape, dtype in items)
+  return structs[0] if len(structs) == 1 else structs
+
+
+def load_weights(output_dir: str, model, step: Optional[int] = None):
+  """The trained weights of a run, for `model` in any mode ('train', 'eval', 'predict').
+
+  Reads `<output_dir>/checkpoints` without changing anything there.
+
+  Args:
+    output_dir: a training run's output folder (`trainer --output_dir`).
+    model: the run's model, in any mode (for example
+      `TransformerLM(..., mode='predict')` to decode); its weights' tree,
+      shapes and dtypes must be the run's.
+    step: which checkpoint (default: the latest one that passes its
+      checksums; damaged ones are skipped with a warning).
+
+  Returns:
+    The weights pytree, as `model.init` would lay it out.
+
+  Raises:
+    FileNotFoundError: no checkpoint in the folder (or no such step).
+    IncompatibleCheckpointError: `model` is not the run's model (names the
+      first differing weight and both shapes).
+    CorruptCheckpointError: the asked-for step is damaged.
+  """
+  directory = os.path.join(output_dir, 'checkpoints')
+  checkpointer = Checkpointer(directory, read_only=True)
+  try:
+    steps = checkpointer.steps()
+    if not steps:
+      raise FileNotFoundError(f'no checkpoint in {directory}')
+    if step is not None and step not in steps:
+      raise FileNotFoundError(f'no checkpoint of step {step} in {directory}; '
+                              f'there are steps {steps}')
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    for candidate in ([step] if step is not None else reversed(steps)):
+      try:
+        metadata = checkpointer.metadata(candidate)
+        signature = signature_from_json(
+            [[[1] + shape[1:], dtype] for shape, dtype in metadata['input_signature']])
+        abstract = jax.eval_shape(lambda s=signature: model.init(s, rng=jax.random.key(0))[0])
+        abstract = jax.tree_util.tree_map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract)
+        return checkpointer.restore(candidate, {'weights': abstract})[0]['weights']
+      except CorruptCheckpointError as e:
+        if step is not None:
+          raise
+        warnings.warn(f'{e}; it is damaged and was skipped; trying an older one')
+    raise CorruptCheckpointError(f'every checkpoint in {directory} is damaged')
+  finally:
+    checkpointer.close()

@@ -23,6 +23,7 @@ import numpy as np
 import optax
 import tqdm
 
+from sparse_trax import arguments
 from sparse_trax import decoding
 from sparse_trax.layers import losses
 from sparse_trax.train import checkpoints
@@ -156,6 +157,50 @@ def _append_jsonl(path: str, record: dict) -> None:
     f.write(json.dumps(record) + '\n')
 
 
+def truncate_metrics(path: str, last_step: int) -> None:
+  """Drops the records of steps after `last_step` (a run resumed from that step
+  redoes them), so that metrics.jsonl keeps one record per step and kind.
+
+  A torn last line (a kill mid-write) is dropped too. Rewrites atomically.
+  """
+  if not os.path.exists(path):
+    return
+  kept = []
+  with open(path, encoding='utf-8') as f:
+    for line in f:
+      try:
+        record = json.loads(line)
+      except ValueError:
+        continue
+      if record.get('step', 0) <= last_step:
+        kept.append(line if line.endswith('\n') else line + '\n')
+  temporary = f'{path}.tmp'
+  with open(temporary, 'w', encoding='utf-8') as f:
+    f.writelines(kept)
+  os.replace(temporary, path)
+
+
+def check_train_arguments(n_steps, eval_every, checkpoint_every, keep_checkpoints, log_every,
+                          seed, decode_length, decode_temperature, n_devices, weight_sharding,
+                          compute_dtype, learning_rate, clip_gradient_norm) -> None:
+  """One-line errors for bad `train` arguments (see `train`)."""
+  for name, value in (('n_steps', n_steps), ('eval_every', eval_every),
+                      ('checkpoint_every', checkpoint_every),
+                      ('keep_checkpoints', keep_checkpoints), ('log_every', log_every)):
+    arguments.check_int('train', name, value)
+  arguments.check_int('train', 'seed', seed, minimum=0)
+  arguments.check_int('train', 'decode_length', decode_length, minimum=0)
+  arguments.check_number('train', 'decode_temperature', decode_temperature, minimum=0.0)
+  arguments.check_int('train', 'n_devices', n_devices, optional=True)
+  arguments.check_choice('train', 'weight_sharding', weight_sharding, ('replicated', 'sharded'))
+  arguments.check_choice('train', 'compute_dtype', compute_dtype, COMPUTE_DTYPES)
+  if not callable(learning_rate):
+    arguments.check_number('train', 'learning_rate', learning_rate, minimum=0.0,
+                           exclusive_minimum=True)
+  arguments.check_number('train', 'clip_gradient_norm', clip_gradient_norm, minimum=0.0,
+                         exclusive_minimum=True, optional=True)
+
+
 def train(output_dir: str, model: Callable, inputs, optimizer: Callable = optimizers.Adam,
           learning_rate=1e-3, clip_gradient_norm: Optional[float] = 1.0, n_steps: int = 1000,
           eval_every: int = 200, checkpoint_every: int = 200, keep_checkpoints: int = 3,
@@ -195,9 +240,9 @@ def train(output_dir: str, model: Callable, inputs, optimizer: Callable = optimi
     A dict: the final eval metrics, the unigram baseline, the decoded
     'sample' and the trained 'weights' (to decode or evaluate further).
   """
-  if compute_dtype not in COMPUTE_DTYPES:
-    raise ValueError(f'train.compute_dtype must be one of {COMPUTE_DTYPES}, '
-                     f'got {compute_dtype!r}')
+  check_train_arguments(n_steps, eval_every, checkpoint_every, keep_checkpoints, log_every,
+                        seed, decode_length, decode_temperature, n_devices, weight_sharding,
+                        compute_dtype, learning_rate, clip_gradient_norm)
   os.makedirs(output_dir, exist_ok=True)
   metrics_path = os.path.join(output_dir, 'metrics.jsonl')
   vocab_size = inputs.tokenizer.vocab_size
@@ -210,6 +255,7 @@ def train(output_dir: str, model: Callable, inputs, optimizer: Callable = optimi
     print(f'Training data-parallel on {placement.n_devices} devices '
           f'({jax.devices()[0].device_kind}), weights {weight_sharding}.')
 
+  inputs.check(lm=lm)         # one train and one eval batch, or the reason there are none
   first_batch = next(inputs.train_batches(lm=lm))
   if first_batch['targets'].shape[0] % placement.n_devices:
     raise ValueError(f'the batch size {first_batch["targets"].shape[0]} is not a multiple of '
@@ -229,12 +275,21 @@ def train(output_dir: str, model: Callable, inputs, optimizer: Callable = optimi
                                        placement.replicated)}
   checkpointer = checkpoints.Checkpointer(os.path.join(output_dir, 'checkpoints'),
                                           keep=keep_checkpoints)
-  restored = checkpointer.restore_latest(train_state)
+  try:
+    restored = checkpointer.restore_latest(train_state, set_aside_corrupt=True)
+  except checkpoints.IncompatibleCheckpointError as e:
+    checkpointer.close()
+    raise checkpoints.IncompatibleCheckpointError(
+        f'{e}. The output folder {output_dir} holds another run: pass another --output_dir, '
+        f'or restore the config it was made with ({os.path.join(output_dir, "config.gin")}). '
+        'Nothing was changed.') from None
   start_step, position = 0, 0
   if restored is not None:
     train_state, metadata = restored
     start_step, position = metadata['step'], metadata['data_position']
     print(f'Resuming from step {start_step} ({checkpointer.directory}/{start_step}).')
+  truncate_metrics(metrics_path, start_step)
+  input_signature = checkpoints.signature_to_json(_signature(model_inputs(first_batch, lm)))
   unigram = inputs.unigram_log_perplexity(lm=lm)
 
   shardings = jax.tree_util.tree_map(
@@ -255,13 +310,15 @@ def train(output_dir: str, model: Callable, inputs, optimizer: Callable = optimi
   def save(step):
     checkpointer.save(step, {'weights': weights, 'model_state': model_state,
                              'opt_state': opt_state, 'rng': jax.random.key_data(rng)},
-                      {'data_position': position, 'seed': seed})
+                      {'data_position': position, 'seed': seed,
+                       'input_signature': input_signature})
 
-  def run_eval(step):
+  def run_eval(step, log=True):
     eval_batches = (placement.batch(b) for b in inputs.eval_batches(lm=lm))
     record = dict(evaluate(eval_model, eval_step, weights, eval_batches, lm),
                   step=step, unigram_log_perplexity=unigram)
-    _append_jsonl(metrics_path, record)
+    if log:
+      _append_jsonl(metrics_path, record)
     tqdm.tqdm.write(f'step {step}: eval log-perplexity {record["eval_log_perplexity"]:.4f} '
                     f'(unigram baseline {unigram:.4f}), accuracy {record["eval_accuracy"]:.4f}')
     return record
@@ -295,8 +352,8 @@ def train(output_dir: str, model: Callable, inputs, optimizer: Callable = optimi
     if step % checkpoint_every == 0 or step == n_steps:
       save(step)
   bar.close()
-  if record is None:
-    record = run_eval(start_step)
+  if record is None:            # nothing trained (a finished run rerun): log nothing
+    record = run_eval(start_step, log=False)
   result = dict(record, weights=weights)
   if decode_length > 0:
     sample = decode_sample(model, vocab_size, weights, next(inputs.eval_batches(lm=lm)),
