@@ -144,8 +144,8 @@ def test_reversible_gradient_with_lsh_inside_equals_plain():
   reversible, plain = model(True), model(False)
   w, state = reversible.init((sig(1, 16, D), sig(1, 16, D)), rng=jax.random.key(0))
   loss = lambda m: lambda w: jnp.sum(m.apply(w, state, x, rng=jax.random.key(3))[0][0] ** 2)
-  for a, b in zip(jax.tree_util.tree_leaves(jax.grad(loss(reversible))(w)),
-                  jax.tree_util.tree_leaves(jax.grad(loss(plain))(w))):
+  for a, b in zip(jax.tree_util.tree_leaves(jax.jit(jax.grad(loss(reversible)))(w)),
+                  jax.tree_util.tree_leaves(jax.jit(jax.grad(loss(plain)))(w))):
     np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-4)
 
 
@@ -153,5 +153,5 @@ def test_lsh_gradient_is_finite_with_zero_inputs():
   layer = tl.LSHSelfAttention(H, chunk_len=4, n_buckets=2, causal=False)
   x = jnp.zeros((1, 6, D)).at[:, :3].set(jax.random.normal(jax.random.key(1), (1, 3, D)))
   w, state = layer.init(sig(1, 6, D), rng=jax.random.key(0))
-  grads = jax.grad(lambda w: jnp.sum(layer.apply(w, state, x, rng=jax.random.key(2))[0]))(w)
+  grads = jax.jit(jax.grad(lambda w: jnp.sum(layer.apply(w, state, x, rng=jax.random.key(2))[0])))(w)
   assert all(np.isfinite(g).all() for g in jax.tree_util.tree_leaves(grads))

@@ -40,7 +40,7 @@ def _losses(folder):
 
 def test_eight_devices_train_like_one(tmp_path, text_files):
   config = tiny_config(str(tmp_path), text_files, n_steps=6, eval_every=3, checkpoint_every=3,
-                       decode_length=4)
+                       decode_length=0)
   with open(config, 'a', encoding='utf-8') as f:
     f.write('Inputs.batch_size = 8\n')
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',

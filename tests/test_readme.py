@@ -34,3 +34,25 @@ def test_readme_decoding_example_runs():
   samples = namespace['samples']
   assert len(samples) == 2 and all(1 <= len(row) <= 10 for row in samples)
   assert namespace['sequences'].shape == (1, 4, 10) and namespace['scores'].shape == (1, 4)
+
+
+def test_readme_trained_run_example_runs(tmp_path, capsys):
+  """The load_weights example, on a one-step run of the quickstart config."""
+  import gin  # pylint: disable=import-outside-toplevel
+  from sparse_trax import trainer  # pylint: disable=import-outside-toplevel
+  out = str(tmp_path / 'quickstart')
+  gin.clear_config()
+  try:
+    trainer.main(['--config_file', os.path.join(os.path.dirname(README), 'gin', 'quickstart.gin'),
+                  '--output_dir', out, '--config', 'train.n_steps = 1',
+                  '--config', 'Inputs.n_eval_batches = 1', '--config', 'train.decode_length = 0',
+                  '--config', 'train.progress_bar = False'])
+  finally:
+    gin.clear_config()
+  text = open(README, encoding='utf-8').read()
+  example = re.findall(r'```python\n(.*?)```', text, re.S)[2]
+  assert "run = '/tmp/sparse_trax_quickstart'" in example
+  example = example.replace("'/tmp/sparse_trax_quickstart'", repr(out))
+  capsys.readouterr()
+  exec(compile(example, 'README.md', 'exec'), {})  # pylint: disable=exec-used
+  assert capsys.readouterr().out.strip()

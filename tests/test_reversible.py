@@ -86,7 +86,7 @@ def test_extras_pass_through_and_mask_is_used():
   (a, b, mask_out), _ = model.apply(weights, state, (x1, x2, mask))
   np.testing.assert_array_equal(mask_out, mask)
   np.testing.assert_array_equal(a, x2)   # swapped
-  grads = jax.grad(lambda w: jnp.sum(model.apply(w, state, (x1, x2, mask))[0][1]))(weights)
+  grads = jax.jit(jax.grad(lambda w: jnp.sum(model.apply(w, state, (x1, x2, mask))[0][1])))(weights)
   assert all(np.isfinite(g).all() for g in jax.tree_util.tree_leaves(grads))
 
 
@@ -126,5 +126,5 @@ def test_any_prng_implementation_works():
   x1, x2 = inputs()
   weights, state = model.init((x1, x2), rng=jax.random.key(0))
   rng = jax.random.key(3, impl='rbg')
-  grads = jax.grad(lambda w: jnp.sum(model.apply(w, state, (x1, x2), rng=rng)[0][0]))(weights)
+  grads = jax.jit(jax.grad(lambda w: jnp.sum(model.apply(w, state, (x1, x2), rng=rng)[0][0])))(weights)
   assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree_util.tree_leaves(grads))

@@ -52,6 +52,6 @@ def test_sru_is_causal_and_differentiable():
   y = layer.apply(weights, state, x)[0]
   y2 = layer.apply(weights, state, x.at[:, 6:].set(1.0))[0]
   np.testing.assert_allclose(y[:, :6], y2[:, :6], rtol=1e-6)
-  grads = jax.grad(lambda w: jnp.sum(layer.apply(w, state, x)[0] ** 2))(weights)
+  grads = jax.jit(jax.grad(lambda w: jnp.sum(layer.apply(w, state, x)[0] ** 2)))(weights)
   assert float(jnp.abs(grads['w']).sum()) > 0
   assert tl.count_parameters(weights) == 4 * 12 + 8

@@ -51,9 +51,9 @@ def test_terraformer_lm_with_lsh_trains_and_decodes():
   model = models.TerraformerLM(**kwargs)
   tokens = jax.random.randint(jax.random.key(1), (2, 16), 1, 40)
   weights, state = model.init(tokens, rng=jax.random.key(0))
-  grads = jax.grad(lambda w: tl.weighted_cross_entropy(
+  grads = jax.jit(jax.grad(lambda w: tl.weighted_cross_entropy(
       model.apply(w, state, tokens, rng=jax.random.key(2))[0], tokens,
-      jnp.ones(tokens.shape)))(weights)
+      jnp.ones(tokens.shape))))(weights)
   assert all(np.isfinite(g).all() for g in jax.tree_util.tree_leaves(grads))
   predict = models.TerraformerLM(**kwargs, mode='predict')
   out = decoding.autoregressive_sample(predict, weights, tokens[:, :3], max_length=5)
@@ -72,8 +72,8 @@ def test_reversible_and_plain_lm_give_the_same_gradients():
   weights, state = reversible.init(tokens, rng=jax.random.key(0))
   loss = lambda m: lambda w: tl.weighted_cross_entropy(
       m.apply(w, state, tokens, rng=jax.random.key(5))[0], tokens, jnp.ones(tokens.shape))
-  for a, b in zip(jax.tree_util.tree_leaves(jax.grad(loss(reversible))(weights)),
-                  jax.tree_util.tree_leaves(jax.grad(loss(plain))(weights))):
+  for a, b in zip(jax.tree_util.tree_leaves(jax.jit(jax.grad(loss(reversible)))(weights)),
+                  jax.tree_util.tree_leaves(jax.jit(jax.grad(loss(plain)))(weights))):
     np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-4)
 
 
@@ -109,9 +109,10 @@ def test_concatenation_removes_encoder_padding():
   source = jax.random.randint(jax.random.key(1), (1, 5), 1, 30)
   target = jax.random.randint(jax.random.key(2), (1, 4), 1, 36)
   weights, state = model.init((source, target), rng=jax.random.key(0))
-  unpadded = model.apply(weights, state, (source, target))[0]
+  apply = jax.jit(model.apply)
+  unpadded = apply(weights, state, (source, target))[0]
   padded_source = jnp.pad(source, ((0, 0), (0, 3)))
-  padded = model.apply(weights, state, (padded_source, target))[0]
+  padded = apply(weights, state, (padded_source, target))[0]
   np.testing.assert_allclose(padded, unpadded, rtol=1e-4, atol=1e-5)
 
 
@@ -123,9 +124,9 @@ def test_terraformer_trains_with_lsh_encoder_and_chunked_decoder():
   source = jax.random.randint(jax.random.key(1), (2, 8), 1, 30)
   target = jax.random.randint(jax.random.key(2), (2, 6), 1, 36)
   weights, state = model.init((source, target), rng=jax.random.key(0))
-  loss, grads = jax.value_and_grad(lambda w: tl.weighted_cross_entropy(
+  loss, grads = jax.jit(jax.value_and_grad(lambda w: tl.weighted_cross_entropy(
       model.apply(w, state, (source, target), rng=jax.random.key(3))[0], target,
-      jnp.ones(target.shape)))(weights)
+      jnp.ones(target.shape))))(weights)
   assert np.isfinite(loss)
   assert all(np.isfinite(g).all() for g in jax.tree_util.tree_leaves(grads))
 
