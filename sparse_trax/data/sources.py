@@ -7,6 +7,7 @@ must already be prepared in `data_dir`.
 """
 
 import os
+import sys
 from typing import Optional, Sequence
 
 import numpy as np
@@ -33,6 +34,9 @@ class ShippedCorpus:
 
   def dataset(self, split: str) -> tf.data.Dataset:
     builder = corpus.KingJamesBible(data_dir=self.data_dir)
+    if not builder.is_prepared():
+      print(f'Preparing the shipped corpus in {self.data_dir} (once)...', file=sys.stderr,
+            flush=True)
     builder.download_and_prepare()   # generates from the local file; no download
     tfds_split = {'train': 'train', 'eval': 'validation'}[split]
     # No autocache: the pipeline may stop reading early (it skips, takes).

@@ -8,6 +8,7 @@ scalar -> int32 ids), `decode` (ids -> Python str) and `vocab_size`.
 import hashlib
 import io
 import os
+import sys
 from typing import Iterator, Optional
 
 import numpy as np
@@ -79,6 +80,8 @@ class SentencePieceTokenizer:
     path = self.model_path(source)
     if not os.path.exists(path):
       os.makedirs(self.cache_dir, exist_ok=True)
+      print(f'Training a SentencePiece tokenizer of {self.vocab_size} pieces on '
+            f'{source.name!r} (once; cached as {path})...', file=sys.stderr, flush=True)
       model = self._train(_training_text(source, self.max_training_chars))
       temporary = f'{path}.tmp{os.getpid()}'
       with open(temporary, 'wb') as f:
