@@ -107,8 +107,8 @@ import tempfile
 from sparse_trax.train import train
 
 result = train(tempfile.mkdtemp(prefix='compose_'), model=SparseLM, inputs=inputs,
-               n_steps=20 if SMALL else 600, eval_every=10 if SMALL else 200,
-               checkpoint_every=10 if SMALL else 200, log_every=5, decode_length=0)
+               n_steps=6 if SMALL else 600, eval_every=3 if SMALL else 200,
+               checkpoint_every=3 if SMALL else 200, log_every=5, decode_length=0)
 print(f"eval log-perplexity {result['eval_log_perplexity']:.3f} "
       f"(unigram baseline {result['unigram_log_perplexity']:.3f})")'''),
     new_markdown_cell('''\
@@ -242,8 +242,8 @@ print(open('../gin/scaling/sparse_ff.gin').read())'''),
 overrides = ['train.n_steps = 300', 'train.eval_every = 100', 'train.checkpoint_every = 100',
              'train.log_every = 10', 'train.decode_length = 16']   # about 2 minutes each
 if SMALL:   # a tiny model and byte-level data so the test runs in seconds
-  overrides = ['train.n_steps = 6', 'train.eval_every = 3', 'train.checkpoint_every = 3',
-               'train.log_every = 1', 'train.decode_length = 4',
+  overrides = ['train.n_steps = 4', 'train.eval_every = 2', 'train.checkpoint_every = 4',
+               'train.log_every = 1', 'train.decode_length = 0',
                'ScalingTransformerLM.d_model = 32', 'ScalingTransformerLM.d_ff = 128',
                'ScalingTransformerLM.n_layers = 1', 'Inputs.tokenizer = @ByteTokenizer()',
                'Inputs.batch_size = 4', 'Inputs.max_length = 32', 'Inputs.n_eval_batches = 1']

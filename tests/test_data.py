@@ -203,11 +203,12 @@ def test_check_reports_what_cannot_give_data(text_files):
   tokenizer = data.ByteTokenizer()
   task = data.CopyTask(train_max_digits=8, eval_min_digits=8, eval_max_digits=8)
   with pytest.raises(ValueError, match=r"no example of the train split of 'copy' fits "
-                                       r'max_length=3: the first 1000 are \d+ to \d+ tokens'):
-    data.Inputs(task, tokenizer, max_length=3, batch_size=2).check(lm=True)
+                                       r'max_length=3: the first 200 are \d+ to \d+ tokens'):
+    data.Inputs(task, tokenizer, max_length=3, batch_size=2).check(lm=True, max_examples=200)
   with pytest.raises(ValueError, match=r"no example of the eval split of 'copy' fits "
                                        r'max_length=12'):
-    data.Inputs(task, tokenizer, max_length=24, eval_max_length=12, batch_size=2).check(lm=True)
+    data.Inputs(task, tokenizer, max_length=24, eval_max_length=12,
+                batch_size=2).check(lm=True, max_examples=200)
   data.Inputs(task, tokenizer, max_length=24, batch_size=2).check(lm=True)
   data.Inputs(data.TextFiles(*[[p] for p in text_files]), tokenizer, max_length=16,
               batch_size=2).check(lm=True)

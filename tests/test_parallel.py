@@ -39,7 +39,7 @@ def _losses(folder):
 
 
 def test_eight_devices_train_like_one(tmp_path, text_files):
-  config = tiny_config(str(tmp_path), text_files, n_steps=6, eval_every=3, checkpoint_every=3,
+  config = tiny_config(str(tmp_path), text_files, n_steps=4, eval_every=2, checkpoint_every=4,
                        decode_length=0)
   with open(config, 'a', encoding='utf-8') as f:
     f.write('Inputs.batch_size = 8\n')
@@ -50,7 +50,7 @@ def test_eight_devices_train_like_one(tmp_path, text_files):
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'Training data-parallel on 8 devices' in result.stdout
   one_train, one_eval = _losses(tmp_path / 'one')
-  assert len(one_train) == 6 and len(one_eval) == 2
+  assert len(one_train) == 4 and len(one_eval) == 2
   for name in ('eight', 'sharded'):
     train_losses, eval_losses = _losses(tmp_path / name)
     np.testing.assert_allclose(train_losses, one_train, rtol=2e-5, err_msg=name)
