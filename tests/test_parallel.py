@@ -43,7 +43,8 @@ def test_eight_devices_train_like_one(tmp_path, text_files):
                        decode_length=0)
   with open(config, 'a', encoding='utf-8') as f:
     f.write('Inputs.batch_size = 8\n')
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+  env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} "
+                                   '--xla_force_host_platform_device_count=8',
              JAX_PLATFORMS='cpu', PYTHONPATH=REPO)
   result = subprocess.run([sys.executable, '-c', SCRIPT, config, str(tmp_path)], env=env,
                           capture_output=True, text=True, timeout=600, check=False)
