@@ -183,11 +183,14 @@ def test_stored_matvec_kernel_equals_the_xla_path(storage, positions, d_out, d_i
 
 @pytest.mark.skipif(not kernels.available(), reason='the fused CPU kernels were not built')
 @pytest.mark.parametrize('storage', ['int8', 'bfloat16'])
-def test_multiplicative_dense_on_stored_units_uses_the_kernel(storage):
-  layer = tl.MultiplicativeDense(4, 200)
-  weights, _ = layer.init(sig(1, 1, 40), rng=jax.random.key(0))
+@pytest.mark.parametrize('n_modules, d_out, positions, d_in', [
+    (4, 200, 1, 40), (3, 210, 2, 40), (5, 1040, 1, 300)])   # groups of 4, a group of 2, 2 parts
+def test_multiplicative_dense_on_stored_units_uses_the_kernel(storage, n_modules, d_out,
+                                                             positions, d_in):
+  layer = tl.MultiplicativeDense(n_modules, d_out)
+  weights, _ = layer.init(sig(1, positions, d_in), rng=jax.random.key(0))
   low = tl.quantize_weights(weights, storage)
-  x = jax.random.normal(jax.random.key(1), (1, 1, 40))
+  x = jax.random.normal(jax.random.key(1), (1, positions, d_in))
   got = jax.jit(lambda w, x: layer.apply(w, {}, x)[0])(low, x)
   want = layer.apply(tl.dequantize_weights(low), {}, x)[0]
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -55,6 +55,19 @@ def _gumbel_one_hot_mask(log_probs, rng, temperature, quant_prob, index=None):
 GATHER_UP_TO = 4
 
 
+def _gathered_ff(x, w1, b1, w2, b2):
+  """relu(x . w1 rows + b1) . w2 rows + b2 for rows gathered per position.
+
+  x [..., d], w1 and w2 [..., k, d] (rows already taken and dequantized), b1
+  [..., k], b2 [d] -> [..., d]. Written as products and sums rather than
+  einsums: XLA:CPU fuses the gather, the dequantization and the reduction
+  into one loop, where the batched dot it makes of the einsum ran 4-5x
+  slower (measured with int8 rows at d 6144, k 768: 2.3 ms against 10-13 ms).
+  """
+  hidden = jax.nn.relu(jnp.sum(w1 * x[..., None, :], axis=-1) + b1)            # [..., k]
+  return jnp.sum(hidden[..., :, None] * w2, axis=-2) + b2.astype(x.dtype)      # [..., d]
+
+
 class SparseFF(Layer):
   """Feed-forward with one active unit per block of N, chosen by a low-rank controller.
 
@@ -198,8 +211,7 @@ class SparseFF(Layer):
     w1 = take_rows(weights['w1'], flat_units, x.dtype)                        # [..., B, d]
     b1 = jnp.take(weights['b1'], flat_units).astype(x.dtype)                   # [..., B]
     w2 = take_rows(weights['w2'], flat_units, x.dtype)                        # [..., B, d]
-    hidden = jax.nn.relu(jnp.einsum('...d,...bd->...b', x, w1) + b1)
-    return jnp.einsum('...b,...bd->...d', hidden, w2) + weights['b2'].astype(x.dtype)
+    return _gathered_ff(x, w1, b1, w2, weights['b2'])
 
 
 class BlockSparseFF(Layer):
@@ -279,5 +291,4 @@ class BlockSparseFF(Layer):
     w1 = take_rows(weights['w1'], rows, x.dtype)                             # [..., M, d]
     b1 = jnp.take(weights['b1'], rows).astype(x.dtype)
     w2 = take_rows(weights['w2'], rows, x.dtype)                             # [..., M, d]
-    hidden = jax.nn.relu(jnp.einsum('...d,...md->...m', x, w1) + b1)
-    return jnp.einsum('...m,...md->...d', hidden, w2) + weights['b2'].astype(x.dtype)
+    return _gathered_ff(x, w1, b1, w2, weights['b2'])
