@@ -53,14 +53,18 @@ def train_run(config_file: str, output_dir: str, steps, extra=()) -> None:
 
 
 def run_pieces(output_dir: str):
-  """(model function, inputs) of a run, from the operative config it wrote."""
+  """(eval model, predict model, inputs) of a run, built from the operative config it wrote."""
   gin.clear_config()
   trainer.parse_gin_config([os.path.join(output_dir, 'config.gin')], finalize_config=False,
                            check_unused_macros=False)
-  model_fn = gin.query_parameter('train.model').scoped_configurable_fn
-  inputs = gin.query_parameter('train.inputs').scoped_configurable_fn()
-  gin.clear_config()
-  return model_fn, inputs
+  try:
+    model_fn = gin.query_parameter('train.model').scoped_configurable_fn
+    inputs = gin.query_parameter('train.inputs').scoped_configurable_fn()
+    vocab = inputs.tokenizer.vocab_size
+    return (loop.build_model(model_fn, 'eval', vocab), loop.build_model(model_fn, 'predict', vocab),
+            inputs)
+  finally:
+    gin.clear_config()
 
 
 def weights_in(weights, storage: str):
@@ -68,10 +72,7 @@ def weights_in(weights, storage: str):
 
 
 def measure(output_dir: str, prompts: int, tokens: int) -> dict:
-  model_fn, inputs = run_pieces(output_dir)
-  vocab = inputs.tokenizer.vocab_size
-  eval_model = loop.build_model(model_fn, 'eval', vocab)
-  predict = loop.build_model(model_fn, 'predict', vocab)
+  eval_model, predict, inputs = run_pieces(output_dir)
   weights = load_weights(output_dir, eval_model)
   eval_step = loop.make_eval_step(eval_model, lm=True)
   result = {}
@@ -91,7 +92,7 @@ def measure(output_dir: str, prompts: int, tokens: int) -> dict:
   for storage in STORAGES[1:]:
     w = weights_in(weights, storage)
     logits = apply(w, state, full)[0]
-    forced = np.asarray(jnp.argmax(logits[:, 15:-1], axis=-1))      # predicts tokens 16..
+    forced = np.asarray(jnp.argmax(logits[:, 16:], axis=-1))   # position t predicts token t
     result[f'{storage} same greedy'] = float(np.mean(forced == reference))
     own = np.asarray(decoding.autoregressive_sample(predict, w, prompt, max_length=tokens))
     differs = own != reference
