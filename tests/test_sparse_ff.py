@@ -174,3 +174,17 @@ def test_sparse_ff_kernel_equals_the_pure_jax_gather(shape, d_ff, n):
   # The kernel is one custom call: no gathers or products left in the program.
   text = jax.jit(lambda w, x: fused.apply(w, state, x)[0]).lower(w, x).as_text()
   assert 'sparse_trax_sparse_ff_decode' in text and 'gather' not in text
+
+
+def test_gathered_ff_fused_loop_equals_the_einsums():
+  from sparse_trax.layers import sparse_ff  # pylint: disable=import-outside-toplevel
+  keys = jax.random.split(jax.random.key(0), 5)
+  x = jax.random.normal(keys[0], (2, 3, 16))
+  w1, w2 = jax.random.normal(keys[1], (2, 3, 5, 16)), jax.random.normal(keys[2], (2, 3, 5, 16))
+  b1, b2 = jax.random.normal(keys[3], (2, 3, 5)), jax.random.normal(keys[4], (16,))
+  np.testing.assert_allclose(sparse_ff._gathered_ff(x, w1, b1, w2, b2, fused_loop=True),  # pylint: disable=protected-access
+                             sparse_ff._gathered_ff(x, w1, b1, w2, b2, fused_loop=False),  # pylint: disable=protected-access
+                             rtol=1e-5, atol=1e-5)
+  big = tl.quantize_weights({'w': jnp.ones((4096, 1024))}, 'int8')['w']
+  assert sparse_ff._fused_loop_pays(big, 4096) and not sparse_ff._fused_loop_pays(big, 64)  # pylint: disable=protected-access
+  assert not sparse_ff._fused_loop_pays(jnp.ones((4096, 1024)), 4096)  # pylint: disable=protected-access

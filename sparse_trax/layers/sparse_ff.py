@@ -55,17 +55,33 @@ def _gumbel_one_hot_mask(log_probs, rng, temperature, quant_prob, index=None):
 GATHER_UP_TO = 4
 
 
-def _gathered_ff(x, w1, b1, w2, b2):
+# Above this many gathered int8 weights (rows x d_model) a decoded token's FF runs as one
+# fused multiply-and-sum loop instead of einsums (see `_gathered_ff`).
+FUSED_LOOP_ABOVE = 1 << 21
+
+
+def _fused_loop_pays(w, n_rows: int) -> bool:
+  """Whether rows gathered from `w` should be reduced in one fused loop (int8, large)."""
+  return (isinstance(w, QuantizedArray) and w.values.dtype == jnp.int8 and
+          n_rows * w.shape[-1] > FUSED_LOOP_ABOVE)
+
+
+def _gathered_ff(x, w1, b1, w2, b2, fused_loop: bool):
   """relu(x . w1 rows + b1) . w2 rows + b2 for rows gathered per position.
 
   x [..., d], w1 and w2 [..., k, d] (rows already taken and dequantized), b1
-  [..., k], b2 [d] -> [..., d]. Written as products and sums rather than
-  einsums: XLA:CPU fuses the gather, the dequantization and the reduction
-  into one loop, where the batched dot it makes of the einsum ran 4-5x
-  slower (measured with int8 rows at d 6144, k 768: 2.3 ms against 10-13 ms).
+  [..., k], b2 [d] -> [..., d]. With `fused_loop` the products are written as
+  multiply-and-sum, which XLA:CPU fuses with the gather and the int8
+  dequantization into one loop: at d 6144 and k 768 (the 17B width) that ran
+  2.3-3.4 ms against 10-12 ms for the einsums' batched dots. Below about 2M
+  gathered weights the einsums are faster (0.24 against 0.5 ms at d 4096,
+  k 256), and for bfloat16 rows the fused loop is far slower at every size.
   """
-  hidden = jax.nn.relu(jnp.sum(w1 * x[..., None, :], axis=-1) + b1)            # [..., k]
-  return jnp.sum(hidden[..., :, None] * w2, axis=-2) + b2.astype(x.dtype)      # [..., d]
+  if fused_loop:
+    hidden = jax.nn.relu(jnp.sum(w1 * x[..., None, :], axis=-1) + b1)           # [..., k]
+    return jnp.sum(hidden[..., :, None] * w2, axis=-2) + b2.astype(x.dtype)     # [..., d]
+  hidden = jax.nn.relu(jnp.einsum('...d,...kd->...k', x, w1) + b1)
+  return jnp.einsum('...k,...kd->...d', hidden, w2) + b2.astype(x.dtype)
 
 
 class SparseFF(Layer):
@@ -211,7 +227,8 @@ class SparseFF(Layer):
     w1 = take_rows(weights['w1'], flat_units, x.dtype)                        # [..., B, d]
     b1 = jnp.take(weights['b1'], flat_units).astype(x.dtype)                   # [..., B]
     w2 = take_rows(weights['w2'], flat_units, x.dtype)                        # [..., B, d]
-    return _gathered_ff(x, w1, b1, w2, weights['b2'])
+    return _gathered_ff(x, w1, b1, w2, weights['b2'],
+                        _fused_loop_pays(weights['w1'], self.n_blocks))
 
 
 class BlockSparseFF(Layer):
@@ -291,4 +308,5 @@ class BlockSparseFF(Layer):
     w1 = take_rows(weights['w1'], rows, x.dtype)                             # [..., M, d]
     b1 = jnp.take(weights['b1'], rows).astype(x.dtype)
     w2 = take_rows(weights['w2'], rows, x.dtype)                             # [..., M, d]
-    return _gathered_ff(x, w1, b1, w2, weights['b2'])
+    return _gathered_ff(x, w1, b1, w2, weights['b2'],
+                        _fused_loop_pays(weights['w1'], self.d_expert))
