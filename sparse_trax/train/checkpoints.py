@@ -84,6 +84,16 @@ def compare_layouts(saved: dict, wanted: dict) -> Optional[str]:
   return None
 
 
+def _items(state: dict, always_train: bool = False) -> dict:
+  """A train state as checkpoint items: {'weights': ..., 'train': <the other entries>}
+  ('train' left out for a weights-only state, unless `always_train`)."""
+  items = {'weights': state['weights']}
+  rest = {k: v for k, v in state.items() if k != 'weights'}
+  if rest or always_train:
+    items['train'] = rest
+  return items
+
+
 def _abstract(tree):
   return jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, tree)
 
@@ -126,13 +136,12 @@ class Checkpointer:
     """Saves a train state {'weights': ..., <other entries>} and JSON metadata."""
     if self.read_only:
       raise ValueError(f'{self.directory} was opened read-only')
-    weights = train_state['weights']
-    rest = {k: v for k, v in train_state.items() if k != 'weights'}
+    items = _items(train_state, always_train=True)
     metadata = dict(metadata, step=int(step), format=FORMAT,
-                    checksums={'weights': tree_checksum(weights), 'train': tree_checksum(rest)})
+                    checksums={item: tree_checksum(tree) for item, tree in items.items()})
     self._manager.save(step, args=ocp.args.Composite(
-        weights=ocp.args.StandardSave(weights), train=ocp.args.StandardSave(rest),
-        meta=ocp.args.JsonSave(metadata)))
+        meta=ocp.args.JsonSave(metadata),
+        **{item: ocp.args.StandardSave(tree) for item, tree in items.items()}))
     self._manager.wait_until_finished()
 
   def metadata(self, step: int) -> dict:
@@ -149,27 +158,30 @@ class Checkpointer:
           f'(format {metadata.get("format", 1)}, this one reads {FORMAT})')
     return metadata
 
-  def check_fits(self, step: int, abstract_state: dict) -> None:
+  def check_fits(self, step: int, abstract_state: dict) -> dict:
     """Raises IncompatibleCheckpointError unless the step's tree, shapes and dtypes
-    are those of `abstract_state` (CorruptCheckpointError if unreadable)."""
-    self.metadata(step)
-    items = ('weights', 'train') if set(abstract_state) != {'weights'} else ('weights',)
-    saved, wanted = {}, {}
-    for item in items:
-      try:
-        tree = self._manager.item_metadata(step)[item].tree
-      except Exception as e:  # pylint: disable=broad-except
-        raise CorruptCheckpointError(f'checkpoint {self._step_dir(step)}: the {item!r} item '
-                                     f'cannot be parsed ({type(e).__name__}: {e})') from e
-      saved.update(_layout(tree, item))
-    wanted.update(_layout(abstract_state['weights'], 'weights'))
-    if 'train' in items:
-      wanted.update(_layout({k: v for k, v in abstract_state.items() if k != 'weights'},
-                           'train'))
+    are those of `abstract_state` (CorruptCheckpointError if unreadable).
+
+    Returns the step's metadata.
+    """
+    metadata = self.metadata(step)
+    items = _items(abstract_state)
+    try:
+      stored = self._manager.item_metadata(step)
+      saved = {}
+      for item in items:
+        saved.update(_layout(stored[item].tree, item))
+    except Exception as e:  # pylint: disable=broad-except
+      raise CorruptCheckpointError(f'checkpoint {self._step_dir(step)}: its items cannot be '
+                                   f'parsed ({type(e).__name__}: {e})') from e
+    wanted = {}
+    for item, tree in items.items():
+      wanted.update(_layout(tree, item))
     difference = compare_layouts(saved, wanted)
     if difference is not None:
       raise IncompatibleCheckpointError(
           f'checkpoint {self._step_dir(step)} does not fit the configured model: {difference}')
+    return metadata
 
   def restore(self, step: int, abstract_state: dict) -> Tuple[Any, dict]:
     """The train state and metadata of one step.
@@ -184,28 +196,21 @@ class Checkpointer:
       IncompatibleCheckpointError: the checkpoint's layout differs.
       CorruptCheckpointError: its files cannot be parsed or fail the checksum.
     """
-    self.check_fits(step, abstract_state)
-    metadata = self.metadata(step)
-    weights_only = set(abstract_state) == {'weights'}
-    args = {'weights': ocp.args.StandardRestore(_abstract(abstract_state['weights']))}
-    if not weights_only:
-      args['train'] = ocp.args.StandardRestore(
-          _abstract({k: v for k, v in abstract_state.items() if k != 'weights'}))
+    metadata = self.check_fits(step, abstract_state)
+    items = _items(abstract_state)
     try:
-      restored = self._manager.restore(step, args=ocp.args.Composite(**args))
+      restored = self._manager.restore(step, args=ocp.args.Composite(**{
+          item: ocp.args.StandardRestore(_abstract(tree)) for item, tree in items.items()}))
     except Exception as e:  # pylint: disable=broad-except
       raise CorruptCheckpointError(f'checkpoint {self._step_dir(step)} cannot be read '
                                    f'({type(e).__name__}: {str(e)[:300]})') from e
+    for item in items:
+      if tree_checksum(restored[item]) != metadata['checksums'][item]:
+        raise CorruptCheckpointError(f'checkpoint {self._step_dir(step)}: the {item!r} arrays '
+                                     'differ from what was saved (checksum mismatch)')
     state = {'weights': restored['weights']}
-    if tree_checksum(state['weights']) != metadata['checksums']['weights']:
-      raise CorruptCheckpointError(f'checkpoint {self._step_dir(step)}: the weights differ from '
-                                   'what was saved (checksum mismatch)')
-    if not weights_only:
-      rest = restored['train']
-      if tree_checksum(rest) != metadata['checksums']['train']:
-        raise CorruptCheckpointError(f'checkpoint {self._step_dir(step)}: the train state '
-                                     'differs from what was saved (checksum mismatch)')
-      state.update(rest)
+    if 'train' in items:
+      state.update(restored['train'])
     return state, metadata
 
   def restore_latest(self, abstract_state: dict, set_aside_corrupt: bool = False
