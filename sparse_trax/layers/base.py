@@ -110,9 +110,9 @@ def _creation_site() -> str:
 
 
 def _first_in_mode(layer: 'Layer', modes, path: str):
-  """The path of the first layer under `layer` that was given a mode in `modes`."""
+  """(path, layer) of the first layer under `layer` given a mode in `modes`, else None."""
   if layer.mode_given and layer.mode in modes:
-    return path
+    return path, layer
   for index, sub in enumerate(layer.sublayers):
     if sub.given_modes & set(modes):
       return _first_in_mode(sub, modes, f'{path}/{index}/{sub.name}')
@@ -128,11 +128,8 @@ def _check_no_predict_mixed(layer: 'Layer') -> None:
   if 'predict' not in layer.given_modes or len(layer.given_modes) == 1:
     return
   others = sorted(layer.given_modes - {'predict'})
-  odd = _first_in_mode(layer, others, layer.name)
-  predict = _first_in_mode(layer, ('predict',), layer.name)
-  odd_layer = layer
-  for index in odd.split('/')[1::2]:
-    odd_layer = odd_layer.sublayers[int(index)]
+  odd, odd_layer = _first_in_mode(layer, others, layer.name)
+  predict, _ = _first_in_mode(layer, ('predict',), layer.name)
   raise ValueError(
       f"{layer.name} (made at {layer.created_at}) mixes 'predict' with {others[0]!r}: "
       f'{odd} (made at {odd_layer.created_at}) is in {odd_layer.mode!r} mode while {predict} '
