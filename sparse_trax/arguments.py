@@ -7,7 +7,9 @@ bad gin binding (`n_steps = -5`, `BATCH_SIZE = 0`, `D_MODEL = 64.5`,
 
 import numbers
 import typing
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Optional, Tuple
+
+import numpy as np
 
 
 def _describe(value: Any) -> str:
@@ -82,3 +84,13 @@ def check_model_arguments(model_fn, arguments: dict) -> None:
         raise ValueError(f'{owner}: {name} must be a str, got {_describe(value)}')
       if name == 'mode':
         check_choice(owner, name, value, ('train', 'eval', 'predict'))
+
+
+def first_out_of_range(ids, size: int) -> Optional[Tuple[Tuple[int, ...], int]]:
+  """(index, id) of the first entry of an id array outside [0, size), else None (on the host)."""
+  ids = np.asarray(ids)
+  bad = np.argwhere((ids < 0) | (ids >= size))
+  if not bad.size:
+    return None
+  where = tuple(int(i) for i in bad[0])
+  return where, int(ids[where])

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sparse_trax import arguments
 from sparse_trax.layers.base import Layer
 from sparse_trax.layers.core import Embedding
 from sparse_trax.layers.state import reorder_batch
@@ -198,10 +199,10 @@ def check_ids(ids: np.ndarray, vocab_size: Optional[int], what: str) -> None:
     raise ValueError(f'{what} must hold integer token ids, got dtype {ids.dtype}')
   if vocab_size is None or not ids.size:
     return
-  bad = np.argwhere((ids < 0) | (ids >= vocab_size))
-  if bad.size:
-    where = tuple(int(i) for i in bad[0])
-    raise ValueError(f'{what} holds token id {int(ids[where])} at index {list(where)}, '
+  found = arguments.first_out_of_range(ids, vocab_size)
+  if found is not None:
+    where, token = found
+    raise ValueError(f'{what} holds token id {token} at index {list(where)}, '
                      f'outside the vocabulary [0, {vocab_size})')
 
 

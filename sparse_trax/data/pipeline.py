@@ -250,11 +250,10 @@ def check_ids(batch: Batch, vocab_size: int) -> None:
   for key in ('targets', 'inputs'):
     if key not in batch:
       continue
-    ids = batch[key]
-    bad = np.flatnonzero((ids < 0) | (ids >= vocab_size))
-    if bad.size:
-      where = np.unravel_index(bad[0], ids.shape)
-      raise ValueError(f'token id {int(ids[where])} in batch[{key!r}] at {tuple(map(int, where))} '
+    found = arguments.first_out_of_range(batch[key], vocab_size)
+    if found is not None:
+      where, token = found
+      raise ValueError(f'token id {token} in batch[{key!r}] at {where} '
                        f'is outside [0, {vocab_size}) (the tokenizer\'s vocab_size)')
 
 

@@ -27,7 +27,7 @@ import jax
 from jax.extend import core as jax_core
 import tqdm
 
-from sparse_trax.layers.quantize import convert_leaf
+from sparse_trax.layers.quantize import STORAGE_DTYPES, convert_leaf
 
 _convert = jax.jit(convert_leaf, static_argnums=1)
 
@@ -129,7 +129,8 @@ def init_in_storage(layer, input_signature, rng, weight_dtype: str,
     converted; peak memory is the converted weights plus about one float32
     matrix (see the module docstring).
   """
-  convert_leaf(jax.ShapeDtypeStruct((1,), 'float32'), weight_dtype)  # checks the name
+  if weight_dtype not in STORAGE_DTYPES:
+    raise ValueError(f'storage must be one of {STORAGE_DTYPES}, got {weight_dtype!r}')
 
   def init(key):
     return layer.init(input_signature, rng=key)
