@@ -71,16 +71,17 @@ def weights_in(weights, storage: str):
   return weights if storage == 'float32' else tl.quantize_weights(weights, storage)
 
 
+def eval_log_perplexity(eval_model, inputs, weights) -> float:
+  return loop.evaluate(eval_model, loop.make_eval_step(eval_model, lm=True), weights,
+                       inputs.eval_batches(lm=True), True)['eval_log_perplexity']
+
+
 def measure(output_dir: str, prompts: int, tokens: int) -> dict:
   eval_model, predict, inputs = run_pieces(output_dir)
   weights = load_weights(output_dir, eval_model)
-  eval_step = loop.make_eval_step(eval_model, lm=True)
-  result = {}
-  for storage in STORAGES:
-    w = weights_in(weights, storage)
-    result[f'{storage} log-ppl'] = loop.evaluate(eval_model, eval_step, w,
-                                                 inputs.eval_batches(lm=True), True)[
-                                                     'eval_log_perplexity']
+  result = {f'{storage} log-ppl': eval_log_perplexity(eval_model, inputs,
+                                                      weights_in(weights, storage))
+            for storage in STORAGES}
   # Prompts: the first 16 tokens of the first eval rows.
   batch = next(inputs.eval_batches(lm=True))
   prompt = np.asarray(batch['targets'][:prompts, :16], np.int32)
@@ -121,7 +122,9 @@ def main():
     if args.bfloat16_training:
       bf16_dir = os.path.join(root, f'{name}_bfloat16_training')
       train_run(CONFIGS[name], bf16_dir, args.steps, ["train.compute_dtype = 'bfloat16'"])
-      row['bfloat16-trained log-ppl'] = measure(bf16_dir, 1, 1)['float32 log-ppl']
+      eval_model, _, inputs = run_pieces(bf16_dir)
+      row['bfloat16-trained log-ppl'] = eval_log_perplexity(
+          eval_model, inputs, load_weights(bf16_dir, eval_model))
     rows.append(row)
     print(f'  {name}: {row}', flush=True)
   print(f'\nLow precision on trained runs (runs in {root}; {rows[0]["positions"]} greedy '

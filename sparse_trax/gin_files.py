@@ -21,7 +21,7 @@ import contextlib
 import io
 import os
 import re
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import gin
 from gin import config_parser
@@ -155,12 +155,12 @@ def unused_macros(config_files: Sequence[str], bindings: Sequence[str] = ()
   """
   bound: List[MacroBinding] = []
   referenced = set()
-  seen: Dict[str, bool] = {}
+  seen = set()
 
   def walk(path: str, top_level: bool):
     if path in seen:
       return
-    seen[path] = True
+    seen.add(path)
     with open(path, encoding='utf-8') as f:
       statements = read_statements(f.read(), path)
     bound.extend(MacroBinding(name, f'{path}:{line}', top_level)

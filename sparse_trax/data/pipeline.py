@@ -114,7 +114,7 @@ class Inputs:
       ds = ds.take(self.n_eval_batches)
     return _numpy_batches(ds, None, self.tokenizer.vocab_size)
 
-  def check(self, *, lm: bool = True, max_examples: int = 1000) -> None:
+  def check(self, *, lm: bool = True, max_examples: int = 1000) -> Batch:
     """Fails fast, with the reason, when training or evaluation would get no data.
 
     Reads at most `max_examples` examples of each split (printing a progress
@@ -123,16 +123,20 @@ class Inputs:
     hold a full window. Then draws one training batch and one eval batch.
     Call before the first training step.
 
+    Returns:
+      The first training batch (what `next(train_batches(lm=lm))` gives).
+
     Raises:
       ValueError: naming the split, the lengths asked for and what was seen.
     """
     for split, length in (('train', self.max_length), ('eval', self.eval_max_length)):
       self._check_split(split, length, lm, max_examples)
-    next(self.train_batches(lm=lm))
+    first_batch = next(self.train_batches(lm=lm))
     eval_batch = next(self.eval_batches(lm=lm), None)
     if eval_batch is None or not eval_batch['weights'].any():
       raise ValueError(f'the eval split of {self.source.name!r} gives no batch with '
                        f'eval_max_length={self.eval_max_length}')
+    return first_batch
 
   # ----------------------------------------------------------- private
 

@@ -255,8 +255,7 @@ def train(output_dir: str, model: Callable, inputs, optimizer: Callable = optimi
     print(f'Training data-parallel on {placement.n_devices} devices '
           f'({jax.devices()[0].device_kind}), weights {weight_sharding}.')
 
-  inputs.check(lm=lm)         # one train and one eval batch, or the reason there are none
-  first_batch = next(inputs.train_batches(lm=lm))
+  first_batch = inputs.check(lm=lm)   # or the reason there is no train or eval batch
   if first_batch['targets'].shape[0] % placement.n_devices:
     raise ValueError(f'the batch size {first_batch["targets"].shape[0]} is not a multiple of '
                      f'the {placement.n_devices} devices trained on; change the batch size '
