@@ -17,6 +17,9 @@ Several hosts: run the same command in one process per host with
 `--distributed` (the cluster is detected: Cloud TPU, Slurm, Open MPI) or with
 `--coordinator_address HOST:PORT --num_processes N --process_id I`; the
 trainer calls `jax.distributed.initialize` before anything else touches JAX.
+Process 0 writes and prints for all; an error in any process ends it at once
+(it does not wait for the others at JAX's shutdown barrier), and the others
+fail at their next collective or after `--heartbeat_timeout` seconds.
 """
 
 import argparse
@@ -106,6 +109,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   cluster.add_argument('--coordinator_address', help='HOST:PORT of process 0')
   cluster.add_argument('--num_processes', type=int, help='how many processes in all')
   cluster.add_argument('--process_id', type=int, help='this process, 0 .. num_processes - 1')
+  cluster.add_argument('--heartbeat_timeout', type=int, default=100,
+                       help='seconds without word from a process before the others fail '
+                            '(default 100)')
   args = parser.parse_args(argv)
   explicit = (args.coordinator_address, args.num_processes, args.process_id)
   if any(v is not None for v in explicit) and any(v is None for v in explicit):
@@ -114,11 +120,20 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def connect_hosts(args: argparse.Namespace) -> None:
-  """Calls jax.distributed.initialize when the flags ask for several hosts."""
+  """Calls jax.distributed.initialize when the flags ask for several hosts.
+
+  A process that loses a peer fails within `--heartbeat_timeout` seconds
+  rather than waiting forever. Processes other than 0 then show only errors
+  (no warnings, no progress: process 0 reports for all).
+  """
   if args.coordinator_address is not None:
-    jax.distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+    jax.distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
+                               heartbeat_timeout_seconds=args.heartbeat_timeout)
   elif args.distributed:
-    jax.distributed.initialize()
+    jax.distributed.initialize(heartbeat_timeout_seconds=args.heartbeat_timeout)
+  if jax.process_index() != 0:
+    warnings.simplefilter('ignore')
+    logging.getLogger().setLevel(logging.ERROR)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
@@ -132,8 +147,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
   config_path = os.path.join(args.output_dir, 'config.gin')
 
   def write_operative_config():
-    with open(config_path, 'w', encoding='utf-8') as f:
-      f.write(gin.operative_config_str())
+    if jax.process_index() == 0:
+      with open(config_path, 'w', encoding='utf-8') as f:
+        f.write(gin.operative_config_str())
 
   train = gin.get_configurable('train')
   result = train(output_dir=args.output_dir, on_start=write_operative_config)
@@ -159,9 +175,20 @@ def console_main(argv: Optional[Sequence[str]] = None) -> int:
     # names its owner already.
     message = '\n'.join(line for line in (str(e) or type(e).__name__).splitlines()
                         if not line.strip().startswith('In call to configurable'))
+    several = jax.distributed.is_initialized() and jax.process_count() > 1
+    if several:
+      message = (f'process {jax.process_index()} of {jax.process_count()}: {message}\n'
+                 '(if another process of this run stopped first, its output says why)')
     print(f'trainer: error: {message}', file=sys.stderr)
     if '--debug' not in argv:
       print('(run with --debug for the traceback)', file=sys.stderr)
+    if several:
+      # A normal exit waits at jax.distributed's shutdown barrier for every
+      # process, which a dead or failed peer never reaches: leave at once (the
+      # peers' next collective then fails too).
+      sys.stdout.flush()
+      sys.stderr.flush()
+      os._exit(1)  # pylint: disable=protected-access
     return 1
   return 0
 

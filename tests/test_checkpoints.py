@@ -1,6 +1,7 @@
 """Checkpoints: round trip of real train states, keep-last-n, damaged ones skipped,
 incompatible ones refused, and reading that never moves anything."""
 
+import json
 import os
 import warnings
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 import sparse_trax.layers as tl
-from sparse_trax.train import checkpoints, optimizers
+from sparse_trax.train import checkpoints, checksums, optimizers
 
 
 def train_state(seed=0, width=4):
@@ -79,8 +80,72 @@ def test_checksum_changes_with_any_value():
   a = train_state(0)
   b = jax.tree_util.tree_map(lambda x: x, a)
   b['weights'][0]['w'] = b['weights'][0]['w'].at[0, 0].add(1e-6)
-  assert checkpoints.tree_checksum(a) != checkpoints.tree_checksum(b)
-  assert checkpoints.tree_checksum(a) == checkpoints.tree_checksum(train_state(0))
+  assert checksums.tree_checksum(a) != checksums.tree_checksum(b)
+  assert checksums.tree_checksum(a) == checksums.tree_checksum(train_state(0))
+
+
+def _mix_slowly(x: int) -> int:
+  mask = (1 << 64) - 1
+  x ^= x >> 33
+  x = (x * 0xFF51AFD7ED558CCD) & mask
+  x ^= x >> 33
+  x = (x * 0xC4CEB9FE1A85EC53) & mask
+  return x ^ (x >> 33)
+
+
+def _position_hash_slowly(array: np.ndarray) -> int:
+  """The checksum's formula, one element at a time in Python integers."""
+  bits = array.reshape(-1).view(f'uint{8 * array.dtype.itemsize}')
+  return sum(_mix_slowly(_mix_slowly(i + checksums.SEED) ^ int(b))
+             for i, b in enumerate(bits)) % (1 << 64)
+
+
+@pytest.mark.parametrize('dtype', ['float32', 'bfloat16', 'int8', 'uint32', 'bool'])
+def test_position_hash_follows_its_formula(dtype):
+  array = np.asarray(jax.random.normal(jax.random.key(0), (3, 5, 2)) * 3).astype(dtype)
+  assert checksums.block_sum(array, (0, 0, 0), array.shape) == _position_hash_slowly(array)
+  scalar = np.asarray(2.5, np.float32)
+  assert checksums.block_sum(scalar, (), ()) == _position_hash_slowly(scalar.reshape(1))
+
+
+def test_checksum_is_the_same_however_the_array_is_split():
+  """Blocks at their offsets add up to the whole array's sum (so shards held by
+  different devices or processes give the whole array's checksum)."""
+  array = np.arange(6 * 8 * 3, dtype=np.float32).reshape(6, 8, 3)
+  whole = checksums.block_sum(array, (0, 0, 0), array.shape)
+  for rows, columns in ((3, 8), (6, 4), (2, 2), (1, 8)):
+    parts = [checksums.block_sum(array[r:r + rows, c:c + columns], (r, c, 0), array.shape)
+             for r in range(0, 6, rows) for c in range(0, 8, columns)]
+    assert sum(parts) % (1 << 64) == whole
+  # Position counts: the same values in another order give another sum.
+  swapped = array.copy()
+  swapped[0, 0, 0], swapped[5, 7, 2] = swapped[5, 7, 2], swapped[0, 0, 0]
+  assert checksums.block_sum(swapped, (0, 0, 0), array.shape) != whole
+
+
+def test_checkpoints_with_the_earlier_checksum_still_restore(tmp_path):
+  """Format-2 checkpoints saved before the checksum method was recorded hashed the
+  arrays' bytes: they restore (and a damaged one is still caught)."""
+  directory = str(tmp_path / 'ckpt')
+  checkpointer = checkpoints.Checkpointer(directory)
+  state = train_state(3)
+  checkpointer.save(3, state, {'data_position': 3})
+  meta_file = os.path.join(directory, '3', 'meta', 'metadata')
+  with open(meta_file, encoding='utf-8') as f:
+    meta = json.load(f)
+  del meta['checksum_method']
+  meta['checksums'] = {'weights': checksums.legacy_tree_checksum(state['weights']),
+                       'train': checksums.legacy_tree_checksum(
+                           {k: v for k, v in state.items() if k != 'weights'})}
+  with open(meta_file, 'w', encoding='utf-8') as f:
+    json.dump(meta, f)
+  restored, _ = checkpointer.restore(3, train_state(0))
+  assert_trees_equal(restored, state)
+  meta['checksums']['weights'] = checksums.legacy_tree_checksum(train_state(4)['weights'])
+  with open(meta_file, 'w', encoding='utf-8') as f:
+    json.dump(meta, f)
+  with pytest.raises(checkpoints.CorruptCheckpointError, match='checksum'):
+    checkpointer.restore(3, train_state(0))
 
 
 def test_incompatible_checkpoint_is_refused_naming_the_weight_and_kept(tmp_path):

@@ -1,4 +1,5 @@
-"""Data-parallel training over 8 (simulated CPU) devices equals one device."""
+"""Data-parallel training over 8 (simulated CPU) devices equals one device; checkpoint
+checksums do not depend on the sharding."""
 
 import json
 import os
@@ -18,7 +19,16 @@ import json, os, sys
 import gin
 import jax
 from sparse_trax import trainer
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+from sparse_trax.train import checksums
 assert jax.device_count() == 8, jax.devices()
+# A checkpoint checksum is the same for an array whole and sharded over devices.
+mesh = jax.make_mesh((4, 2), ('a', 'b'))
+whole = np.arange(8 * 4 * 2, dtype=np.float32).reshape(8, 4, 2)
+for spec in [(), ('a',), ('a', 'b'), (None, 'b'), ('b', 'a', None)]:
+  placed = jax.device_put(whole, NamedSharding(mesh, PartitionSpec(*spec)))
+  assert checksums.tree_checksum([placed]) == checksums.tree_checksum([whole]), spec
 config, out = sys.argv[1], sys.argv[2]
 for name, bindings in [('one', ['train.n_devices = 1']),
                        ('eight', ['train.n_devices = 8']),

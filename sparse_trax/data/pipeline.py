@@ -10,6 +10,7 @@ continues it from batch number `position`, so a resumed run sees exactly the
 batches an uninterrupted one would.
 """
 
+import functools
 from typing import Dict, Iterator, Optional, Sequence
 
 import numpy as np
@@ -27,7 +28,7 @@ class Inputs:
   Args:
     source: a data source (ShippedCorpus, TFDSSource, TextFiles, AdditionTask, ...).
     tokenizer: a tokenizer config (SentencePieceTokenizer, ByteTokenizer); built
-      here on the source's training split.
+      on the source's training split when `tokenizer` is first used.
     max_length: length of training sequences (targets, or inputs+targets
       for a language model on a sequence-to-sequence task).
     batch_size: training batch size.
@@ -61,7 +62,7 @@ class Inputs:
     if pack is not None and not isinstance(pack, bool):
       raise ValueError(f'Inputs: pack must be True, False or None, got {pack!r}')
     self.source = source
-    self.tokenizer = tokenizer.build(source)
+    self.tokenizer_config = tokenizer
     self.max_length = max_length
     self.batch_size = batch_size
     self.eval_batch_size = eval_batch_size or batch_size
@@ -78,6 +79,13 @@ class Inputs:
     self.seed = seed
 
   # ------------------------------------------------------------ public
+
+  @functools.cached_property
+  def tokenizer(self):
+    """The built tokenizer. Built on first use, not at construction: building may
+    prepare the source and train a tokenizer (SentencePiece) into shared caches,
+    which with several processes only process 0 does first."""
+    return self.tokenizer_config.build(self.source)
 
   def train_batches(self, position: int = 0, *, lm: bool = True) -> Iterator[Batch]:
     """Endless training batches starting at batch number `position`.

@@ -20,7 +20,6 @@ Reading (`restore_latest`, `restore_weights`, `load_weights`) never moves or
 deletes anything.
 """
 
-import hashlib
 import os
 import warnings
 from typing import Any, Optional, Tuple
@@ -28,6 +27,9 @@ from typing import Any, Optional, Tuple
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from sparse_trax.train import checksums
+from sparse_trax.train import parallel
 
 FORMAT = 2          # 'weights' + 'train' + 'meta' items
 
@@ -38,16 +40,6 @@ class IncompatibleCheckpointError(ValueError):
 
 class CorruptCheckpointError(ValueError):
   """A checkpoint whose files cannot be parsed or whose arrays fail their checksum."""
-
-
-def tree_checksum(tree) -> str:
-  """SHA-256 over the bytes, shapes and dtypes of a pytree's arrays."""
-  digest = hashlib.sha256()
-  for leaf in jax.tree_util.tree_leaves(tree):
-    array = np.asarray(leaf)
-    digest.update(f'{array.dtype}{array.shape}'.encode())
-    digest.update(np.ascontiguousarray(array).tobytes())
-  return digest.hexdigest()
 
 
 def _path_name(path) -> str:
@@ -137,8 +129,9 @@ class Checkpointer:
     if self.read_only:
       raise ValueError(f'{self.directory} was opened read-only')
     items = _items(train_state, always_train=True)
-    metadata = dict(metadata, step=int(step), format=FORMAT,
-                    checksums={item: tree_checksum(tree) for item, tree in items.items()})
+    metadata = dict(metadata, step=int(step), format=FORMAT, checksum_method=checksums.METHOD,
+                    checksums={item: checksums.tree_checksum(tree)
+                               for item, tree in items.items()})
     self._manager.save(step, args=ocp.args.Composite(
         meta=ocp.args.JsonSave(metadata),
         **{item: ocp.args.StandardSave(tree) for item, tree in items.items()}))
@@ -204,8 +197,11 @@ class Checkpointer:
     except Exception as e:  # pylint: disable=broad-except
       raise CorruptCheckpointError(f'checkpoint {self._step_dir(step)} cannot be read '
                                    f'({type(e).__name__}: {str(e)[:300]})') from e
+    # Checkpoints saved before the method was recorded hashed whole arrays' bytes.
+    checksum = (checksums.tree_checksum if metadata.get('checksum_method') == checksums.METHOD
+                else checksums.legacy_tree_checksum)
     for item in items:
-      if tree_checksum(restored[item]) != metadata['checksums'][item]:
+      if checksum(restored[item]) != metadata['checksums'][item]:
         raise CorruptCheckpointError(f'checkpoint {self._step_dir(step)}: the {item!r} arrays '
                                      'differ from what was saved (checksum mismatch)')
     state = {'weights': restored['weights']}
@@ -240,13 +236,19 @@ class Checkpointer:
     return os.path.join(self.directory, str(step))
 
   def _move_aside(self, step: int) -> str:
-    """Moves a damaged step directory out of the manager's way (the step is redone)."""
+    """Moves a damaged step directory out of the manager's way (the step is redone).
+
+    With several processes (which all find the same damage: the checksums are
+    summed over processes) process 0 moves it and the others wait for it.
+    """
     aside = os.path.join(os.path.dirname(self.directory),
                          f'{os.path.basename(self.directory)}_corrupt', str(step))
-    os.makedirs(os.path.dirname(aside), exist_ok=True)
-    if os.path.exists(aside):
-      aside = f'{aside}.{os.getpid()}'
-    os.replace(self._step_dir(step), aside)
+    if jax.process_index() == 0:
+      os.makedirs(os.path.dirname(aside), exist_ok=True)
+      if os.path.exists(aside):
+        aside = f'{aside}.{os.getpid()}'
+      os.replace(self._step_dir(step), aside)
+    parallel.barrier(f'checkpoint {step} moved aside')
     self._manager.reload()
     return aside
 

@@ -239,23 +239,34 @@ def train(output_dir: str, model: Callable, inputs, optimizer: Callable = optimi
   Returns:
     A dict: the final eval metrics, the unigram baseline, the decoded
     'sample' and the trained 'weights' (to decode or evaluate further).
+
+  With several processes (after `jax.distributed.initialize()`) every process
+  runs this with the same arguments; only process 0 writes metrics.jsonl,
+  prints and decodes the sample ('sample' is in its result only).
   """
   check_train_arguments(n_steps, eval_every, checkpoint_every, keep_checkpoints, log_every,
                         seed, decode_length, decode_temperature, n_devices, weight_sharding,
                         compute_dtype, learning_rate, clip_gradient_norm)
   os.makedirs(output_dir, exist_ok=True)
   metrics_path = os.path.join(output_dir, 'metrics.jsonl')
-  vocab_size = inputs.tokenizer.vocab_size
+  # With several processes, process 0 prepares the data and trains the tokenizer
+  # (into caches the processes share) before the others read them.
+  vocab_size = parallel.main_process_first(lambda: inputs.tokenizer.vocab_size,
+                                           'tokenizer ready')
   train_model = build_model(model, 'train', vocab_size)
   eval_model = build_model(model, 'eval', vocab_size)
   lm = train_model.n_in == 1
   tx = optimizers.with_gradient_clipping(optimizer(learning_rate), clip_gradient_norm)
   placement = parallel.Placement(n_devices, weight_sharding)
-  if placement.n_devices > 1:
+  main_process = jax.process_index() == 0     # the one that writes and prints
+  if placement.n_devices > 1 and main_process:
     print(f'Training data-parallel on {placement.n_devices} devices '
-          f'({jax.devices()[0].device_kind}), weights {weight_sharding}.')
+          f'({jax.devices()[0].device_kind}'
+          f'{f", {jax.process_count()} processes" if jax.process_count() > 1 else ""}), '
+          f'weights {weight_sharding}.')
 
-  first_batch = inputs.check(lm=lm)   # or the reason there is no train or eval batch
+  # The first batch, or the reason there is no train or eval batch.
+  first_batch = parallel.main_process_first(lambda: inputs.check(lm=lm), 'data prepared')
   if first_batch['targets'].shape[0] % placement.n_devices:
     raise ValueError(f'the batch size {first_batch["targets"].shape[0]} is not a multiple of '
                      f'the {placement.n_devices} devices trained on; change the batch size '
@@ -267,11 +278,10 @@ def train(output_dir: str, model: Callable, inputs, optimizer: Callable = optimi
     raise ValueError(f'the model outputs {output_signature.shape[-1]} logits per token but '
                      f'the tokenizer has {vocab_size} ids')
   weights = placement.weights(weights)
-  model_state = jax.device_put(model_state, placement.replicated)
+  model_state = placement.replicate(model_state)
   train_state = {'weights': weights, 'model_state': model_state,
                  'opt_state': placement.weights(tx.init(weights)),
-                 'rng': jax.device_put(jax.random.key_data(jax.random.key(seed)),
-                                       placement.replicated)}
+                 'rng': placement.replicate(jax.random.key_data(jax.random.key(seed)))}
   checkpointer = checkpoints.Checkpointer(os.path.join(output_dir, 'checkpoints'),
                                           keep=keep_checkpoints)
   try:
@@ -286,8 +296,10 @@ def train(output_dir: str, model: Callable, inputs, optimizer: Callable = optimi
   if restored is not None:
     train_state, metadata = restored
     start_step, position = metadata['step'], metadata['data_position']
-    print(f'Resuming from step {start_step} ({checkpointer.directory}/{start_step}).')
-  truncate_metrics(metrics_path, start_step)
+    if main_process:
+      print(f'Resuming from step {start_step} ({checkpointer.directory}/{start_step}).')
+  if main_process:
+    truncate_metrics(metrics_path, start_step)
   input_signature = checkpoints.signature_to_json(_signature(model_inputs(first_batch, lm)))
   unigram = inputs.unigram_log_perplexity(lm=lm)
 
@@ -316,48 +328,57 @@ def train(output_dir: str, model: Callable, inputs, optimizer: Callable = optimi
     eval_batches = (placement.batch(b) for b in inputs.eval_batches(lm=lm))
     record = dict(evaluate(eval_model, eval_step, weights, eval_batches, lm),
                   step=step, unigram_log_perplexity=unigram)
-    if log:
+    if log and main_process:
       _append_jsonl(metrics_path, record)
-    tqdm.tqdm.write(f'step {step}: eval log-perplexity {record["eval_log_perplexity"]:.4f} '
-                    f'(unigram baseline {unigram:.4f}), accuracy {record["eval_accuracy"]:.4f}')
+    if main_process:
+      tqdm.tqdm.write(f'step {step}: eval log-perplexity {record["eval_log_perplexity"]:.4f} '
+                      f'(unigram baseline {unigram:.4f}), '
+                      f'accuracy {record["eval_accuracy"]:.4f}')
     return record
 
-  bar = tqdm.tqdm(total=n_steps, initial=start_step, disable=not progress_bar,
+  bar = tqdm.tqdm(total=n_steps, initial=start_step, disable=not (progress_bar and main_process),
                   desc='training', unit='step', dynamic_ncols=True)
   record, tokens, clock = None, 0, time.perf_counter()
-  for step in range(start_step + 1, n_steps + 1):
-    batch = next(batches)
-    position += 1
-    weights, model_state, opt_state, metrics = train_step(
-        weights, model_state, opt_state, placement.batch(batch), jax.random.fold_in(rng, step))
-    loss = float(metrics['loss'])
-    if not np.isfinite(loss):
-      bar.close()
-      kept = checkpointer.steps()
-      raise FloatingPointError(
-          f'the training loss is {loss} at step {step}; stopping. The last good checkpoint '
-          f'is kept: {checkpointer.directory}/{kept[-1] if kept else "(none yet)"}')
-    tokens += batch['targets'].size
-    bar.update(1)
-    if step % log_every == 0 or step == n_steps:
-      rate = tokens / max(time.perf_counter() - clock, 1e-9)
-      bar.set_postfix(loss=f'{loss:.3f}', tokens_per_s=f'{rate:,.0f}')
-      _append_jsonl(metrics_path, {'step': step, 'loss': loss, 'tokens_per_s': rate,
-                                   'accuracy': float(metrics['accuracy']),
-                                   'gradient_norm': float(metrics['gradient_norm'])})
-      tokens, clock = 0, time.perf_counter()
-    if step % eval_every == 0 or step == n_steps:
-      record = run_eval(step)
-    if step % checkpoint_every == 0 or step == n_steps:
-      save(step)
-  bar.close()
+  try:   # the bar ends its line before any error message
+    for step in range(start_step + 1, n_steps + 1):
+      batch = next(batches)
+      position += 1
+      weights, model_state, opt_state, metrics = train_step(
+          weights, model_state, opt_state, placement.batch(batch), jax.random.fold_in(rng, step))
+      loss = float(metrics['loss'])
+      if not np.isfinite(loss):
+        kept = checkpointer.steps()
+        raise FloatingPointError(
+            f'the training loss is {loss} at step {step}; stopping. The last good checkpoint '
+            f'is kept: {checkpointer.directory}/{kept[-1] if kept else "(none yet)"}')
+      tokens += batch['targets'].size
+      bar.update(1)
+      if step % log_every == 0 or step == n_steps:
+        rate = tokens / max(time.perf_counter() - clock, 1e-9)
+        bar.set_postfix(loss=f'{loss:.3f}', tokens_per_s=f'{rate:,.0f}')
+        if main_process:
+          _append_jsonl(metrics_path, {'step': step, 'loss': loss, 'tokens_per_s': rate,
+                                       'accuracy': float(metrics['accuracy']),
+                                       'gradient_norm': float(metrics['gradient_norm'])})
+        tokens, clock = 0, time.perf_counter()
+      if step % eval_every == 0 or step == n_steps:
+        record = run_eval(step)
+      if step % checkpoint_every == 0 or step == n_steps:
+        save(step)
+  finally:
+    bar.close()
   if record is None:            # nothing trained (a finished run rerun): log nothing
     record = run_eval(start_step, log=False)
   result = dict(record, weights=weights)
   if decode_length > 0:
-    sample = decode_sample(model, vocab_size, weights, next(inputs.eval_batches(lm=lm)),
+    # Process 0 decodes alone, from a copy of the weights it holds whole (gathering
+    # weights sharded over processes needs every process).
+    local_weights = parallel.process_local(weights)
+    local_rng = jax.random.wrap_key_data(parallel.process_local(jax.random.key_data(rng)))
+  if decode_length > 0 and main_process:
+    sample = decode_sample(model, vocab_size, local_weights, next(inputs.eval_batches(lm=lm)),
                            inputs.tokenizer, lm, decode_length, decode_temperature,
-                           jax.random.fold_in(rng, n_steps + 1))
+                           jax.random.fold_in(local_rng, n_steps + 1))
     print(f'Decoded sample (temperature {decode_temperature}):\n'
           f'  prompt:       {sample["prompt"]!r}\n'
           f'  continuation: {sample["continuation"]!r}')
