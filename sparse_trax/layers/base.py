@@ -177,6 +177,9 @@ class Layer(metaclass=_FrozenAfterInit):
   runs_sublayers_whole = False
   # Which input item's axis 1 is the decoded sequence (its length advances the position).
   decode_stream = -1
+  # Combinators (as in Trax): given more stack items than n_in at init/apply, the
+  # layer runs on the first n_in and the rest follow its outputs unchanged.
+  passes_extra_items = False
 
   def __init__(self, n_in: int = 1, n_out: int = 1, *, name: Optional[str] = None,
                mode: Optional[str] = None, sublayers: Sequence['Layer'] = ()):
@@ -233,7 +236,7 @@ class Layer(metaclass=_FrozenAfterInit):
       (weights, state), both pytrees of arrays. In 'predict' mode the state
       is a `DecodeState` at position 0 holding every layer's caches.
     """
-    signature = to_signature(input_signature)
+    signature, _ = self._split_extra_items(to_signature(input_signature))
     if weight_dtype is not None:
       return streamed_init.init_in_storage(self, signature, rng, weight_dtype)
     weights, state, _ = self._init_checked(signature, rng)
@@ -243,10 +246,10 @@ class Layer(metaclass=_FrozenAfterInit):
 
   def output_signature(self, input_signature):
     """Returns the output signature for inputs of the given signature."""
-    signature = to_signature(input_signature)
+    signature, extra = self._split_extra_items(to_signature(input_signature))
     def build():
       return self._init_checked(signature, jax.random.key(0))[2]
-    return jax.eval_shape(build)
+    return self._with_extra_items(jax.eval_shape(build), extra)
 
   def apply(self, weights, state, inputs, *, rng=None,
             valid_length=None) -> Tuple[Any, Any]:
@@ -271,8 +274,15 @@ class Layer(metaclass=_FrozenAfterInit):
         once up to the shortest one's length, with one compiled shape).
 
     Returns:
-      (outputs, new_state); outputs a bare array when `n_out == 1`.
+      (outputs, new_state); outputs a bare array when `n_out == 1`. A
+      combinator given more items than `n_in` passes the rest through after
+      its outputs (as in Trax: `Serial(None)` on (x, y) gives (x, y)).
     """
+    inputs, extra = self._split_extra_items(inputs)
+    outputs, new_state = self._apply_whole(weights, state, inputs, rng, valid_length)
+    return self._with_extra_items(outputs, extra), new_state
+
+  def _apply_whole(self, weights, state, inputs, rng, valid_length):
     expanded = _share(self, weights, {})
     if self.mode != 'predict':
       return self._apply_checked(expanded, state, inputs, rng)
@@ -377,6 +387,21 @@ class Layer(metaclass=_FrozenAfterInit):
       raise ValueError(f'{what} must have rank {rank}, got shape {tuple(x.shape)}')
 
   # ---------------------------------------------------------------- private
+
+  def _split_extra_items(self, inputs):
+    """(the n_in items this layer takes, the items after them) for a combinator
+    given more stack items than it takes; (inputs, ()) otherwise."""
+    if (not self.passes_extra_items or not isinstance(inputs, (tuple, list))
+        or len(inputs) <= self.n_in):
+      return inputs, ()
+    items = tuple(inputs)
+    taken = items[0] if self.n_in == 1 else items[:self.n_in]
+    return taken, items[self.n_in:]
+
+  def _with_extra_items(self, outputs, extra: tuple):
+    if not extra:
+      return outputs
+    return (outputs,) + extra if self.n_out == 1 else tuple(outputs) + extra
 
   def _check_n_items(self, inputs):
     if self.n_in == 1:

@@ -27,23 +27,42 @@ def from_items(items: Sequence, n: int):
   return items[0] if n == 1 else tuple(items)
 
 
-def _flatten_layers(layers) -> tuple:
+def flatten_layers(layers) -> tuple:
   """Flattens nested lists/tuples of layers and drops Nones."""
   flat = []
   for layer in layers:
     if layer is None:
       continue
     if isinstance(layer, (list, tuple)):
-      flat.extend(_flatten_layers(layer))
+      flat.extend(flatten_layers(layer))
     elif isinstance(layer, Layer):
       flat.append(layer)
     else:
-      raise TypeError(f'expected a Layer, got {layer!r}')
+      raise TypeError(f'expected a Layer, a list of layers or None, got {layer!r}')
   return tuple(flat)
 
 
+def as_layer(layer) -> Layer:
+  """What Trax accepts wherever a layer goes, as one layer.
+
+  A Layer is itself; a list or tuple of layers (nested lists flattened,
+  Nones dropped) is their Serial; None (and `[]`) is the identity on one
+  item. Anything else raises a TypeError naming it.
+  """
+  if layer is None:
+    return Select([0], name='Identity')
+  if isinstance(layer, (list, tuple)):
+    return Serial(*layer)
+  if not isinstance(layer, Layer):
+    raise TypeError(f'expected a Layer, a list of layers or None, got {layer!r}')
+  return layer
+
+
 def _serial_arity(layers) -> tuple:
-  """(n_in, n_out) of running `layers` one after another on a stack."""
+  """(n_in, n_out) of running `layers` one after another on a stack; no layers:
+  the identity on one item, (1, 1), as in Trax."""
+  if not layers:
+    return 1, 1
   n_in, depth = 0, 0
   for layer in layers:
     if depth < layer.n_in:
@@ -53,23 +72,22 @@ def _serial_arity(layers) -> tuple:
   return n_in, depth
 
 
-def none_to_identity(layer):
-  """None -> an identity layer (Select([0])); a layer -> itself."""
-  return Select([0], name='Identity') if layer is None else layer
-
-
 # ---------------------------------------------------------------- Serial
 
 class Serial(Layer):
   """Runs layers one after another on the data stack.
 
-  Nested lists of layers are flattened and `None` entries dropped. Shapes:
-  x... -> the last layer's outputs, each layer taking its n_in items from the
-  top of the stack and pushing its n_out (a layer's shape rules compose).
+  Nested lists of layers are flattened and `None` entries dropped; with no
+  layers it is the identity on one item. Shapes: x... -> the last layer's
+  outputs, each layer taking its n_in items from the top of the stack and
+  pushing its n_out (a layer's shape rules compose). Given more items than
+  it takes, the rest pass through: `Serial(None)` on (x, y) gives (x, y).
   """
 
+  passes_extra_items = True
+
   def __init__(self, *layers, name: Optional[str] = None):
-    layers = _flatten_layers(layers)
+    layers = flatten_layers(layers)
     n_in, n_out = _serial_arity(layers)
     super().__init__(n_in, n_out, name=name, sublayers=layers)
 
@@ -122,14 +140,19 @@ def run_serial(parent: Layer, indices, weights, state, inputs, rng, n_in=None, p
 # ------------------------------------------------------ Parallel, Branch
 
 class Parallel(Layer):
-  """Runs layers side by side on consecutive stack items (None = identity).
+  """Runs layers side by side on consecutive stack items.
 
   `Parallel(f, g)` on (x, y) gives (f(x), g(y)): x y -> f(x) g(y), shapes as
-  each layer gives them.
+  each layer gives them. Each argument is a layer, a list of layers (their
+  Serial) or None / [] (the identity on one item): `Parallel([], None)` on
+  (x, y) gives (x, y). Items after the ones it takes pass through (Trax's
+  Parallel drops them when called alone; inside a Serial both keep them).
   """
 
+  passes_extra_items = True
+
   def __init__(self, *layers, name: Optional[str] = None):
-    layers = tuple(none_to_identity(l) for l in layers)
+    layers = tuple(as_layer(l) for l in layers)
     super().__init__(sum(l.n_in for l in layers), sum(l.n_out for l in layers),
                      name=name, sublayers=layers)
 
@@ -179,15 +202,19 @@ def init_each_on_top(layer: Layer, input_signature, rng):
 
 
 class Branch(Layer):
-  """Runs layers on copies of the same inputs (None = identity).
+  """Runs layers on copies of the same inputs.
 
   `Branch(f, g)` on x gives (f(x), g(x)): x -> f(x) g(x), shapes as each
   branch gives them. Takes as many items as the greediest branch; each
-  branch reads the top of the stack.
+  branch reads the top of the stack. Each argument is a layer, a list of
+  layers (their Serial) or None / [] (the identity): `Branch([], Dup())` on x
+  gives (x, x, x). Items after the ones it takes pass through.
   """
 
+  passes_extra_items = True
+
   def __init__(self, *layers, name: Optional[str] = None):
-    layers = tuple(none_to_identity(l) for l in layers)
+    layers = tuple(as_layer(l) for l in layers)
     super().__init__(max(l.n_in for l in layers), sum(l.n_out for l in layers),
                      name=name, sublayers=layers)
 
@@ -217,16 +244,20 @@ class Residual(Layer):
 
   With `layers` of n_in k and n_out m, Residual takes k items and gives m:
   the first output is shortcut(x) + layers(...)[0], the rest pass through
-  (so `Residual(attention)` on (x, mask) gives (x + y, mask)).
+  (so `Residual(attention)` on (x, mask) gives (x + y, mask)). No layers (or
+  None): the branch is the identity, x -> 2x, as in Trax.
 
   Args:
-    *layers: the residual branch, run as a Serial.
-    shortcut: a layer of n_in 1 and n_out 1 for the shortcut; None = identity.
+    *layers: the residual branch, run as a Serial (nested lists flattened).
+    shortcut: a layer of n_in 1 and n_out 1 for the shortcut (or a list of
+      layers); None = identity.
   """
 
-  def __init__(self, *layers, shortcut: Optional[Layer] = None,
-               name: Optional[str] = None):
-    layers = _flatten_layers(layers)
+  passes_extra_items = True
+
+  def __init__(self, *layers, shortcut=None, name: Optional[str] = None):
+    layers = flatten_layers(layers)
+    shortcut = None if shortcut is None else as_layer(shortcut)
     n_in, n_out = _serial_arity(layers)
     if n_out < 1:
       raise ValueError('Residual needs layers with at least one output')

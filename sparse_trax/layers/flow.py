@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from sparse_trax.layers.base import Layer
-from sparse_trax.layers.combinators import as_items, from_items, init_each_on_top, none_to_identity
+from sparse_trax.layers.combinators import as_items, as_layer, from_items, init_each_on_top
 from sparse_trax.layers.state import Position, RunOnce, run_once
 
 
@@ -28,6 +28,7 @@ class Scan(Layer):
 
   def __init__(self, layer: Layer, axis: int = 0, n_carry: int = 1,
                mode: str = 'train'):
+    layer = as_layer(layer)
     if layer.n_in != layer.n_out:
       raise ValueError(f'Scan needs a layer with n_in == n_out, got {layer}')
     super().__init__(layer.n_in, layer.n_out, mode=mode, sublayers=(layer,))
@@ -91,6 +92,7 @@ class Chunk(Layer):
   """
 
   def __init__(self, layer: Layer, size: int):
+    layer = as_layer(layer)
     if layer.n_in != 1 or layer.n_out != 1:
       raise ValueError('Chunk needs a layer with one input and one output')
     super().__init__(1, 1, sublayers=(layer,))
@@ -131,7 +133,7 @@ class Cond(Layer):
   """
 
   def __init__(self, cond: Layer, true: Layer, false: Optional[Layer] = None):
-    false = none_to_identity(false)
+    cond, true, false = as_layer(cond), as_layer(true), as_layer(false)
     if true.n_in != false.n_in or true.n_out != false.n_out:
       raise ValueError('Cond branches must have the same n_in and n_out')
     if cond.n_out != 1:
@@ -182,6 +184,7 @@ class Cache(Layer):
   runs_sublayers_whole = True
 
   def __init__(self, layer: Layer, mode: str = 'train'):
+    layer = as_layer(layer)
     if mode == 'predict' and layer.given_modes - {'eval'}:
       raise ValueError(f"Cache in 'predict' mode runs {layer.name} on the whole source: build "
                        f"it in 'eval' mode, not {sorted(layer.given_modes - {'eval'})}")

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from sparse_trax.layers.base import Layer
-from sparse_trax.layers.combinators import Serial, as_items, from_items
+from sparse_trax.layers.combinators import Serial, as_items, flatten_layers, from_items
 from sparse_trax.layers.state import with_replay
 
 
@@ -96,7 +96,7 @@ class ReversibleHalfResidual(ReversibleLayer):
   takes_position = True
 
   def __init__(self, *layers: Layer, name=None):
-    residual = layers[0] if len(layers) == 1 else Serial(*layers)
+    residual = layers[0] if len(layers) == 1 and isinstance(layers[0], Layer) else Serial(*layers)
     if residual.n_out < 1:
       raise ValueError('ReversibleHalfResidual needs a layer with an output')
     n = 1 + max(residual.n_in, 1)
@@ -147,7 +147,7 @@ class ReversibleSerial(Layer):
   takes_position = True
 
   def __init__(self, *layers: ReversibleLayer, memory_saving: bool = True, name=None):
-    layers = tuple(layers)
+    layers = flatten_layers(layers)    # nested lists flattened, Nones dropped, as in Trax
     for layer in layers:
       if not isinstance(layer, ReversibleLayer):
         raise TypeError(f'ReversibleSerial takes reversible layers, got {layer!r}')
