@@ -61,9 +61,13 @@ def stack_qkv(weights: dict) -> dict:
   return weights
 
 
-def self_attention_heads(x, wqkv, n_heads: int):
-  """x [batch, length, d] and wqkv [3d, d] -> q, k, v, each [batch, length, n_heads, d / n_heads]."""
-  return tuple(split_heads(t, n_heads) for t in jnp.split(linear(x, wqkv), 3, axis=-1))
+def self_attention_heads(x, wqkv, n_heads: int, bqkv=None):
+  """x [batch, length, d], wqkv [3d, d] (and bqkv [3d]) -> q, k, v, each
+  [batch, length, n_heads, d / n_heads]."""
+  qkv = linear(x, wqkv)
+  if bqkv is not None:
+    qkv = qkv + bqkv.astype(qkv.dtype)
+  return tuple(split_heads(t, n_heads) for t in jnp.split(qkv, 3, axis=-1))
 
 
 CACHE_BLOCK = 128
@@ -256,20 +260,23 @@ class _MultiHeadAttention(Layer):
 
   Self-attention (`fused_qkv=True`) weights: `wqkv` [3 * d_model, d_model]
   (query, key and value rows stacked, so one token reads them in one matrix
-  product), `wo` [d_model, d_model], `bo` [d_model]. Matrices are out-major
-  ([d_out, d_in], see `layers/linear.py`). Encoder-decoder attention
-  keeps `wq`, `wk`, `wv` apart, since its keys and values come from another
+  product), `wo` [d_model, d_model], `bo` [d_model]; with `qkv_bias` also
+  `bqkv` [3 * d_model] (Trax's attention has biases on its Q, K and V
+  projections). Matrices are out-major ([d_out, d_in], see
+  `layers/linear.py`). Encoder-decoder attention keeps `wq`, `wk`, `wv`
+  apart (and `bq`, `bk`, `bv`), since its keys and values come from another
   input.
   """
 
   def __init__(self, d_model: int, n_heads: int, dropout: float, mode: str,
-               n_in: int, n_out: int):
+               n_in: int, n_out: int, qkv_bias: bool = False):
     if d_model % n_heads:
       raise ValueError(f'd_model {d_model} is not divisible by n_heads {n_heads}')
     super().__init__(n_in, n_out, mode=mode)
     self.d_model = d_model
     self.n_heads = n_heads
     self.dropout = dropout
+    self.qkv_bias = qkv_bias
 
   def _init_weights(self, rng, fused_qkv: bool):
     keys = jax.random.split(rng, 4)
@@ -280,16 +287,27 @@ class _MultiHeadAttention(Layer):
     if fused_qkv:   # each third initialized as its own [d_model, d_model] matrix
       weights = stack_qkv(weights)
     weights['bo'] = jnp.zeros((self.d_model,), jnp.float32)
+    if self.qkv_bias and fused_qkv:
+      weights['bqkv'] = jnp.zeros((3 * self.d_model,), jnp.float32)
+    elif self.qkv_bias:
+      weights.update({name: jnp.zeros((self.d_model,), jnp.float32)
+                      for name in ('bq', 'bk', 'bv')})
     return weights
+
+  def _self_heads(self, weights, x):
+    """q, k, v [batch, length, n_heads, d_head] of self-attention on x."""
+    return self_attention_heads(x, weights['wqkv'], self.n_heads, weights.get('bqkv'))
 
   def _check_input(self, x, what='input'):
     if x.ndim != 3 or x.shape[-1] != self.d_model:
       raise ValueError(f'{what} must be [batch, length, {self.d_model}], '
                        f'got shape {tuple(x.shape)}')
 
-  def _heads(self, x, w):
-    """[batch, length, d_model] times w [d_model, d_model] -> [batch, length, n_heads, d_head]."""
-    return split_heads(linear(x, w), self.n_heads)
+  def _heads(self, x, w, b=None):
+    """[batch, length, d_model] times w [d_model, d_model] (plus b [d_model])
+    -> [batch, length, n_heads, d_head]."""
+    y = linear(x, w)
+    return split_heads(y if b is None else y + b.astype(y.dtype), self.n_heads)
 
   def _dropout_rate(self, rng):
     rate = self.dropout if self.mode == 'train' else 0.0
@@ -318,11 +336,12 @@ class CausalAttention(_MultiHeadAttention):
     dropout: dropout rate on attention weights in 'train'.
     max_len: cache length in 'predict' mode.
     mode: 'train', 'eval' or 'predict'.
+    qkv_bias: biases on the query, key and value projections (as Trax's).
   """
 
   def __init__(self, d_model: int, n_heads: int = 1, dropout: float = 0.0,
-               max_len: int = 2048, mode: str = 'train'):
-    super().__init__(d_model, n_heads, dropout, mode, n_in=1, n_out=1)
+               max_len: int = 2048, mode: str = 'train', qkv_bias: bool = False):
+    super().__init__(d_model, n_heads, dropout, mode, n_in=1, n_out=1, qkv_bias=qkv_bias)
     self.max_len = max_len
 
   takes_position = True
@@ -340,7 +359,7 @@ class CausalAttention(_MultiHeadAttention):
 
   def forward(self, weights, state, x, rng, position):
     self._check_input(x)
-    q, k, v = self_attention_heads(x, weights['wqkv'], self.n_heads)
+    q, k, v = self._self_heads(weights, x)
     out, state = causal_attention(q, k, v, state, mode=self.mode,
                                   dropout_rate=self._dropout_rate(rng), rng=rng,
                                   position=position and position.start)
@@ -355,8 +374,8 @@ class Attention(_MultiHeadAttention):
   """
 
   def __init__(self, d_model: int, n_heads: int = 1, dropout: float = 0.0,
-               mode: str = 'train'):
-    super().__init__(d_model, n_heads, dropout, mode, n_in=2, n_out=2)
+               mode: str = 'train', qkv_bias: bool = False):
+    super().__init__(d_model, n_heads, dropout, mode, n_in=2, n_out=2, qkv_bias=qkv_bias)
 
   def init_weights_and_state(self, input_signature, rng):
     self._check_input(input_signature[0])
@@ -368,7 +387,7 @@ class Attention(_MultiHeadAttention):
     if mask.shape != x.shape[:2]:
       raise ValueError(f'mask must be [batch, length] = {tuple(x.shape[:2])}, '
                        f'got {tuple(mask.shape)}')
-    q, k, v = self_attention_heads(x, weights['wqkv'], self.n_heads)
+    q, k, v = self._self_heads(weights, x)
     y = self._attend(weights, q, k, v, mask[:, None, None, :], rng)
     return (y, mask), state
 
@@ -385,8 +404,8 @@ class EncDecAttention(_MultiHeadAttention):
   decode_stream = 0
 
   def __init__(self, d_model: int, n_heads: int = 1, dropout: float = 0.0,
-               mode: str = 'train'):
-    super().__init__(d_model, n_heads, dropout, mode, n_in=3, n_out=3)
+               mode: str = 'train', qkv_bias: bool = False):
+    super().__init__(d_model, n_heads, dropout, mode, n_in=3, n_out=3, qkv_bias=qkv_bias)
 
   def init_weights_and_state(self, input_signature, rng):
     x, encoded, _ = input_signature
@@ -408,13 +427,14 @@ class EncDecAttention(_MultiHeadAttention):
                        f'got {tuple(mask.shape)}')
 
     def project(_):
-      return (self._heads(encoded, weights['wk']), self._heads(encoded, weights['wv'])), None
+      return (self._heads(encoded, weights['wk'], weights.get('bk')),
+              self._heads(encoded, weights['wv'], weights.get('bv'))), None
 
     if self.mode == 'predict':
       (k, v), _, state = run_once(state, project)
     else:
       (k, v), _ = project(None)
-    q = self._heads(x, weights['wq'])
+    q = self._heads(x, weights['wq'], weights.get('bq'))
     y = self._attend(weights, q, k, v, mask[:, None, None, :], rng)
     return (y, encoded, mask), state
 

@@ -179,30 +179,44 @@ def sinusoidal_table(max_len: int, d_feature: int) -> np.ndarray:
 
 
 class PositionalEncoding(Layer):
-  """Adds sinusoidal position vectors: [batch, length, d] -> [batch, length, d].
+  """Adds position vectors: [batch, length, d] -> [batch, length, d].
 
-  In 'predict' mode the model's decode position (passed down by `apply`)
-  says where the fed positions start, so a prompt fed at once and tokens fed
-  one at a time get the vectors of their absolute positions. Past max_len it
-  raises (position known on the host) or gives NaN (under `jit`). No weights,
-  no state.
+  Sinusoidal vectors, fixed (no weights), or with `trainable=True` a table
+  `{'table': [max_len, d]}` that starts sinusoidal and is trained (as Trax's
+  PositionalEncoding, whose checkpoints hold it). In 'predict' mode the
+  model's decode position (passed down by `apply`) says where the fed
+  positions start, so a prompt fed at once and tokens fed one at a time get
+  the vectors of their absolute positions. Past max_len it raises (position
+  known on the host) or gives NaN (under `jit`). No state.
+
+  Args:
+    max_len: positions in the table.
+    mode: 'train', 'eval' or 'predict'.
+    trainable: keep the table as a weight.
   """
 
   takes_position = True
 
-  def __init__(self, max_len: int = 2048, mode: str = 'train'):
+  def __init__(self, max_len: int = 2048, mode: str = 'train', trainable: bool = False):
     super().__init__(1, 1, mode=mode)
     self.max_len = max_len
+    self.trainable = trainable
 
   def decode_capacity(self, input_length: int = 0):
     return self.max_len
+
+  def init_weights_and_state(self, input_signature, rng):
+    if not self.trainable:
+      return {}, {}
+    self.check_rank(input_signature, 3)
+    return {'table': jnp.asarray(sinusoidal_table(self.max_len, input_signature.shape[-1]))}, {}
 
   def forward(self, weights, state, x, rng, position):
     self.check_rank(x, 3)
     length, d = x.shape[1], x.shape[2]
     if length > self.max_len:
       raise ValueError(f'sequence length {length} exceeds max_len {self.max_len}')
-    table = jnp.asarray(sinusoidal_table(self.max_len, d))
+    table = weights['table'] if self.trainable else jnp.asarray(sinusoidal_table(self.max_len, d))
     if self.mode != 'predict':
       return x + table[None, :length].astype(x.dtype), state
     start = position.start

@@ -57,13 +57,17 @@ def EncoderDecoderBlock(self_attention: tl.Layer, cross_attention: tl.Layer,  # 
 
 def DecoderOnlyLM(vocab_size: int, d_model: int, n_layers: int, max_len: int,  # pylint: disable=invalid-name
                   dropout: float, mode: str, attention: LayerFactory,
-                  feed_forward: LayerFactory, logits: tl.Layer, name: str):
-  """Token ids [batch, length] -> logits [batch, length, vocab] (inputs shifted right)."""
+                  feed_forward: LayerFactory, logits: tl.Layer, name: str,
+                  trained_positions: bool = False):
+  """Token ids [batch, length] -> logits [batch, length, vocab] (inputs shifted right).
+
+  `trained_positions`: the positional table is a weight (as in Trax's models).
+  """
   return tl.Serial(
       tl.ShiftRight(mode=mode),                        # tokens -> tokens
       tl.Embedding(vocab_size, d_model),               # tokens -> x
       tl.Dropout(dropout, mode=mode),
-      tl.PositionalEncoding(max_len, mode=mode),
+      tl.PositionalEncoding(max_len, mode=mode, trainable=trained_positions),
       [DecoderBlock(attention(mode), feed_forward(mode), dropout, mode)
        for _ in range(n_layers)],                      # x -> x
       tl.LayerNorm(),

@@ -9,7 +9,8 @@ from sparse_trax.models import blocks
 
 def TransformerLM(vocab_size: int, d_model: int = 512, d_ff: int = 2048,  # pylint: disable=invalid-name
                   n_layers: int = 6, n_heads: int = 8, max_len: int = 2048,
-                  dropout: float = 0.1, mode: str = 'train') -> tl.Layer:
+                  dropout: float = 0.1, mode: str = 'train', qkv_bias: bool = False,
+                  trained_positions: bool = False) -> tl.Layer:
   """Pre-norm decoder-only Transformer language model.
 
   Input: token ids [batch, length] (int32). Output: logits [batch, length,
@@ -17,13 +18,18 @@ def TransformerLM(vocab_size: int, d_model: int = 512, d_ff: int = 2048,  # pyli
   'predict' mode feed the previous tokens ([batch, length]: a prompt's
   prefill, or one token) and get the logits of the next ones; the state is a
   DecodeState (the decode position and every attention cache).
+
+  `qkv_bias` (biases on the attention's query, key and value projections) and
+  `trained_positions` (the positional table as a weight) make the model hold
+  what Trax's TransformerLM holds (`sparse_trax.compat.trax` sets both).
   """
   arguments.check_model_arguments(TransformerLM, locals())
   return blocks.DecoderOnlyLM(
       vocab_size, d_model, n_layers, max_len, dropout, mode,
-      attention=lambda m: tl.CausalAttention(d_model, n_heads, dropout, max_len, mode=m),
+      attention=lambda m: tl.CausalAttention(d_model, n_heads, dropout, max_len, mode=m,
+                                             qkv_bias=qkv_bias),
       feed_forward=lambda m: blocks.FeedForward(d_model, d_ff, dropout, m),
-      logits=tl.Dense(vocab_size), name='TransformerLM')
+      logits=tl.Dense(vocab_size), name='TransformerLM', trained_positions=trained_positions)
 
 
 def Transformer(input_vocab_size: int, output_vocab_size: Optional[int] = None,  # pylint: disable=invalid-name

@@ -1,0 +1,129 @@
+"""Trax checkpoints as sparse_trax models: one call, no Trax needed.
+
+    model, weights = sparse_trax.compat.trax.load_model(
+        'run/model.pkl.gz', 'TransformerLM', mode='predict',
+        vocab_size=32000, d_model=512, n_layers=6)
+
+`load_model` reads a checkpoint written by Trax 1.4.1 (a training Loop's
+`model.pkl.gz` with its `model.weights.npy.gz`, or `Layer.save_to_file`)
+with an unpickler that refuses anything but arrays and plain containers
+(`trax_files`), builds our model with the arguments matching the Trax
+constructor's (Trax layer classes passed by their Trax names as strings),
+and converts the weights into our layout (`trax_weights`). Any mode works:
+a converted model evaluates, trains on, and decodes.
+
+Supported Trax models: TransformerLM. (Transformer, ConfigurableTransformerLM
+and Terraformer are not converted yet: they raise a clear error.)
+"""
+
+from typing import Any, Callable, Dict, Tuple
+
+import jax
+import jax.numpy as jnp
+
+from sparse_trax import models
+from sparse_trax.compat import trax_weights
+from sparse_trax.compat.trax_files import (ShapeDtype, TraxCheckpoint,  # pylint: disable=unused-import
+                                           UnsafeCheckpointError, read_checkpoint)
+from sparse_trax.compat.trax_weights import TraxWeightError  # pylint: disable=unused-import
+from sparse_trax.layers.base import Layer
+
+# Trax's TransformerLM(vocab_size, d_model=512, d_ff=2048, n_layers=6, n_heads=8,
+# max_len=2048, dropout=0.1, dropout_shared_axes=None, mode='train', ff_activation=tl.Relu).
+_TRANSFORMER_LM_DEFAULTS = dict(d_model=512, d_ff=2048, n_layers=6, n_heads=8, max_len=2048,
+                                dropout=0.1, dropout_shared_axes=None, ff_activation='Relu')
+
+
+def _check_kwargs(family: str, kwargs: Dict[str, Any], defaults: Dict[str, Any],
+                  required=('vocab_size',)) -> Dict[str, Any]:
+  """The Trax constructor's arguments with its defaults filled in; unknown ones raise."""
+  unknown = sorted(set(kwargs) - set(defaults) - set(required))
+  if unknown:
+    raise TypeError(f"Trax's {family} has no argument {unknown[0]!r} (it takes "
+                    f'{", ".join(list(required) + sorted(defaults))})')
+  missing = [name for name in required if name not in kwargs]
+  if missing:
+    raise TypeError(f"Trax's {family} needs {missing[0]!r}")
+  return {**defaults, **kwargs}
+
+
+def _trax_name(value) -> str:
+  """A Trax layer class given by name ('Relu') or as the class itself."""
+  return value if isinstance(value, str) else getattr(value, '__name__', repr(value))
+
+
+def _build_transformer_lm(mode: str, kwargs: Dict[str, Any]) -> Tuple[Layer, int]:
+  args = _check_kwargs('TransformerLM', kwargs, _TRANSFORMER_LM_DEFAULTS)
+  if _trax_name(args['ff_activation']) != 'Relu':
+    raise ValueError(f"TransformerLM: ff_activation {_trax_name(args['ff_activation'])!r} is "
+                     "not supported (sparse_trax's TransformerLM uses Relu, Trax's default)")
+  model = models.TransformerLM(
+      vocab_size=args['vocab_size'], d_model=args['d_model'], d_ff=args['d_ff'],
+      n_layers=args['n_layers'], n_heads=args['n_heads'], max_len=args['max_len'],
+      dropout=float(args['dropout']), mode=mode, qkv_bias=True, trained_positions=True)
+  return model, args['n_layers']
+
+
+_BUILDERS: Dict[str, Callable[[str, Dict[str, Any]], Tuple[Layer, int]]] = {
+    'TransformerLM': _build_transformer_lm,
+}
+NOT_YET = ('Transformer', 'ConfigurableTransformerLM', 'ConfigurableTransformer',
+           'Terraformer')
+
+
+def build_model(trax_model: str, mode: str = 'eval', **trax_kwargs) -> Tuple[Layer, int]:
+  """Our model matching Trax's `trax_model(**trax_kwargs, mode=mode)`, and its layer count."""
+  if trax_model in NOT_YET:
+    raise NotImplementedError(f'converting Trax {trax_model} checkpoints is not supported yet '
+                              f'(supported: {", ".join(sorted(_BUILDERS))})')
+  if trax_model not in _BUILDERS:
+    raise ValueError(f'unknown Trax model {trax_model!r}; supported: '
+                     f'{", ".join(sorted(_BUILDERS))}')
+  return _BUILDERS[trax_model](mode, dict(trax_kwargs))
+
+
+def convert_weights(checkpoint: TraxCheckpoint, trax_model: str, model: Layer, n_layers: int):
+  """Our weights for `model` (built by `build_model`) from a read Trax checkpoint."""
+  token_signature = jax.ShapeDtypeStruct((1, 1), jnp.int32)
+  signature = token_signature if model.n_in == 1 else (token_signature, token_signature)
+  template = jax.eval_shape(lambda: model.init(signature, rng=jax.random.key(0))[0])
+  converted = trax_weights.convert(trax_model, checkpoint.flat_weights, template, n_layers,
+                                   f'our {trax_model}')
+  return jax.tree_util.tree_map(jnp.asarray, converted)
+
+
+def load_model(path: str, trax_model: str, mode: str = 'eval', **trax_kwargs):
+  """Reads a Trax 1.4.1 checkpoint and returns our model and its weights.
+
+  Args:
+    path: a Trax Loop's `model.pkl.gz` (its `model.weights.npy.gz` beside it)
+      or a file written by Trax's `Layer.save_to_file`.
+    trax_model: the Trax model class, e.g. 'TransformerLM'.
+    mode: 'train', 'eval' or 'predict' for our model.
+    **trax_kwargs: the arguments the Trax model was built with (Trax layer
+      classes by their Trax names, e.g. ff_activation='Relu').
+
+  Returns:
+    (model, weights): our model built with the matching arguments, and the
+    converted weights pytree (`model.apply(weights, state, ...)`, with
+    `state` from `model.init`).
+
+  Raises:
+    UnsafeCheckpointError: the file's pickle names anything beyond arrays,
+      plain containers and Trax's ShapeDtype (nothing of it is run).
+    TraxWeightError: the checkpoint's weights do not fit the arguments
+      (names the Trax weight and our path).
+    NotImplementedError: a Trax model family not converted yet.
+  """
+  model, n_layers = build_model(trax_model, mode, **trax_kwargs)
+  checkpoint = read_checkpoint(path)
+  return model, convert_weights(checkpoint, trax_model, model, n_layers)
+
+
+def supported_models() -> Tuple[str, ...]:
+  return tuple(sorted(_BUILDERS))
+
+
+__all__ = ['load_model', 'build_model', 'convert_weights', 'read_checkpoint',
+           'supported_models', 'TraxCheckpoint', 'ShapeDtype', 'UnsafeCheckpointError',
+           'TraxWeightError']

@@ -1,0 +1,95 @@
+"""Writes small Trax 1.4.1 checkpoints and Trax's own outputs on fixed inputs.
+
+Run with Trax 1.4.1 in its own venv (see ../shared/trax/README.md):
+
+    /tmp/trax-venv/bin/python tests/data/trax/make_model_fixtures.py
+
+For each model: `<name>/model.pkl.gz` (+ `model.weights.npy.gz`, as a Trax
+training Loop writes them, after a few Adam steps so that every bias is
+non-zero) or `<name>/saved.pkl.gz` (`Layer.save_to_file`), and
+`<name>/expected.npz` (`saved_expected.npz`): the eval-mode logits on fixed
+tokens and the tokens a predict-mode model picks greedily after a fixed
+prompt. The save_to_file checkpoint holds the trained weights moved at
+random, so that greedy decoding picks varied tokens.
+"""
+
+import os
+import shutil
+import warnings
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+warnings.filterwarnings('ignore')
+
+import numpy as np  # pylint: disable=wrong-import-position
+import trax  # pylint: disable=wrong-import-position
+from trax import layers as tl  # pylint: disable=wrong-import-position
+from trax import models, shapes  # pylint: disable=wrong-import-position
+from trax.supervised import training  # pylint: disable=wrong-import-position
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TOKENS = np.array([[3, 9, 1, 4, 11, 5, 2, 8], [7, 7, 6, 12, 1, 10, 3, 3]], np.int32)
+PROMPT = [3, 9, 1]
+N_GREEDY = 8
+
+
+def trained_weights(model, vocab_size, folder, steps=3):
+  """Trains `model` (mode 'train') a few steps with a Trax Loop writing its checkpoint."""
+  def batches():
+    rng = np.random.RandomState(0)
+    while True:
+      x = rng.randint(1, vocab_size, size=(2, TOKENS.shape[1])).astype(np.int32)
+      yield x, x, np.ones_like(x, np.float32)
+  task = training.TrainTask(labeled_data=batches(), loss_layer=tl.WeightedCategoryCrossEntropy(),
+                            optimizer=trax.optimizers.Adam(0.05), n_steps_per_checkpoint=steps)
+  loop = training.Loop(model, [task], output_dir=folder)
+  loop.run(steps)
+  for name in os.listdir(folder):     # keep only the checkpoint files a user would have
+    if name not in ('model.pkl.gz', 'model.weights.npy.gz'):
+      full = os.path.join(folder, name)
+      shutil.rmtree(full) if os.path.isdir(full) else os.remove(full)
+  return model.weights
+
+
+def greedy(predict_model, weights):
+  """Feeds 0, the prompt, then each picked token; returns the picked tokens."""
+  predict_model.init(shapes.ShapeDtype((1, 1), np.int32))
+  predict_model.weights = weights
+  fed, picked = [0] + PROMPT, []
+  for t in range(len(fed) + N_GREEDY - 1):
+    token = fed[t] if t < len(fed) else picked[-1]
+    logits = predict_model(np.array([[token]], np.int32))
+    if t >= len(fed) - 1:
+      picked.append(int(np.argmax(logits[0, -1])))
+  return np.array(picked, np.int32)
+
+
+def transformer_lm():
+  kwargs = dict(vocab_size=13, d_model=16, d_ff=32, n_layers=2, n_heads=2, max_len=16)
+  folder = os.path.join(HERE, 'transformer_lm')
+  shutil.rmtree(folder, ignore_errors=True)    # a Loop would resume from an old checkpoint
+  os.makedirs(folder)
+  weights = trained_weights(models.TransformerLM(mode='train', **kwargs), 13, folder)
+  eval_model = models.TransformerLM(mode='eval', **kwargs)
+  eval_model.init(shapes.signature(TOKENS))
+  eval_model.weights = weights
+  logits = np.asarray(eval_model(TOKENS))
+  tokens = greedy(models.TransformerLM(mode='predict', **kwargs), weights)
+  np.savez(os.path.join(folder, 'expected.npz'), tokens=TOKENS, logits=logits,
+           prompt=np.array(PROMPT, np.int32), greedy=tokens)
+  print('transformer_lm (Loop):', logits.shape, 'greedy', tokens.tolist())
+  # Randomly moved weights (varied greedy tokens) through Layer.save_to_file.
+  rng = np.random.RandomState(1)
+  moved = trax.fastmath.nested_map(lambda w: w + 0.3 * rng.normal(size=w.shape), weights)
+  moved = trax.fastmath.nested_map(lambda w: np.asarray(w, np.float32), moved)
+  eval_model.weights = moved
+  logits = np.asarray(eval_model(TOKENS))
+  tokens = greedy(models.TransformerLM(mode='predict', **kwargs), moved)
+  eval_model.save_to_file(os.path.join(folder, 'saved.pkl.gz'),
+                          input_signature=shapes.signature(TOKENS))
+  np.savez(os.path.join(folder, 'saved_expected.npz'), tokens=TOKENS, logits=logits,
+           prompt=np.array(PROMPT, np.int32), greedy=tokens)
+  print('transformer_lm (save_to_file):', logits.shape, 'greedy', tokens.tolist())
+
+
+if __name__ == '__main__':
+  transformer_lm()

@@ -1,0 +1,91 @@
+"""Trax 1.4.1 checkpoints read without Trax, converted, and reproducing Trax's outputs.
+
+The fixtures under tests/data/trax/ were written by Trax 1.4.1 itself
+(tests/data/trax/make_model_fixtures.py), with its eval-mode logits on fixed
+tokens and its greedy predict-mode tokens after a fixed prompt.
+"""
+
+import gzip
+import os
+import pickle
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sparse_trax import decoding
+from sparse_trax.compat import trax as trax_compat
+
+DATA = os.path.join(os.path.dirname(__file__), 'data', 'trax')
+LM_KWARGS = dict(vocab_size=13, d_model=16, d_ff=32, n_layers=2, n_heads=2, max_len=16)
+CHECKPOINTS = [('transformer_lm/model.pkl.gz', 'transformer_lm/expected.npz'),
+               ('transformer_lm/saved.pkl.gz', 'transformer_lm/saved_expected.npz')]
+
+
+def _greedy(model, weights, prompt, n_tokens):
+  """Feeds 0, the prompt, then each picked token one at a time (as the fixture script)."""
+  state = decoding.initial_state(model, jax.ShapeDtypeStruct((1, 1), jnp.int32))
+  step = jax.jit(lambda w, s, x: model.apply(w, s, x))
+  fed, picked = [0] + list(prompt), []
+  for t in range(len(fed) + n_tokens - 1):
+    token = fed[t] if t < len(fed) else picked[-1]
+    logits, state = step(weights, state, jnp.array([[token]], jnp.int32))
+    if t >= len(fed) - 1:
+      picked.append(int(jnp.argmax(logits[0, -1])))
+  return picked
+
+
+@pytest.mark.parametrize('checkpoint, expected', CHECKPOINTS)
+def test_transformer_lm_gives_traxs_logits_and_greedy_tokens(checkpoint, expected):
+  expected = np.load(os.path.join(DATA, expected))
+  path = os.path.join(DATA, checkpoint)
+  model, weights = trax_compat.load_model(path, 'TransformerLM', mode='eval', **LM_KWARGS)
+  tokens = jnp.asarray(expected['tokens'])
+  state = decoding.initial_state(model, jax.ShapeDtypeStruct(tokens.shape, jnp.int32))
+  logits, _ = jax.jit(model.apply)(weights, state, tokens)
+  np.testing.assert_allclose(logits, expected['logits'], atol=1e-5, rtol=1e-5)
+  predict, predict_weights = trax_compat.load_model(path, 'TransformerLM', mode='predict',
+                                                    **LM_KWARGS)
+  picked = _greedy(predict, predict_weights, expected['prompt'], len(expected['greedy']))
+  assert picked == expected['greedy'].tolist()
+
+
+def test_checkpoint_contents_are_read_as_numpy():
+  loop = trax_compat.read_checkpoint(os.path.join(DATA, 'transformer_lm', 'model.pkl.gz'))
+  saved = trax_compat.read_checkpoint(os.path.join(DATA, 'transformer_lm', 'saved.pkl.gz'))
+  assert loop.step == 3 and saved.step is None
+  assert len(loop.flat_weights) == len(saved.flat_weights) == 2 + 2 * 16 + 4
+  assert loop.input_signature[0].shape == (2, 8)
+  assert all(isinstance(w, np.ndarray) for w in loop.flat_weights + loop.flat_state)
+
+
+class _RunsACommand:
+  def __init__(self, marker):
+    self.marker = marker
+
+  def __reduce__(self):
+    return (os.system, (f'touch {self.marker}',))
+
+
+def test_a_pickle_that_would_run_code_is_refused(tmp_path):
+  marker = tmp_path / 'ran'
+  path = tmp_path / 'evil.pkl.gz'
+  with gzip.open(path, 'wb') as f:
+    pickle.dump({'flat_weights': [np.zeros(2)], 'payload': _RunsACommand(marker)}, f)
+  with pytest.raises(trax_compat.UnsafeCheckpointError, match='system'):
+    trax_compat.read_checkpoint(str(path))
+  assert not marker.exists()
+
+
+def test_sizes_that_do_not_fit_name_the_trax_weight_and_our_path():
+  path = os.path.join(DATA, 'transformer_lm', 'model.pkl.gz')
+  with pytest.raises(trax_compat.TraxWeightError,
+                     match=r"#0 \(embedding\).*\(13, 16\).*\[1\]\['embedding'\] is \(13, 8\)"):
+    trax_compat.load_model(path, 'TransformerLM', **dict(LM_KWARGS, d_model=8, d_ff=32))
+  with pytest.raises(trax_compat.TraxWeightError, match='holds 38 weight arrays.*n_layers=1 takes 22'):
+    trax_compat.load_model(path, 'TransformerLM', **dict(LM_KWARGS, n_layers=1))
+  with pytest.raises(TypeError, match="no argument 'n_layer'"):
+    trax_compat.load_model(path, 'TransformerLM', vocab_size=13, n_layer=2)
+  with pytest.raises(NotImplementedError, match='Terraformer'):
+    trax_compat.load_model(path, 'Terraformer', vocab_size=13)
