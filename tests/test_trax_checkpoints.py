@@ -51,6 +51,36 @@ def test_transformer_lm_gives_traxs_logits_and_greedy_tokens(checkpoint, expecte
   assert picked == expected['greedy'].tolist()
 
 
+CONFIGURABLE_KWARGS = dict(vocab_size=14, d_model=16, d_ff=32, n_layers=2, n_heads=2, max_len=16)
+CONFIGURABLE_VARIANTS = {
+    'dense': {},
+    'sparse_ff': dict(ff_sparsity=4),
+    'moe_ff': dict(ff_sparsity=2, ff_sparsity_type='Block'),
+    'sparse_qkv': dict(attention_type='MultiplicativeConvCausalAttention'),
+    'sparse_loss': dict(loss_sparsity=2),
+    'all_sparse': dict(ff_sparsity=4, attention_type='MultiplicativeConvCausalAttention',
+                       loss_sparsity=2),
+}
+
+
+@pytest.mark.parametrize('variant', sorted(CONFIGURABLE_VARIANTS))
+def test_configurable_transformer_lm_gives_traxs_logits_and_greedy_tokens(variant):
+  folder = os.path.join(DATA, 'configurable_transformer_lm')
+  expected = np.load(os.path.join(folder, f'{variant}_expected.npz'))
+  kwargs = dict(CONFIGURABLE_KWARGS, **CONFIGURABLE_VARIANTS[variant])
+  path = os.path.join(folder, f'{variant}.pkl.gz')
+  model, weights = trax_compat.load_model(path, 'ConfigurableTransformerLM', mode='eval',
+                                          **kwargs)
+  tokens = jnp.asarray(expected['tokens'])
+  state = decoding.initial_state(model, jax.ShapeDtypeStruct(tokens.shape, jnp.int32))
+  logits, _ = jax.jit(model.apply)(weights, state, tokens)
+  np.testing.assert_allclose(logits, expected['logits'], atol=1e-5, rtol=1e-5)
+  predict, predict_weights = trax_compat.load_model(path, 'ConfigurableTransformerLM',
+                                                    mode='predict', **kwargs)
+  picked = _greedy(predict, predict_weights, expected['prompt'], len(expected['greedy']))
+  assert picked == expected['greedy'].tolist()
+
+
 def test_checkpoint_contents_are_read_as_numpy():
   loop = trax_compat.read_checkpoint(os.path.join(DATA, 'transformer_lm', 'model.pkl.gz'))
   saved = trax_compat.read_checkpoint(os.path.join(DATA, 'transformer_lm', 'saved.pkl.gz'))

@@ -12,8 +12,11 @@ constructor's (Trax layer classes passed by their Trax names as strings),
 and converts the weights into our layout (`trax_weights`). Any mode works:
 a converted model evaluates, trains on, and decodes.
 
-Supported Trax models: TransformerLM. (Transformer, ConfigurableTransformerLM
-and Terraformer are not converted yet: they raise a clear error.)
+Supported Trax models: TransformerLM; ConfigurableTransformerLM with dense or
+MultiplicativeConvCausalAttention attention, a dense, SparseFF ('1inN') or
+BlockSparseFF ('Block') feed-forward, and a dense or multiplicative ('mult')
+vocabulary projection. (Transformer, ConfigurableTransformer and Terraformer
+are not converted yet: they raise NotImplementedError.)
 """
 
 from typing import Any, Callable, Dict, Tuple
@@ -52,27 +55,82 @@ def _trax_name(value) -> str:
   return value if isinstance(value, str) else getattr(value, '__name__', repr(value))
 
 
-def _build_transformer_lm(mode: str, kwargs: Dict[str, Any]) -> Tuple[Layer, int]:
+def _build_transformer_lm(mode: str, kwargs: Dict[str, Any]) -> Tuple[Layer, dict]:
   args = _check_kwargs('TransformerLM', kwargs, _TRANSFORMER_LM_DEFAULTS)
-  if _trax_name(args['ff_activation']) != 'Relu':
-    raise ValueError(f"TransformerLM: ff_activation {_trax_name(args['ff_activation'])!r} is "
-                     "not supported (sparse_trax's TransformerLM uses Relu, Trax's default)")
+  _check_relu('TransformerLM', args)
   model = models.TransformerLM(
       vocab_size=args['vocab_size'], d_model=args['d_model'], d_ff=args['d_ff'],
       n_layers=args['n_layers'], n_heads=args['n_heads'], max_len=args['max_len'],
       dropout=float(args['dropout']), mode=mode, qkv_bias=True, trained_positions=True)
-  return model, args['n_layers']
+  return model, {'n_layers': args['n_layers']}
 
 
-_BUILDERS: Dict[str, Callable[[str, Dict[str, Any]], Tuple[Layer, int]]] = {
+def _check_relu(family: str, args: Dict[str, Any]):
+  if _trax_name(args['ff_activation']) != 'Relu':
+    raise ValueError(f"{family}: ff_activation {_trax_name(args['ff_activation'])!r} is not "
+                     "supported (sparse_trax's feed-forward uses Relu, Trax's default)")
+
+
+# Trax's ConfigurableTransformerLM arguments we convert, with its defaults; the
+# others (chunking, SRU, positional variants) must keep their defaults.
+_CONFIGURABLE_LM_DEFAULTS = dict(
+    _TRANSFORMER_LM_DEFAULTS, ff_dropout=0.1, ff_chunk_size=0, ff_use_sru=0, ff_sparsity=0,
+    ff_sparsity_type='1inN', loss_sparsity_type='mult', loss_sparsity=0, loss_d_lowrank=0,
+    loss_sparsity_prob=None, attention_chunk_size=0, attention_type='CausalAttention',
+    pos_type=None, pos_axial_shape=None, pos_d_axial_embs=None,
+    pos_start_from_zero_prob=1.0, pos_max_offset_to_add=0)
+_KEPT_AT_DEFAULT = ('ff_chunk_size', 'ff_use_sru', 'loss_d_lowrank', 'loss_sparsity_prob',
+                    'attention_chunk_size', 'pos_type', 'pos_axial_shape', 'pos_d_axial_embs',
+                    'pos_max_offset_to_add')
+_ATTENTION_TYPES = {'CausalAttention': 'dense', 'MultiplicativeConvCausalAttention': 'multconv'}
+
+
+def _build_configurable_transformer_lm(mode: str, kwargs: Dict[str, Any]) -> Tuple[Layer, dict]:
+  args = _check_kwargs('ConfigurableTransformerLM', kwargs, _CONFIGURABLE_LM_DEFAULTS)
+  _check_relu('ConfigurableTransformerLM', args)
+  for name in _KEPT_AT_DEFAULT:
+    if args[name] != _CONFIGURABLE_LM_DEFAULTS[name]:
+      raise NotImplementedError(f'ConfigurableTransformerLM: converting {name}={args[name]!r} '
+                                f'is not supported (only its default, '
+                                f'{_CONFIGURABLE_LM_DEFAULTS[name]!r})')
+  attention = _trax_name(args['attention_type'])
+  if attention not in _ATTENTION_TYPES:
+    raise NotImplementedError(f'ConfigurableTransformerLM: attention_type {attention!r} is not '
+                              f'supported (supported: {", ".join(_ATTENTION_TYPES)})')
+  ff_sparsity, ff_type = args['ff_sparsity'], args['ff_sparsity_type']
+  if not isinstance(ff_sparsity, int):
+    raise NotImplementedError('ConfigurableTransformerLM: ff_sparsity must be an int (N); '
+                              f'{ff_sparsity!r} (with its own d_lowrank) is not supported')
+  if ff_sparsity and ff_type not in ('1inN', 'Block'):
+    raise NotImplementedError(f'ConfigurableTransformerLM: ff_sparsity_type {ff_type!r} is not '
+                              "supported ('1inN' and 'Block' are)")
+  if args['loss_sparsity'] and args['loss_sparsity_type'] != 'mult':
+    raise NotImplementedError('ConfigurableTransformerLM: loss_sparsity_type '
+                              f"{args['loss_sparsity_type']!r} is not supported ('mult' is)")
+  model = models.ScalingTransformerLM(
+      vocab_size=args['vocab_size'], d_model=args['d_model'], d_ff=args['d_ff'],
+      n_layers=args['n_layers'], n_heads=args['n_heads'], max_len=args['max_len'],
+      dropout=float(args['dropout']), ff_sparsity=ff_sparsity,
+      ff_sparsity_type='block' if ff_type == 'Block' else '1inN',
+      attention_type=_ATTENTION_TYPES[attention],
+      attention_sparsity=args['n_heads'],          # Trax's default sparsity: n_heads
+      loss_sparsity=args['loss_sparsity'], mode=mode, qkv_bias=True, trained_positions=True)
+  config = {'n_layers': args['n_layers'], 'attention': _ATTENTION_TYPES[attention],
+            'ff': 'dense' if not ff_sparsity else ('block' if ff_type == 'Block' else 'sparse'),
+            'loss': 'mult' if args['loss_sparsity'] else 'dense'}
+  return model, config
+
+
+_BUILDERS: Dict[str, Callable[[str, Dict[str, Any]], Tuple[Layer, dict]]] = {
     'TransformerLM': _build_transformer_lm,
+    'ConfigurableTransformerLM': _build_configurable_transformer_lm,
 }
-NOT_YET = ('Transformer', 'ConfigurableTransformerLM', 'ConfigurableTransformer',
-           'Terraformer')
+NOT_YET = ('Transformer', 'ConfigurableTransformer', 'Terraformer')
 
 
-def build_model(trax_model: str, mode: str = 'eval', **trax_kwargs) -> Tuple[Layer, int]:
-  """Our model matching Trax's `trax_model(**trax_kwargs, mode=mode)`, and its layer count."""
+def build_model(trax_model: str, mode: str = 'eval', **trax_kwargs) -> Tuple[Layer, dict]:
+  """Our model matching Trax's `trax_model(**trax_kwargs, mode=mode)`, and what the
+  weight converter needs to know of it (n_layers, the variant of each part)."""
   if trax_model in NOT_YET:
     raise NotImplementedError(f'converting Trax {trax_model} checkpoints is not supported yet '
                               f'(supported: {", ".join(sorted(_BUILDERS))})')
@@ -82,12 +140,12 @@ def build_model(trax_model: str, mode: str = 'eval', **trax_kwargs) -> Tuple[Lay
   return _BUILDERS[trax_model](mode, dict(trax_kwargs))
 
 
-def convert_weights(checkpoint: TraxCheckpoint, trax_model: str, model: Layer, n_layers: int):
+def convert_weights(checkpoint: TraxCheckpoint, trax_model: str, model: Layer, config: dict):
   """Our weights for `model` (built by `build_model`) from a read Trax checkpoint."""
   token_signature = jax.ShapeDtypeStruct((1, 1), jnp.int32)
   signature = token_signature if model.n_in == 1 else (token_signature, token_signature)
   template = jax.eval_shape(lambda: model.init(signature, rng=jax.random.key(0))[0])
-  converted = trax_weights.convert(trax_model, checkpoint.flat_weights, template, n_layers,
+  converted = trax_weights.convert(trax_model, checkpoint.flat_weights, template, config,
                                    f'our {trax_model}')
   return jax.tree_util.tree_map(jnp.asarray, converted)
 
@@ -115,9 +173,9 @@ def load_model(path: str, trax_model: str, mode: str = 'eval', **trax_kwargs):
       (names the Trax weight and our path).
     NotImplementedError: a Trax model family not converted yet.
   """
-  model, n_layers = build_model(trax_model, mode, **trax_kwargs)
+  model, config = build_model(trax_model, mode, **trax_kwargs)
   checkpoint = read_checkpoint(path)
-  return model, convert_weights(checkpoint, trax_model, model, n_layers)
+  return model, convert_weights(checkpoint, trax_model, model, config)
 
 
 def supported_models() -> Tuple[str, ...]:

@@ -110,33 +110,106 @@ def fused_attention(trax: FlatWeights, ours: OurWeights, at: tuple, what: str):
   ours.put(path(*at, 'bo'), trax.take(f'{what} output b'), trax, f'{what} output b')
 
 
-def transformer_lm(trax: FlatWeights, ours: OurWeights, n_layers: int):
-  """Trax's TransformerLM: embedding, positional table, decoder blocks
-  (LayerNorm, attention; LayerNorm, Dense, Dense), LayerNorm, Dense.
+def multiplicative_dense(trax: FlatWeights, ours: OurWeights, at: tuple, what: str):
+  """Trax's FactoredDense (gating G [S, d_in], projection P [d_in, M], b [d_out])
+  into our MultiplicativeDense (`modules` G^T [d_in, S], `units` P, `b`)."""
+  ours.put(path(*at, 'modules'), trax.take(f'{what} gating').T, trax, f'{what} gating')
+  ours.put(path(*at, 'units'), trax.take(f'{what} projection'), trax, f'{what} projection')
+  ours.put(path(*at, 'b'), trax.take(f'{what} bias'), trax, f'{what} bias')
 
-  Ours (`models.TransformerLM(..., qkv_bias=True, trained_positions=True)`):
-  [1] Embedding, [3] PositionalEncoding, [4 + i] DecoderBlock i
-  ([0][0] LayerNorm, [0][1] attention, [1][0] LayerNorm, [1][1][0] and
-  [1][1][3] the FF Dense layers), [4 + n] LayerNorm, [5 + n] Dense.
+
+def multiplicative_conv_attention(trax: FlatWeights, ours: OurWeights, at: tuple, what: str):
+  """Trax's MultiplicativeConvCausalAttention: FactoredDense, then the Q, K and V
+  convolutions (HWIO kernels, biases), as ours ([0] and [1][0..2])."""
+  multiplicative_dense(trax, ours, at + (0,), f'{what} multiplicative layer')
+  for index, part in enumerate(('query', 'key', 'value')):
+    ours.put(path(*at, 1, index, 'kernel'), trax.take(f'{what} {part} convolution kernel'),
+             trax, f'{what} {part} convolution kernel')
+    ours.put(path(*at, 1, index, 'b'), trax.take(f'{what} {part} convolution bias'),
+             trax, f'{what} {part} convolution bias')
+
+
+def sparse_ff(trax: FlatWeights, ours: OurWeights, at: tuple, what: str):
+  """Trax's SparseFF (controller m1 [d, r], m2 [r, B, N], mb [B, N]; W1 [d, B, N],
+  W2 [N, B, d], b2; no first-layer bias) into ours (unit b * N + n is row
+  b * N + n of `w1` and `w2`; `b1` zero, as Trax adds none)."""
+  m1 = trax.take(f'{what} controller m1')
+  ours.put(path(*at, 'controller_in'), m1.T, trax, f'{what} controller m1')
+  m2 = trax.take(f'{what} controller m2')
+  ours.put(path(*at, 'controller_out'), m2.reshape(m2.shape[0], -1).T, trax,
+           f'{what} controller m2')
+  ours.put(path(*at, 'controller_bias'), trax.take(f'{what} controller bias').reshape(-1),
+           trax, f'{what} controller bias')
+  w1 = trax.take(f'{what} W1')
+  ours.put(path(*at, 'w1'), w1.reshape(w1.shape[0], -1).T, trax, f'{what} W1')
+  w2 = trax.take(f'{what} W2')
+  ours.put(path(*at, 'w2'), np.transpose(w2, (1, 0, 2)).reshape(-1, w2.shape[-1]), trax,
+           f'{what} W2')
+  ours.put(path(*at, 'b1'), np.zeros(w1.shape[1] * w1.shape[2], w1.dtype), trax,
+           f'{what} (no first-layer bias in Trax)')
+  ours.put(path(*at, 'b2'), trax.take(f'{what} b2'), trax, f'{what} b2')
+
+
+def block_sparse_ff(trax: FlatWeights, ours: OurWeights, at: tuple, what: str):
+  """Trax's BlockSparseFF (router m1 [d, E], W1 [d, d_ff], W2 [d_ff, d], b2; no
+  other biases) into our BlockSparseFF (out-major; zero router and first biases)."""
+  router = trax.take(f'{what} router')
+  ours.put(path(*at, 'router'), router.T, trax, f'{what} router')
+  ours.put(path(*at, 'router_bias'), np.zeros(router.shape[1], router.dtype), trax,
+           f'{what} (no router bias in Trax)')
+  w1 = trax.take(f'{what} W1')
+  ours.put(path(*at, 'w1'), w1.T, trax, f'{what} W1')
+  ours.put(path(*at, 'b1'), np.zeros(w1.shape[1], w1.dtype), trax,
+           f'{what} (no first-layer bias in Trax)')
+  ours.put(path(*at, 'w2'), trax.take(f'{what} W2'), trax, f'{what} W2')
+  ours.put(path(*at, 'b2'), trax.take(f'{what} b2'), trax, f'{what} b2')
+
+
+def decoder_only_lm(trax: FlatWeights, ours: OurWeights, config: dict):
+  """Trax's TransformerLM and ConfigurableTransformerLM: embedding, positional
+  table, decoder blocks (LayerNorm, attention; LayerNorm, feed-forward),
+  LayerNorm, the vocabulary projection.
+
+  Ours (`models.TransformerLM` / `ScalingTransformerLM` with qkv_bias and
+  trained_positions): [1] Embedding, [3] PositionalEncoding, [4 + i]
+  DecoderBlock i ([0][0] LayerNorm, [0][1] attention, [1][0] LayerNorm,
+  [1][1] the feed-forward), [4 + n] LayerNorm, [5 + n] the projection.
+
+  config: n_layers; attention 'dense' or 'multconv'; ff 'dense', 'sparse'
+  (SparseFF) or 'block' (BlockSparseFF); loss 'dense' or 'mult'.
   """
+  n_layers = config['n_layers']
   ours.put(path(1, 'embedding'), trax.take('embedding'), trax, 'embedding')
   ours.put(path(3, 'table'), trax.take('positional table'), trax, 'positional table')
   for i in range(n_layers):
     block = 4 + i
     layer_norm(trax, ours, (block, 0, 0), f'layer {i} attention LayerNorm')
-    fused_attention(trax, ours, (block, 0, 1), f'layer {i} attention')
+    if config.get('attention', 'dense') == 'dense':
+      fused_attention(trax, ours, (block, 0, 1), f'layer {i} attention')
+    else:
+      multiplicative_conv_attention(trax, ours, (block, 0, 1), f'layer {i} attention')
     layer_norm(trax, ours, (block, 1, 0), f'layer {i} feed-forward LayerNorm')
-    dense(trax, ours, (block, 1, 1, 0), f'layer {i} feed-forward first Dense')
-    dense(trax, ours, (block, 1, 1, 3), f'layer {i} feed-forward second Dense')
+    ff = config.get('ff', 'dense')
+    if ff == 'dense':
+      dense(trax, ours, (block, 1, 1, 0), f'layer {i} feed-forward first Dense')
+      dense(trax, ours, (block, 1, 1, 3), f'layer {i} feed-forward second Dense')
+    elif ff == 'sparse':
+      sparse_ff(trax, ours, (block, 1, 1), f'layer {i} SparseFF')
+    else:
+      block_sparse_ff(trax, ours, (block, 1, 1), f'layer {i} BlockSparseFF')
   layer_norm(trax, ours, (4 + n_layers,), 'final LayerNorm')
-  dense(trax, ours, (5 + n_layers,), 'logits Dense')
+  if config.get('loss', 'dense') == 'dense':
+    dense(trax, ours, (5 + n_layers,), 'logits Dense')
+  else:
+    multiplicative_dense(trax, ours, (5 + n_layers,), 'logits FactoredDense')
 
 
-Converter = Callable[..., None]
-CONVERTERS: Dict[str, Converter] = {'TransformerLM': transformer_lm}
+Converter = Callable[[FlatWeights, OurWeights, dict], None]
+CONVERTERS: Dict[str, Converter] = {'TransformerLM': decoder_only_lm,
+                                    'ConfigurableTransformerLM': decoder_only_lm}
 
 
-def convert(family: str, flat_weights: List[np.ndarray], template, n_layers: int,
+def convert(family: str, flat_weights: List[np.ndarray], template, config: dict,
             model_name: str):
   """Our weights tree from Trax's flat weights of a `family` model.
 
@@ -144,30 +217,32 @@ def convert(family: str, flat_weights: List[np.ndarray], template, n_layers: int
     family: the Trax model class name, e.g. 'TransformerLM'.
     flat_weights: Trax's flat weight arrays (`trax_files.read_checkpoint`).
     template: our model's weights (or their ShapeDtypeStructs) to fill.
-    n_layers: the model's number of layers.
+    config: what the converter needs to know of the model (n_layers, and the
+      variant of each part; see the converter).
     model_name: for error messages.
   """
-  needed = _count_taken(family, n_layers)
+  needed = _count_taken(family, config)
   if needed != len(flat_weights):
     raise TraxWeightError(
         f'the Trax {family} checkpoint holds {len(flat_weights)} weight arrays, but {model_name} '
-        f'with n_layers={n_layers} takes {needed}: check n_layers (and the other arguments)')
+        f'with n_layers={config["n_layers"]} takes {needed}: check n_layers (and the other '
+        'arguments)')
   trax = FlatWeights(flat_weights, family)
   ours = OurWeights(template, model_name)
-  CONVERTERS[family](trax, ours, n_layers)
+  CONVERTERS[family](trax, ours, config)
   trax.check_used_up()
   return ours.tree()
 
 
 class _Counter(FlatWeights):
-  """Counts the arrays a converter takes (each an empty stand-in)."""
+  """Counts the arrays a converter takes (each a tiny stand-in)."""
 
   def __init__(self, family):
     super().__init__([], family)
 
   def take(self, what: str) -> np.ndarray:
     self.index += 1
-    return np.zeros((0,), np.float32)
+    return np.zeros((1, 1, 1), np.float32)
 
 
 class _Ignore(OurWeights):
@@ -178,8 +253,8 @@ class _Ignore(OurWeights):
     pass
 
 
-def _count_taken(family: str, n_layers: int) -> int:
-  """How many Trax weight arrays a `family` model with `n_layers` layers holds."""
+def _count_taken(family: str, config: dict) -> int:
+  """How many Trax weight arrays a `family` model of this config holds."""
   counter = _Counter(family)
-  CONVERTERS[family](counter, _Ignore(), n_layers)
+  CONVERTERS[family](counter, _Ignore(), config)
   return counter.index

@@ -29,12 +29,15 @@ def feed_forward_factory(d_model: int, d_ff: int, ff_sparsity: int, ff_sparsity_
 
 
 def causal_attention_factory(d_model: int, n_heads: int, attention_type: str,
-                             attention_sparsity: int, dropout: float, max_len: int):
-  """mode -> causal self-attention: dense or multiplicative + convolution ('multconv')."""
+                             attention_sparsity: int, dropout: float, max_len: int,
+                             qkv_bias: bool = False):
+  """mode -> causal self-attention: dense (with Q, K, V biases if `qkv_bias`) or
+  multiplicative + convolution ('multconv')."""
   if attention_type not in ATTENTION_TYPES:
     raise ValueError(f'attention_type must be one of {ATTENTION_TYPES}, got {attention_type!r}')
   if attention_type == 'dense':
-    return lambda mode: tl.CausalAttention(d_model, n_heads, dropout, max_len, mode=mode)
+    return lambda mode: tl.CausalAttention(d_model, n_heads, dropout, max_len, mode=mode,
+                                           qkv_bias=qkv_bias)
   return lambda mode: tl.MultiplicativeConvCausalAttention(
       d_model, n_heads, sparsity=attention_sparsity, dropout=dropout, max_len=max_len,
       mode=mode)
@@ -52,7 +55,8 @@ def ScalingTransformerLM(vocab_size: int, d_model: int = 512, d_ff: int = 2048, 
                          dropout: float = 0.1, ff_sparsity: int = 0,
                          ff_sparsity_type: str = '1inN', attention_type: str = 'dense',
                          attention_sparsity: int = 16, loss_sparsity: int = 0,
-                         mode: str = 'train') -> tl.Layer:
+                         mode: str = 'train', qkv_bias: bool = False,
+                         trained_positions: bool = False) -> tl.Layer:
   """Decoder-only Scaling Transformer: ids [batch, length] -> logits [batch, length, vocab].
 
   Args:
@@ -64,14 +68,17 @@ def ScalingTransformerLM(vocab_size: int, d_model: int = 512, d_ff: int = 2048, 
     attention_sparsity: S, the modules of the multiplicative layer.
     loss_sparsity: 0 for a dense vocabulary projection; else the modules
       of a multiplicative one (the sparse loss).
+    qkv_bias: biases on dense attention's Q, K and V projections (as Trax's).
+    trained_positions: the positional table as a weight (as Trax's).
   """
   arguments.check_model_arguments(ScalingTransformerLM, locals())
   return blocks.DecoderOnlyLM(
       vocab_size, d_model, n_layers, max_len, dropout, mode,
       attention=causal_attention_factory(d_model, n_heads, attention_type, attention_sparsity,
-                                         dropout, max_len),
+                                         dropout, max_len, qkv_bias),
       feed_forward=feed_forward_factory(d_model, d_ff, ff_sparsity, ff_sparsity_type, dropout),
-      logits=logits_layer(vocab_size, loss_sparsity), name='ScalingTransformerLM')
+      logits=logits_layer(vocab_size, loss_sparsity), name='ScalingTransformerLM',
+      trained_positions=trained_positions)
 
 
 def ScalingTransformer(input_vocab_size: int, output_vocab_size: Optional[int] = None,  # pylint: disable=invalid-name

@@ -91,5 +91,44 @@ def transformer_lm():
   print('transformer_lm (save_to_file):', logits.shape, 'greedy', tokens.tolist())
 
 
+CONFIGURABLE_LM = dict(vocab_size=14, d_model=16, d_ff=32, n_layers=2, n_heads=2, max_len=16)
+CONFIGURABLE_VARIANTS = {
+    'dense': {},
+    'sparse_ff': dict(ff_sparsity=4),
+    'moe_ff': dict(ff_sparsity=2, ff_sparsity_type='Block'),
+    'sparse_qkv': dict(attention_type='MultiplicativeConvCausalAttention'),
+    'sparse_loss': dict(loss_sparsity=2),
+    'all_sparse': dict(ff_sparsity=4, attention_type='MultiplicativeConvCausalAttention',
+                       loss_sparsity=2),
+}
+
+
+def configurable_transformer_lm():
+  """ConfigurableTransformerLM variants, randomly initialized then moved at random,
+  each written by save_to_file."""
+  from trax.models.research.configurable_transformer import ConfigurableTransformerLM  # pylint: disable=import-outside-toplevel
+  folder = os.path.join(HERE, 'configurable_transformer_lm')
+  shutil.rmtree(folder, ignore_errors=True)
+  os.makedirs(folder)
+  for index, (name, variant) in enumerate(CONFIGURABLE_VARIANTS.items()):
+    kwargs = dict(CONFIGURABLE_LM, **variant)
+    if 'attention_type' in kwargs:
+      kwargs['attention_type'] = getattr(tl, kwargs['attention_type'])
+    eval_model = ConfigurableTransformerLM(mode='eval', **kwargs)
+    eval_model.init(shapes.signature(TOKENS))
+    rng = np.random.RandomState(10 + index)
+    moved = trax.fastmath.nested_map(
+        lambda w: np.asarray(w + 0.3 * rng.normal(size=w.shape), np.float32), eval_model.weights)
+    eval_model.weights = moved
+    logits = np.asarray(eval_model(TOKENS))
+    tokens = greedy(ConfigurableTransformerLM(mode='predict', **kwargs), moved)
+    eval_model.save_to_file(os.path.join(folder, f'{name}.pkl.gz'),
+                            input_signature=shapes.signature(TOKENS))
+    np.savez(os.path.join(folder, f'{name}_expected.npz'), tokens=TOKENS, logits=logits,
+             prompt=np.array(PROMPT, np.int32), greedy=tokens)
+    print(f'configurable_transformer_lm {name}:', logits.shape, 'greedy', tokens.tolist())
+
+
 if __name__ == '__main__':
   transformer_lm()
+  configurable_transformer_lm()
