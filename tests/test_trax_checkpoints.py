@@ -81,6 +81,30 @@ def test_configurable_transformer_lm_gives_traxs_logits_and_greedy_tokens(varian
   assert picked == expected['greedy'].tolist()
 
 
+def test_transformer_gives_traxs_logits_and_greedy_tokens():
+  expected = np.load(os.path.join(DATA, 'transformer', 'expected.npz'))
+  kwargs = dict(input_vocab_size=12, output_vocab_size=13, d_model=16, d_ff=32,
+                n_encoder_layers=2, n_decoder_layers=2, n_heads=2, max_len=16)
+  path = os.path.join(DATA, 'transformer', 'saved.pkl.gz')
+  model, weights = trax_compat.load_model(path, 'Transformer', mode='eval', **kwargs)
+  source, tokens = jnp.asarray(expected['source']), jnp.asarray(expected['tokens'])
+  state = decoding.initial_state(model, (jax.ShapeDtypeStruct(source.shape, jnp.int32),
+                                         jax.ShapeDtypeStruct(tokens.shape, jnp.int32)))
+  logits, _ = jax.jit(model.apply)(weights, state, (source, tokens))
+  np.testing.assert_allclose(logits, expected['logits'], atol=1e-5, rtol=1e-5)
+  predict, predict_weights = trax_compat.load_model(path, 'Transformer', mode='predict', **kwargs)
+  one_source = source[1:]
+  state = decoding.initial_state(predict, (jax.ShapeDtypeStruct(one_source.shape, jnp.int32),
+                                           jax.ShapeDtypeStruct((1, 1), jnp.int32)))
+  step = jax.jit(predict.apply)
+  token, picked = 0, []
+  for _ in range(len(expected['greedy'])):
+    logits, state = step(predict_weights, state, (one_source, jnp.array([[token]], jnp.int32)))
+    token = int(jnp.argmax(logits[0, -1]))
+    picked.append(token)
+  assert picked == expected['greedy'].tolist()
+
+
 def test_checkpoint_contents_are_read_as_numpy():
   loop = trax_compat.read_checkpoint(os.path.join(DATA, 'transformer_lm', 'model.pkl.gz'))
   saved = trax_compat.read_checkpoint(os.path.join(DATA, 'transformer_lm', 'saved.pkl.gz'))

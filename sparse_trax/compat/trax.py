@@ -12,11 +12,11 @@ constructor's (Trax layer classes passed by their Trax names as strings),
 and converts the weights into our layout (`trax_weights`). Any mode works:
 a converted model evaluates, trains on, and decodes.
 
-Supported Trax models: TransformerLM; ConfigurableTransformerLM with dense or
+Supported Trax models: TransformerLM, Transformer; ConfigurableTransformerLM with dense or
 MultiplicativeConvCausalAttention attention, a dense, SparseFF ('1inN') or
 BlockSparseFF ('Block') feed-forward, and a dense or multiplicative ('mult')
-vocabulary projection. (Transformer, ConfigurableTransformer and Terraformer
-are not converted yet: they raise NotImplementedError.)
+vocabulary projection. (ConfigurableTransformer and Terraformer are not
+converted yet: they raise NotImplementedError.)
 """
 
 from typing import Any, Callable, Dict, Tuple
@@ -121,11 +121,34 @@ def _build_configurable_transformer_lm(mode: str, kwargs: Dict[str, Any]) -> Tup
   return model, config
 
 
+# Trax's Transformer(input_vocab_size, output_vocab_size=None, d_model=512, d_ff=2048,
+# n_encoder_layers=6, n_decoder_layers=6, n_heads=8, max_len=2048, dropout=0.1,
+# dropout_shared_axes=None, mode='train', ff_activation=tl.Relu).
+_TRANSFORMER_DEFAULTS = dict(output_vocab_size=None, d_model=512, d_ff=2048, n_encoder_layers=6,
+                             n_decoder_layers=6, n_heads=8, max_len=2048, dropout=0.1,
+                             dropout_shared_axes=None, ff_activation='Relu')
+
+
+def _build_transformer(mode: str, kwargs: Dict[str, Any]) -> Tuple[Layer, dict]:
+  args = _check_kwargs('Transformer', kwargs, _TRANSFORMER_DEFAULTS,
+                       required=('input_vocab_size',))
+  _check_relu('Transformer', args)
+  model = models.Transformer(
+      input_vocab_size=args['input_vocab_size'], output_vocab_size=args['output_vocab_size'],
+      d_model=args['d_model'], d_ff=args['d_ff'], n_encoder_layers=args['n_encoder_layers'],
+      n_decoder_layers=args['n_decoder_layers'], n_heads=args['n_heads'],
+      max_len=args['max_len'], dropout=float(args['dropout']), mode=mode, qkv_bias=True,
+      trained_positions=True)
+  return model, {'n_encoder_layers': args['n_encoder_layers'],
+                 'n_decoder_layers': args['n_decoder_layers']}
+
+
 _BUILDERS: Dict[str, Callable[[str, Dict[str, Any]], Tuple[Layer, dict]]] = {
     'TransformerLM': _build_transformer_lm,
     'ConfigurableTransformerLM': _build_configurable_transformer_lm,
+    'Transformer': _build_transformer,
 }
-NOT_YET = ('Transformer', 'ConfigurableTransformer', 'Terraformer')
+NOT_YET = ('ConfigurableTransformer', 'Terraformer')
 
 
 def build_model(trax_model: str, mode: str = 'eval', **trax_kwargs) -> Tuple[Layer, dict]:

@@ -191,8 +191,7 @@ def decoder_only_lm(trax: FlatWeights, ours: OurWeights, config: dict):
     layer_norm(trax, ours, (block, 1, 0), f'layer {i} feed-forward LayerNorm')
     ff = config.get('ff', 'dense')
     if ff == 'dense':
-      dense(trax, ours, (block, 1, 1, 0), f'layer {i} feed-forward first Dense')
-      dense(trax, ours, (block, 1, 1, 3), f'layer {i} feed-forward second Dense')
+      dense_feed_forward(trax, ours, (block, 1, 1), f'layer {i} feed-forward')
     elif ff == 'sparse':
       sparse_ff(trax, ours, (block, 1, 1), f'layer {i} SparseFF')
     else:
@@ -204,9 +203,64 @@ def decoder_only_lm(trax: FlatWeights, ours: OurWeights, config: dict):
     multiplicative_dense(trax, ours, (5 + n_layers,), 'logits FactoredDense')
 
 
+def separate_attention(trax: FlatWeights, ours: OurWeights, at: tuple, what: str):
+  """Trax's encoder-decoder attention (Dense q, k, v, out, with biases) into our
+  EncDecAttention (`wq`, `wk`, `wv`, `wo` out-major; `bq`, `bk`, `bv`, `bo`)."""
+  for part, name in (('query', 'q'), ('key', 'k'), ('value', 'v'), ('output', 'o')):
+    ours.put(path(*at, f'w{name}'), trax.take(f'{what} {part} w').T, trax, f'{what} {part} w')
+    ours.put(path(*at, f'b{name}'), trax.take(f'{what} {part} b'), trax, f'{what} {part} b')
+
+
+def dense_feed_forward(trax: FlatWeights, ours: OurWeights, at: tuple, what: str):
+  """Trax's Dense, activation, Dropout, Dense: ours at `at` (Dense at [0] and [3])."""
+  dense(trax, ours, at + (0,), f'{what} first Dense')
+  dense(trax, ours, at + (3,), f'{what} second Dense')
+
+
+def encoder_decoder(trax: FlatWeights, ours: OurWeights, config: dict):
+  """Trax's Transformer: the encoder (embedding, positional table, blocks of
+  LayerNorm, attention, LayerNorm, feed-forward; a final LayerNorm), then the
+  decoder (embedding, positional table, blocks of LayerNorm, causal attention,
+  LayerNorm, encoder-decoder attention, LayerNorm, feed-forward), LayerNorm,
+  Dense.
+
+  Ours (`models.Transformer(..., qkv_bias=True, trained_positions=True)`):
+  [0][0] the encoder ([0][0][0] embedding, [0][0][0][2] positions, [1 + i]
+  blocks, [1 + n][0] its LayerNorm), [3] the target embedding, [5] positions,
+  [6 + i] decoder blocks, [7 + n] LayerNorm, [8 + n] Dense.
+  """
+  n_encoder, n_decoder = config['n_encoder_layers'], config['n_decoder_layers']
+  encoder = (0, 0)
+  ours.put(path(*encoder, 0, 0, 0, 'embedding'), trax.take('encoder embedding'), trax,
+           'encoder embedding')
+  ours.put(path(*encoder, 0, 0, 2, 'table'), trax.take('encoder positional table'), trax,
+           'encoder positional table')
+  for i in range(n_encoder):
+    block = encoder + (1 + i,)
+    layer_norm(trax, ours, block + (0, 0), f'encoder layer {i} attention LayerNorm')
+    fused_attention(trax, ours, block + (0, 1), f'encoder layer {i} attention')
+    layer_norm(trax, ours, block + (1, 0), f'encoder layer {i} feed-forward LayerNorm')
+    dense_feed_forward(trax, ours, block + (1, 1), f'encoder layer {i} feed-forward')
+  layer_norm(trax, ours, encoder + (1 + n_encoder, 0), 'encoder final LayerNorm')
+  ours.put(path(3, 'embedding'), trax.take('decoder embedding'), trax, 'decoder embedding')
+  ours.put(path(5, 'table'), trax.take('decoder positional table'), trax,
+           'decoder positional table')
+  for i in range(n_decoder):
+    block = (6 + i,)
+    layer_norm(trax, ours, block + (0, 0), f'decoder layer {i} attention LayerNorm')
+    fused_attention(trax, ours, block + (0, 1), f'decoder layer {i} causal attention')
+    layer_norm(trax, ours, block + (1, 0), f'decoder layer {i} cross-attention LayerNorm')
+    separate_attention(trax, ours, block + (1, 1), f'decoder layer {i} cross-attention')
+    layer_norm(trax, ours, block + (2, 0), f'decoder layer {i} feed-forward LayerNorm')
+    dense_feed_forward(trax, ours, block + (2, 1), f'decoder layer {i} feed-forward')
+  layer_norm(trax, ours, (7 + n_decoder,), 'decoder final LayerNorm')
+  dense(trax, ours, (8 + n_decoder,), 'logits Dense')
+
+
 Converter = Callable[[FlatWeights, OurWeights, dict], None]
 CONVERTERS: Dict[str, Converter] = {'TransformerLM': decoder_only_lm,
-                                    'ConfigurableTransformerLM': decoder_only_lm}
+                                    'ConfigurableTransformerLM': decoder_only_lm,
+                                    'Transformer': encoder_decoder}
 
 
 def convert(family: str, flat_weights: List[np.ndarray], template, config: dict,
@@ -223,10 +277,10 @@ def convert(family: str, flat_weights: List[np.ndarray], template, config: dict,
   """
   needed = _count_taken(family, config)
   if needed != len(flat_weights):
+    layers = ', '.join(f'{k}={v}' for k, v in config.items() if k.startswith('n_'))
     raise TraxWeightError(
         f'the Trax {family} checkpoint holds {len(flat_weights)} weight arrays, but {model_name} '
-        f'with n_layers={config["n_layers"]} takes {needed}: check n_layers (and the other '
-        'arguments)')
+        f'with {layers} takes {needed}: check the layer counts (and the other arguments)')
   trax = FlatWeights(flat_weights, family)
   ours = OurWeights(template, model_name)
   CONVERTERS[family](trax, ours, config)

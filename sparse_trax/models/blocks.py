@@ -76,17 +76,18 @@ def DecoderOnlyLM(vocab_size: int, d_model: int, n_layers: int, max_len: int,  #
 
 
 def EmbeddingAndMask(vocab_size: int, d_model: int, max_len: int, dropout: float,  # pylint: disable=invalid-name
-                     mode: str):
+                     mode: str, trained_positions: bool = False):
   """Token ids [batch, length] -> (x [batch, length, d_model], padding mask [batch, length])."""
   return tl.Branch(
       tl.Serial(tl.Embedding(vocab_size, d_model),
                 tl.Dropout(dropout, mode=mode),
-                tl.PositionalEncoding(max_len, mode=mode)),
+                tl.PositionalEncoding(max_len, mode=mode, trainable=trained_positions)),
       tl.PaddingMask())
 
 
 def EncodedSourceAndTargets(encoder: tl.Layer, output_vocab_size: int, d_model: int,  # pylint: disable=invalid-name
-                            max_len: int, dropout: float, mode: str) -> list:
+                            max_len: int, dropout: float, mode: str,
+                            trained_positions: bool = False) -> list:
   """(source, target) ids -> (y, encoded, mask): the encoder (run once in 'predict'),
   and the shifted target embeddings. A list of layers, for a Serial."""
   return [
@@ -95,14 +96,16 @@ def EncodedSourceAndTargets(encoder: tl.Layer, output_vocab_size: int, d_model: 
       tl.ShiftRight(mode=mode),
       tl.Embedding(output_vocab_size, d_model),        # tgt -> y
       tl.Dropout(dropout, mode=mode),
-      tl.PositionalEncoding(max_len, mode=mode)]
+      tl.PositionalEncoding(max_len, mode=mode, trainable=trained_positions)]
 
 
 def Encoder(vocab_size: int, d_model: int, n_layers: int, max_len: int, dropout: float,  # pylint: disable=invalid-name
-            mode: str, attention: LayerFactory, feed_forward: LayerFactory):
+            mode: str, attention: LayerFactory, feed_forward: LayerFactory,
+            trained_positions: bool = False):
   """Token ids [batch, length] -> (encoded [batch, length, d_model], mask [batch, length])."""
   return tl.Serial(
-      EmbeddingAndMask(vocab_size, d_model, max_len, dropout, mode),   # ids -> x mask
+      EmbeddingAndMask(vocab_size, d_model, max_len, dropout, mode,
+                       trained_positions),             # ids -> x mask
       [EncoderBlock(attention(mode), feed_forward(mode), dropout, mode)
        for _ in range(n_layers)],                      # x mask -> x mask
       tl.Parallel(tl.LayerNorm(), None),               # x mask -> encoded mask
@@ -113,17 +116,19 @@ def EncoderDecoder(input_vocab_size: int, output_vocab_size: int, d_model: int, 
                    n_encoder_layers: int, n_decoder_layers: int, max_len: int,
                    dropout: float, mode: str, encoder_attention: LayerFactory,
                    decoder_attention: LayerFactory, cross_attention: LayerFactory,
-                   feed_forward: LayerFactory, logits: tl.Layer, name: str):
+                   feed_forward: LayerFactory, logits: tl.Layer, name: str,
+                   trained_positions: bool = False):
   """(source ids, target ids) -> logits [batch, length_tgt, output_vocab_size].
 
   In 'predict' mode the encoder runs (in 'eval' mode) on the first call only.
+  `trained_positions`: both positional tables are weights (as in Trax's models).
   """
   encoder_mode = 'eval' if mode == 'predict' else mode
   encoder = Encoder(input_vocab_size, d_model, n_encoder_layers, max_len, dropout,
-                    encoder_mode, encoder_attention, feed_forward)
+                    encoder_mode, encoder_attention, feed_forward, trained_positions)
   return tl.Serial(
       EncodedSourceAndTargets(encoder, output_vocab_size, d_model, max_len, dropout,
-                              mode),                   # src tgt -> y encoded mask
+                              mode, trained_positions),  # src tgt -> y encoded mask
       [EncoderDecoderBlock(decoder_attention(mode), cross_attention(mode),
                            feed_forward(mode), dropout, mode)
        for _ in range(n_decoder_layers)],              # y encoded mask -> same

@@ -129,6 +129,53 @@ def configurable_transformer_lm():
     print(f'configurable_transformer_lm {name}:', logits.shape, 'greedy', tokens.tolist())
 
 
+SOURCE = np.array([[4, 8, 2, 9, 0, 0], [5, 3, 11, 7, 6, 1]], np.int32)   # 0: padding
+
+
+def greedy_encoder_decoder(predict_model, checkpoint, source):
+  """Feeds (source, token) with token 0, then each picked one; returns the picked tokens.
+
+  The weights come from the checkpoint file (Trax's predict-mode Transformer
+  nests its encoder in a Cache, so the eval weights tree does not fit it).
+  """
+  signature = (shapes.signature(source), shapes.ShapeDtype((1, 1), np.int32))
+  predict_model.init(signature)
+  predict_model.init_from_file(checkpoint, weights_only=True, input_signature=signature)
+  token, picked = 0, []
+  for _ in range(N_GREEDY):
+    outputs = predict_model((source, np.array([[token]], np.int32)))
+    logits = outputs[0] if isinstance(outputs, tuple) else outputs
+    token = int(np.argmax(logits[0, -1]))
+    picked.append(token)
+  return np.array(picked, np.int32)
+
+
+def transformer():
+  """Trax's encoder-decoder Transformer, moved at random, by save_to_file."""
+  kwargs = dict(input_vocab_size=12, output_vocab_size=13, d_model=16, d_ff=32,
+                n_encoder_layers=2, n_decoder_layers=2, n_heads=2, max_len=16)
+  folder = os.path.join(HERE, 'transformer')
+  shutil.rmtree(folder, ignore_errors=True)
+  os.makedirs(folder)
+  eval_model = models.Transformer(mode='eval', **kwargs)
+  eval_model.init((shapes.signature(SOURCE), shapes.signature(TOKENS)))
+  rng = np.random.RandomState(6)
+  moved = trax.fastmath.nested_map(
+      lambda w: np.asarray(w + 0.3 * rng.normal(size=w.shape), np.float32), eval_model.weights)
+  eval_model.weights = moved
+  outputs = eval_model((SOURCE, TOKENS))
+  logits = np.asarray(outputs[0] if isinstance(outputs, tuple) else outputs)
+  checkpoint = os.path.join(folder, 'saved.pkl.gz')
+  eval_model.save_to_file(checkpoint,
+                          input_signature=(shapes.signature(SOURCE), shapes.signature(TOKENS)))
+  tokens = greedy_encoder_decoder(models.Transformer(mode='predict', **kwargs), checkpoint,
+                                  SOURCE[1:])
+  np.savez(os.path.join(folder, 'expected.npz'), source=SOURCE, tokens=TOKENS, logits=logits,
+           greedy=tokens)
+  print('transformer:', logits.shape, 'greedy', tokens.tolist())
+
+
 if __name__ == '__main__':
   transformer_lm()
   configurable_transformer_lm()
+  transformer()
