@@ -280,7 +280,8 @@ def convert(family: str, flat_weights: List[np.ndarray], template, config: dict,
     layers = ', '.join(f'{k}={v}' for k, v in config.items() if k.startswith('n_'))
     raise TraxWeightError(
         f'the Trax {family} checkpoint holds {len(flat_weights)} weight arrays, but {model_name} '
-        f'with {layers} takes {needed}: check the layer counts (and the other arguments)')
+        f'with {layers} takes {needed}: check the layer counts and the arguments that pick '
+        'each part (attention_type, ff_sparsity, loss_sparsity, ...)')
   trax = FlatWeights(flat_weights, family)
   ours = OurWeights(template, model_name)
   CONVERTERS[family](trax, ours, config)
