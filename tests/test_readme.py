@@ -6,10 +6,16 @@ import re
 README = os.path.join(os.path.dirname(__file__), '..', 'README.md')
 
 
-def test_readme_compose_example_runs(capsys):
+def python_block(containing: str) -> str:
+  """The README's one ```python block that contains `containing`."""
   text = open(README, encoding='utf-8').read()
-  blocks = re.findall(r'```python\n(.*?)```', text, re.S)
-  example = blocks[0]
+  blocks = [b for b in re.findall(r'```python\n(.*?)```', text, re.S) if containing in b]
+  assert len(blocks) == 1, f'{len(blocks)} python blocks contain {containing!r}'
+  return blocks[0]
+
+
+def test_readme_compose_example_runs(capsys):
+  example = python_block('tl.summary(model, weights)')
   assert len(example.strip().splitlines()) <= 10
   namespace = {}
   exec(compile(example, 'README.md', 'exec'), namespace)  # pylint: disable=exec-used
@@ -27,8 +33,7 @@ def test_ci_runs_the_readme_test_command():
 
 
 def test_readme_decoding_example_runs():
-  text = open(README, encoding='utf-8').read()
-  example = re.findall(r'```python\n(.*?)```', text, re.S)[1]
+  example = python_block('samples')
   namespace = {}
   exec(compile(example, 'README.md', 'exec'), namespace)  # pylint: disable=exec-used
   samples = namespace['samples']
@@ -49,10 +54,15 @@ def test_readme_trained_run_example_runs(tmp_path, capsys):
                   '--config', 'train.progress_bar = False'])
   finally:
     gin.clear_config()
-  text = open(README, encoding='utf-8').read()
-  example = re.findall(r'```python\n(.*?)```', text, re.S)[2]
-  assert "run = '/tmp/sparse_trax_quickstart'" in example
+  example = python_block("run = '/tmp/sparse_trax_quickstart'")
   example = example.replace("'/tmp/sparse_trax_quickstart'", repr(out))
   capsys.readouterr()
   exec(compile(example, 'README.md', 'exec'), {})  # pylint: disable=exec-used
   assert capsys.readouterr().out.strip()
+
+
+def test_readme_trax_conversion_example_runs(monkeypatch):
+  monkeypatch.chdir(os.path.dirname(README))
+  namespace = {}
+  exec(compile(python_block('trax_compat.load_model'), 'README.md', 'exec'), namespace)  # pylint: disable=exec-used
+  assert namespace['model'].mode == 'predict' and namespace['weights']
