@@ -81,18 +81,15 @@ def test_configurable_transformer_lm_gives_traxs_logits_and_greedy_tokens(varian
   assert picked == expected['greedy'].tolist()
 
 
-def test_transformer_gives_traxs_logits_and_greedy_tokens():
-  expected = np.load(os.path.join(DATA, 'transformer', 'expected.npz'))
-  kwargs = dict(input_vocab_size=12, output_vocab_size=13, d_model=16, d_ff=32,
-                n_encoder_layers=2, n_decoder_layers=2, n_heads=2, max_len=16)
-  path = os.path.join(DATA, 'transformer', 'saved.pkl.gz')
-  model, weights = trax_compat.load_model(path, 'Transformer', mode='eval', **kwargs)
+def _check_encoder_decoder(path, expected_path, trax_model, kwargs):
+  expected = np.load(expected_path)
+  model, weights = trax_compat.load_model(path, trax_model, mode='eval', **kwargs)
   source, tokens = jnp.asarray(expected['source']), jnp.asarray(expected['tokens'])
   state = decoding.initial_state(model, (jax.ShapeDtypeStruct(source.shape, jnp.int32),
                                          jax.ShapeDtypeStruct(tokens.shape, jnp.int32)))
   logits, _ = jax.jit(model.apply)(weights, state, (source, tokens))
   np.testing.assert_allclose(logits, expected['logits'], atol=1e-5, rtol=1e-5)
-  predict, predict_weights = trax_compat.load_model(path, 'Transformer', mode='predict', **kwargs)
+  predict, predict_weights = trax_compat.load_model(path, trax_model, mode='predict', **kwargs)
   one_source = source[1:]
   state = decoding.initial_state(predict, (jax.ShapeDtypeStruct(one_source.shape, jnp.int32),
                                            jax.ShapeDtypeStruct((1, 1), jnp.int32)))
@@ -103,6 +100,27 @@ def test_transformer_gives_traxs_logits_and_greedy_tokens():
     token = int(jnp.argmax(logits[0, -1]))
     picked.append(token)
   assert picked == expected['greedy'].tolist()
+
+
+def test_transformer_gives_traxs_logits_and_greedy_tokens():
+  folder = os.path.join(DATA, 'transformer')
+  _check_encoder_decoder(os.path.join(folder, 'saved.pkl.gz'),
+                         os.path.join(folder, 'expected.npz'), 'Transformer',
+                         dict(input_vocab_size=12, output_vocab_size=13, d_model=16, d_ff=32,
+                              n_encoder_layers=2, n_decoder_layers=2, n_heads=2, max_len=16))
+
+
+@pytest.mark.parametrize('variant, sparsity', [
+    ('sparse_ff_and_loss', dict(ff_sparsity=4, loss_sparsity=2)),
+    ('moe_ff', dict(ff_sparsity=2, ff_sparsity_type='Block'))])
+def test_configurable_transformer_gives_traxs_logits_and_greedy_tokens(variant, sparsity):
+  folder = os.path.join(DATA, 'configurable_transformer')
+  _check_encoder_decoder(os.path.join(folder, f'{variant}.pkl.gz'),
+                         os.path.join(folder, f'{variant}_expected.npz'),
+                         'ConfigurableTransformer',
+                         dict(input_vocab_size=12, output_vocab_size=14, d_model=16, d_ff=32,
+                              n_encoder_layers=2, n_decoder_layers=2, n_heads=2, max_len=16,
+                              **sparsity))
 
 
 def test_checkpoint_contents_are_read_as_numpy():

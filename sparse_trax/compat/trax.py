@@ -15,8 +15,9 @@ a converted model evaluates, trains on, and decodes.
 Supported Trax models: TransformerLM, Transformer; ConfigurableTransformerLM with dense or
 MultiplicativeConvCausalAttention attention, a dense, SparseFF ('1inN') or
 BlockSparseFF ('Block') feed-forward, and a dense or multiplicative ('mult')
-vocabulary projection. (ConfigurableTransformer and Terraformer are not
-converted yet: they raise NotImplementedError.)
+vocabulary projection; ConfigurableTransformer with dense attention and the
+same feed-forward and projection choices. (Terraformer is not converted yet:
+it raises NotImplementedError.)
 """
 
 from typing import Any, Callable, Dict, Tuple
@@ -97,27 +98,16 @@ def _build_configurable_transformer_lm(mode: str, kwargs: Dict[str, Any]) -> Tup
   if attention not in _ATTENTION_TYPES:
     raise NotImplementedError(f'ConfigurableTransformerLM: attention_type {attention!r} is not '
                               f'supported (supported: {", ".join(_ATTENTION_TYPES)})')
-  ff_sparsity, ff_type = args['ff_sparsity'], args['ff_sparsity_type']
-  if not isinstance(ff_sparsity, int):
-    raise NotImplementedError('ConfigurableTransformerLM: ff_sparsity must be an int (N); '
-                              f'{ff_sparsity!r} (with its own d_lowrank) is not supported')
-  if ff_sparsity and ff_type not in ('1inN', 'Block'):
-    raise NotImplementedError(f'ConfigurableTransformerLM: ff_sparsity_type {ff_type!r} is not '
-                              "supported ('1inN' and 'Block' are)")
-  if args['loss_sparsity'] and args['loss_sparsity_type'] != 'mult':
-    raise NotImplementedError('ConfigurableTransformerLM: loss_sparsity_type '
-                              f"{args['loss_sparsity_type']!r} is not supported ('mult' is)")
+  parts = _sparse_parts('ConfigurableTransformerLM', args)
   model = models.ScalingTransformerLM(
       vocab_size=args['vocab_size'], d_model=args['d_model'], d_ff=args['d_ff'],
       n_layers=args['n_layers'], n_heads=args['n_heads'], max_len=args['max_len'],
-      dropout=float(args['dropout']), ff_sparsity=ff_sparsity,
-      ff_sparsity_type='block' if ff_type == 'Block' else '1inN',
-      attention_type=_ATTENTION_TYPES[attention],
+      dropout=float(args['dropout']), ff_sparsity=args['ff_sparsity'],
+      ff_sparsity_type=parts['ff_sparsity_type'], attention_type=_ATTENTION_TYPES[attention],
       attention_sparsity=args['n_heads'],          # Trax's default sparsity: n_heads
       loss_sparsity=args['loss_sparsity'], mode=mode, qkv_bias=True, trained_positions=True)
   config = {'n_layers': args['n_layers'], 'attention': _ATTENTION_TYPES[attention],
-            'ff': 'dense' if not ff_sparsity else ('block' if ff_type == 'Block' else 'sparse'),
-            'loss': 'mult' if args['loss_sparsity'] else 'dense'}
+            'ff': parts['ff'], 'loss': parts['loss']}
   return model, config
 
 
@@ -143,12 +133,65 @@ def _build_transformer(mode: str, kwargs: Dict[str, Any]) -> Tuple[Layer, dict]:
                  'n_decoder_layers': args['n_decoder_layers']}
 
 
+_CONFIGURABLE_DEFAULTS = dict(
+    {k: v for k, v in _CONFIGURABLE_LM_DEFAULTS.items()
+     if k not in ('n_layers', 'attention_type', 'pos_start_from_zero_prob',
+                  'pos_max_offset_to_add')},
+    output_vocab_size=None, n_encoder_layers=6, n_decoder_layers=6,
+    encoder_attention_type='Attention', encoder_decoder_attention_type='CausalAttention',
+    enc_dec_attention_sparsity=0)
+
+
+def _sparse_parts(family: str, args: Dict[str, Any]) -> dict:
+  """The feed-forward and loss kinds from Trax's ff_sparsity / loss_sparsity arguments."""
+  ff_sparsity, ff_type = args['ff_sparsity'], args['ff_sparsity_type']
+  if not isinstance(ff_sparsity, int):
+    raise NotImplementedError(f'{family}: ff_sparsity must be an int (N); {ff_sparsity!r} '
+                              '(with its own d_lowrank) is not supported')
+  if ff_sparsity and ff_type not in ('1inN', 'Block'):
+    raise NotImplementedError(f"{family}: ff_sparsity_type {ff_type!r} is not supported "
+                              "('1inN' and 'Block' are)")
+  if args['loss_sparsity'] and args['loss_sparsity_type'] != 'mult':
+    raise NotImplementedError(f"{family}: loss_sparsity_type {args['loss_sparsity_type']!r} "
+                              "is not supported ('mult' is)")
+  return {'ff': 'dense' if not ff_sparsity else ('block' if ff_type == 'Block' else 'sparse'),
+          'loss': 'mult' if args['loss_sparsity'] else 'dense',
+          'ff_sparsity_type': 'block' if ff_type == 'Block' else '1inN'}
+
+
+def _build_configurable_transformer(mode: str, kwargs: Dict[str, Any]) -> Tuple[Layer, dict]:
+  family = 'ConfigurableTransformer'
+  args = _check_kwargs(family, kwargs, _CONFIGURABLE_DEFAULTS, required=('input_vocab_size',))
+  _check_relu(family, args)
+  for name in _KEPT_AT_DEFAULT + ('enc_dec_attention_sparsity',):
+    if name in args and args[name] != _CONFIGURABLE_DEFAULTS[name]:
+      raise NotImplementedError(f'{family}: converting {name}={args[name]!r} is not supported '
+                                f'(only its default, {_CONFIGURABLE_DEFAULTS[name]!r})')
+  for name, wanted in (('encoder_attention_type', 'Attention'),
+                       ('encoder_decoder_attention_type', 'CausalAttention')):
+    if _trax_name(args[name]) != wanted:
+      raise NotImplementedError(f'{family}: {name} {_trax_name(args[name])!r} is not supported '
+                                f'(only {wanted!r})')
+  parts = _sparse_parts(family, args)
+  model = models.ScalingTransformer(
+      input_vocab_size=args['input_vocab_size'], output_vocab_size=args['output_vocab_size'],
+      d_model=args['d_model'], d_ff=args['d_ff'], n_encoder_layers=args['n_encoder_layers'],
+      n_decoder_layers=args['n_decoder_layers'], n_heads=args['n_heads'],
+      max_len=args['max_len'], dropout=float(args['dropout']), ff_sparsity=args['ff_sparsity'],
+      ff_sparsity_type=parts['ff_sparsity_type'], loss_sparsity=args['loss_sparsity'],
+      mode=mode, qkv_bias=True, trained_positions=True)
+  return model, {'n_encoder_layers': args['n_encoder_layers'],
+                 'n_decoder_layers': args['n_decoder_layers'],
+                 'ff': parts['ff'], 'loss': parts['loss']}
+
+
 _BUILDERS: Dict[str, Callable[[str, Dict[str, Any]], Tuple[Layer, dict]]] = {
     'TransformerLM': _build_transformer_lm,
     'ConfigurableTransformerLM': _build_configurable_transformer_lm,
     'Transformer': _build_transformer,
+    'ConfigurableTransformer': _build_configurable_transformer,
 }
-NOT_YET = ('ConfigurableTransformer', 'Terraformer')
+NOT_YET = ('Terraformer', 'ConfigurableTerraformer')
 
 
 def build_model(trax_model: str, mode: str = 'eval', **trax_kwargs) -> Tuple[Layer, dict]:

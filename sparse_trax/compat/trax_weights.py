@@ -189,18 +189,28 @@ def decoder_only_lm(trax: FlatWeights, ours: OurWeights, config: dict):
     else:
       multiplicative_conv_attention(trax, ours, (block, 0, 1), f'layer {i} attention')
     layer_norm(trax, ours, (block, 1, 0), f'layer {i} feed-forward LayerNorm')
-    ff = config.get('ff', 'dense')
-    if ff == 'dense':
-      dense_feed_forward(trax, ours, (block, 1, 1), f'layer {i} feed-forward')
-    elif ff == 'sparse':
-      sparse_ff(trax, ours, (block, 1, 1), f'layer {i} SparseFF')
-    else:
-      block_sparse_ff(trax, ours, (block, 1, 1), f'layer {i} BlockSparseFF')
+    feed_forward(trax, ours, (block, 1, 1), f'layer {i}', config)
   layer_norm(trax, ours, (4 + n_layers,), 'final LayerNorm')
-  if config.get('loss', 'dense') == 'dense':
-    dense(trax, ours, (5 + n_layers,), 'logits Dense')
+  logits(trax, ours, (5 + n_layers,), config)
+
+
+def feed_forward(trax: FlatWeights, ours: OurWeights, at: tuple, what: str, config: dict):
+  """The feed-forward of config['ff']: 'dense', 'sparse' (SparseFF) or 'block'."""
+  kind = config.get('ff', 'dense')
+  if kind == 'dense':
+    dense_feed_forward(trax, ours, at, f'{what} feed-forward')
+  elif kind == 'sparse':
+    sparse_ff(trax, ours, at, f'{what} SparseFF')
   else:
-    multiplicative_dense(trax, ours, (5 + n_layers,), 'logits FactoredDense')
+    block_sparse_ff(trax, ours, at, f'{what} BlockSparseFF')
+
+
+def logits(trax: FlatWeights, ours: OurWeights, at: tuple, config: dict):
+  """The vocabulary projection of config['loss']: 'dense' or 'mult'."""
+  if config.get('loss', 'dense') == 'dense':
+    dense(trax, ours, at, 'logits Dense')
+  else:
+    multiplicative_dense(trax, ours, at, 'logits FactoredDense')
 
 
 def separate_attention(trax: FlatWeights, ours: OurWeights, at: tuple, what: str):
@@ -218,7 +228,8 @@ def dense_feed_forward(trax: FlatWeights, ours: OurWeights, at: tuple, what: str
 
 
 def encoder_decoder(trax: FlatWeights, ours: OurWeights, config: dict):
-  """Trax's Transformer: the encoder (embedding, positional table, blocks of
+  """Trax's Transformer and ConfigurableTransformer (dense attention; config['ff']
+  and config['loss'] as in `decoder_only_lm`): the encoder (embedding, positional table, blocks of
   LayerNorm, attention, LayerNorm, feed-forward; a final LayerNorm), then the
   decoder (embedding, positional table, blocks of LayerNorm, causal attention,
   LayerNorm, encoder-decoder attention, LayerNorm, feed-forward), LayerNorm,
@@ -240,7 +251,7 @@ def encoder_decoder(trax: FlatWeights, ours: OurWeights, config: dict):
     layer_norm(trax, ours, block + (0, 0), f'encoder layer {i} attention LayerNorm')
     fused_attention(trax, ours, block + (0, 1), f'encoder layer {i} attention')
     layer_norm(trax, ours, block + (1, 0), f'encoder layer {i} feed-forward LayerNorm')
-    dense_feed_forward(trax, ours, block + (1, 1), f'encoder layer {i} feed-forward')
+    feed_forward(trax, ours, block + (1, 1), f'encoder layer {i}', config)
   layer_norm(trax, ours, encoder + (1 + n_encoder, 0), 'encoder final LayerNorm')
   ours.put(path(3, 'embedding'), trax.take('decoder embedding'), trax, 'decoder embedding')
   ours.put(path(5, 'table'), trax.take('decoder positional table'), trax,
@@ -252,15 +263,16 @@ def encoder_decoder(trax: FlatWeights, ours: OurWeights, config: dict):
     layer_norm(trax, ours, block + (1, 0), f'decoder layer {i} cross-attention LayerNorm')
     separate_attention(trax, ours, block + (1, 1), f'decoder layer {i} cross-attention')
     layer_norm(trax, ours, block + (2, 0), f'decoder layer {i} feed-forward LayerNorm')
-    dense_feed_forward(trax, ours, block + (2, 1), f'decoder layer {i} feed-forward')
+    feed_forward(trax, ours, block + (2, 1), f'decoder layer {i}', config)
   layer_norm(trax, ours, (7 + n_decoder,), 'decoder final LayerNorm')
-  dense(trax, ours, (8 + n_decoder,), 'logits Dense')
+  logits(trax, ours, (8 + n_decoder,), config)
 
 
 Converter = Callable[[FlatWeights, OurWeights, dict], None]
 CONVERTERS: Dict[str, Converter] = {'TransformerLM': decoder_only_lm,
                                     'ConfigurableTransformerLM': decoder_only_lm,
-                                    'Transformer': encoder_decoder}
+                                    'Transformer': encoder_decoder,
+                                    'ConfigurableTransformer': encoder_decoder}
 
 
 def convert(family: str, flat_weights: List[np.ndarray], template, config: dict,

@@ -87,12 +87,15 @@ def ScalingTransformer(input_vocab_size: int, output_vocab_size: Optional[int] =
                        dropout: float = 0.1, ff_sparsity: int = 0,
                        ff_sparsity_type: str = '1inN', attention_type: str = 'dense',
                        attention_sparsity: int = 16, loss_sparsity: int = 0,
-                       mode: str = 'train') -> tl.Layer:
+                       mode: str = 'train', qkv_bias: bool = False,
+                       trained_positions: bool = False) -> tl.Layer:
   """Encoder-decoder Scaling Transformer: (source, target) ids -> target logits.
 
   The knobs are ScalingTransformerLM's; with attention_type='multconv' the
   encoder and decoder self-attention use sparse QKV (the encoder's length
   convolution is centered, the decoder's causal); cross-attention stays dense.
+  `qkv_bias` and `trained_positions` as in ScalingTransformerLM (every dense
+  attention gets the biases).
   """
   arguments.check_model_arguments(ScalingTransformer, locals())
   output_vocab_size = output_vocab_size or input_vocab_size
@@ -102,12 +105,14 @@ def ScalingTransformer(input_vocab_size: int, output_vocab_size: Optional[int] =
                                             dropout=dropout, mode=mode)
   else:
     def encoder_attention(mode):
-      return tl.Attention(d_model, n_heads, dropout, mode=mode)
+      return tl.Attention(d_model, n_heads, dropout, mode=mode, qkv_bias=qkv_bias)
   return blocks.EncoderDecoder(
       input_vocab_size, output_vocab_size, d_model, n_encoder_layers, n_decoder_layers,
       max_len, dropout, mode, encoder_attention=encoder_attention,
       decoder_attention=causal_attention_factory(d_model, n_heads, attention_type,
-                                                 attention_sparsity, dropout, max_len),
-      cross_attention=lambda m: tl.EncDecAttention(d_model, n_heads, dropout, mode=m),
+                                                 attention_sparsity, dropout, max_len, qkv_bias),
+      cross_attention=lambda m: tl.EncDecAttention(d_model, n_heads, dropout, mode=m,
+                                                   qkv_bias=qkv_bias),
       feed_forward=feed_forward_factory(d_model, d_ff, ff_sparsity, ff_sparsity_type, dropout),
-      logits=logits_layer(output_vocab_size, loss_sparsity), name='ScalingTransformer')
+      logits=logits_layer(output_vocab_size, loss_sparsity), name='ScalingTransformer',
+      trained_positions=trained_positions)

@@ -175,7 +175,41 @@ def transformer():
   print('transformer:', logits.shape, 'greedy', tokens.tolist())
 
 
+CONFIGURABLE_TRANSFORMER = dict(input_vocab_size=12, output_vocab_size=14, d_model=16, d_ff=32,
+                                n_encoder_layers=2, n_decoder_layers=2, n_heads=2, max_len=16)
+CONFIGURABLE_TRANSFORMER_VARIANTS = {
+    'sparse_ff_and_loss': dict(ff_sparsity=4, loss_sparsity=2),
+    'moe_ff': dict(ff_sparsity=2, ff_sparsity_type='Block'),
+}
+
+
+def configurable_transformer():
+  """ConfigurableTransformer variants, moved at random, by save_to_file."""
+  from trax.models.research.configurable_transformer import ConfigurableTransformer  # pylint: disable=import-outside-toplevel
+  folder = os.path.join(HERE, 'configurable_transformer')
+  shutil.rmtree(folder, ignore_errors=True)
+  os.makedirs(folder)
+  for index, (name, variant) in enumerate(CONFIGURABLE_TRANSFORMER_VARIANTS.items()):
+    kwargs = dict(CONFIGURABLE_TRANSFORMER, **variant)
+    eval_model = ConfigurableTransformer(mode='eval', **kwargs)
+    eval_model.init((shapes.signature(SOURCE), shapes.signature(TOKENS)))
+    rng = np.random.RandomState(20 + index)
+    eval_model.weights = trax.fastmath.nested_map(
+        lambda w: np.asarray(w + 0.3 * rng.normal(size=w.shape), np.float32), eval_model.weights)
+    outputs = eval_model((SOURCE, TOKENS))
+    logits = np.asarray(outputs[0] if isinstance(outputs, tuple) else outputs)
+    checkpoint = os.path.join(folder, f'{name}.pkl.gz')
+    eval_model.save_to_file(checkpoint,
+                            input_signature=(shapes.signature(SOURCE), shapes.signature(TOKENS)))
+    tokens = greedy_encoder_decoder(ConfigurableTransformer(mode='predict', **kwargs),
+                                    checkpoint, SOURCE[1:])
+    np.savez(os.path.join(folder, f'{name}_expected.npz'), source=SOURCE, tokens=TOKENS,
+             logits=logits, greedy=tokens)
+    print(f'configurable_transformer {name}:', logits.shape, 'greedy', tokens.tolist())
+
+
 if __name__ == '__main__':
   transformer_lm()
   configurable_transformer_lm()
   transformer()
+  configurable_transformer()
