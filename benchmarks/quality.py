@@ -1,9 +1,10 @@
-"""Quality of the six small Scaling Transformer configs on the shipped corpus.
+"""Quality of the small Scaling Transformer configs on the shipped corpus.
 
 Trains dense, sparse FF, sparse QKV, sparse FF+QKV, FF+QKV+sparse loss and MoE
-(gin/scaling/*.gin) for the same steps on the same seeded batches, one after
-another in this process, and prints a table: parameters, final eval
-log-perplexity, ratio to dense, and training tokens/s.
+(gin/scaling/*.gin), and sparse FF variants (N=16 beside N=64; the mask
+before or after the ReLU), for the same steps on the same seeded batches,
+one after another in this process, and prints a table: parameters, final
+eval log-perplexity, ratio to dense, and training tokens/s.
 
   python benchmarks/quality.py [--steps 600] [--configs dense sparse_ff ...]
 """
@@ -21,13 +22,30 @@ import numpy as np
 from sparse_trax import trainer
 import sparse_trax.layers as tl
 
-CONFIGS = ('dense', 'sparse_ff', 'sparse_qkv', 'sparse_ff_qkv', 'sparse_ff_qkv_loss', 'moe')
+# name -> (gin file under gin/scaling, extra bindings)
+_BEFORE = 'ScalingTransformerLM.ff_mask_before_activation = True'
+_AFTER = 'ScalingTransformerLM.ff_mask_before_activation = False'
+VARIANTS = {
+    'dense': ('dense', ()),
+    'sparse_ff': ('sparse_ff', ()),
+    'sparse_qkv': ('sparse_qkv', ()),
+    'sparse_ff_qkv': ('sparse_ff_qkv', ()),
+    'sparse_ff_qkv_loss': ('sparse_ff_qkv_loss', ()),
+    'moe': ('moe', ()),
+    'sparse_ff_mask_before': ('sparse_ff', (_BEFORE,)),
+    'sparse_ff_mask_after': ('sparse_ff', (_AFTER,)),
+    'sparse_ff_n16_mask_before': ('sparse_ff', ('ScalingTransformerLM.ff_sparsity = 16', _BEFORE)),
+    'sparse_ff_n16_mask_after': ('sparse_ff', ('ScalingTransformerLM.ff_sparsity = 16', _AFTER)),
+}
+CONFIGS = tuple(VARIANTS)
+DEFAULT_CONFIGS = ('dense', 'sparse_ff', 'sparse_qkv', 'sparse_ff_qkv', 'sparse_ff_qkv_loss',
+                   'moe')
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def parameter_count(config_file: str) -> int:
+def parameter_count(config_file: str, bindings=()) -> int:
   gin.clear_config()
-  trainer.parse_gin_config([config_file], finalize_config=False)
+  trainer.parse_gin_config([config_file], list(bindings), finalize_config=False)
   from sparse_trax.train.loop import build_model  # pylint: disable=import-outside-toplevel
   model = build_model(gin.query_parameter('train.model').scoped_configurable_fn, 'eval',
                       gin.query_parameter('SentencePieceTokenizer.vocab_size'))
@@ -38,15 +56,17 @@ def parameter_count(config_file: str) -> int:
 
 
 def run(name: str, steps: int, output_root: str) -> dict:
-  config_file = os.path.join(REPO, 'gin', 'scaling', f'{name}.gin')
-  params = parameter_count(config_file)
+  gin_name, bindings = VARIANTS[name]
+  config_file = os.path.join(REPO, 'gin', 'scaling', f'{gin_name}.gin')
+  params = parameter_count(config_file, bindings)
   output_dir = os.path.join(output_root, name)
   gin.clear_config()
+  extra = [arg for binding in bindings for arg in ('--config', binding)]
   result = trainer.main(['--config_file', config_file, '--output_dir', output_dir,
                          '--config', f'train.n_steps = {steps}',
                          '--config', f'train.eval_every = {steps}',
                          '--config', f'train.checkpoint_every = {steps}',
-                         '--config', 'train.progress_bar = False'])
+                         '--config', 'train.progress_bar = False'] + extra)
   gin.clear_config()
   with open(os.path.join(output_dir, 'metrics.jsonl'), encoding='utf-8') as f:
     records = [json.loads(line) for line in f]
@@ -59,7 +79,7 @@ def run(name: str, steps: int, output_root: str) -> dict:
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--steps', type=int, default=600)
-  parser.add_argument('--configs', nargs='+', default=list(CONFIGS), choices=CONFIGS)
+  parser.add_argument('--configs', nargs='+', default=list(DEFAULT_CONFIGS), choices=CONFIGS)
   parser.add_argument('--output_root', default=None,
                       help='where the runs go (default: a new temporary folder)')
   args = parser.parse_args()

@@ -188,3 +188,37 @@ def test_gathered_ff_fused_loop_equals_the_einsums():
   big = tl.quantize_weights({'w': jnp.ones((4096, 1024))}, 'int8')['w']
   assert sparse_ff._fused_loop_pays(big, 4096) and not sparse_ff._fused_loop_pays(big, 64)  # pylint: disable=protected-access
   assert not sparse_ff._fused_loop_pays(jnp.ones((4096, 1024)), 4096)  # pylint: disable=protected-access
+
+
+def test_mask_before_activation_stops_gradient_from_units_left_out():
+  """relu(h * mask) sends no gradient to the mask of a unit the hard mask leaves
+  out; relu(h) * mask sends relu(h). Both give the same values."""
+  from sparse_trax.layers.sparse_ff import masked_relu  # pylint: disable=import-outside-toplevel
+  pre = jnp.array([[1.5, -0.5, 2.0, 0.7]])
+  hard = jnp.array([[[0.0, 1.0], [1.0, 0.0]]])      # two blocks of two units
+  for before in (True, False):
+    np.testing.assert_allclose(masked_relu(pre, hard, before), [[0.0, 0.0, 2.0, 0.0]])
+  def through_mask(mask, before):
+    return jnp.sum(masked_relu(pre, mask, before) * jnp.array([[1.0, 2.0, 3.0, 4.0]]))
+  before = jax.grad(through_mask)(hard, True).reshape(-1)
+  after = jax.grad(through_mask)(hard, False).reshape(-1)
+  np.testing.assert_allclose(before, [0.0, 0.0, 6.0, 0.0])      # only the chosen, active unit
+  np.testing.assert_allclose(after, [1.5, 0.0, 6.0, 2.8])       # relu(h) * upstream
+
+
+def test_mask_before_activation_changes_training_gradients_not_eval():
+  x = x_random()
+  outputs, controller_grads = [], []
+  for before in (True, False):
+    train = tl.SparseFF(D_FF, n_elements_in_block=N, quant_prob=1.0, mode='train',
+                        mask_before_activation=before)
+    weights, state = train.init(sig(2, 5, D), rng=jax.random.key(0))
+    loss = jax.jit(lambda w, layer=train, s=state: jnp.sum(
+        layer.apply(w, s, x, rng=jax.random.key(3))[0] ** 2))
+    controller_grads.append(jax.grad(loss)(weights)['controller_out'])
+    evaluate = tl.SparseFF(D_FF, n_elements_in_block=N, mode='eval',
+                           mask_before_activation=before)
+    outputs.append(evaluate.apply(weights, {}, x)[0])
+  np.testing.assert_array_equal(outputs[0], outputs[1])
+  assert not np.allclose(controller_grads[0], controller_grads[1])
+  assert np.abs(controller_grads[0]).sum() > 0

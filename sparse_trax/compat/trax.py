@@ -105,7 +105,8 @@ def _build_configurable_transformer_lm(mode: str, kwargs: Dict[str, Any]) -> Tup
       dropout=float(args['dropout']), ff_sparsity=args['ff_sparsity'],
       ff_sparsity_type=parts['ff_sparsity_type'], attention_type=_ATTENTION_TYPES[attention],
       attention_sparsity=args['n_heads'],          # Trax's default sparsity: n_heads
-      loss_sparsity=args['loss_sparsity'], mode=mode, qkv_bias=True, trained_positions=True)
+      loss_sparsity=args['loss_sparsity'], mode=mode, qkv_bias=True, trained_positions=True,
+      ff_mask_before_activation=True)              # Trax's SparseFF trains so
   config = {'n_layers': args['n_layers'], 'attention': _ATTENTION_TYPES[attention],
             'ff': parts['ff'], 'loss': parts['loss']}
   return model, config
@@ -179,7 +180,7 @@ def _build_configurable_transformer(mode: str, kwargs: Dict[str, Any]) -> Tuple[
       n_decoder_layers=args['n_decoder_layers'], n_heads=args['n_heads'],
       max_len=args['max_len'], dropout=float(args['dropout']), ff_sparsity=args['ff_sparsity'],
       ff_sparsity_type=parts['ff_sparsity_type'], loss_sparsity=args['loss_sparsity'],
-      mode=mode, qkv_bias=True, trained_positions=True)
+      mode=mode, qkv_bias=True, trained_positions=True, ff_mask_before_activation=True)
   return model, {'n_encoder_layers': args['n_encoder_layers'],
                  'n_decoder_layers': args['n_decoder_layers'],
                  'ff': parts['ff'], 'loss': parts['loss']}

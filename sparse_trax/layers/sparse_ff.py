@@ -84,6 +84,19 @@ def _gathered_ff(x, w1, b1, w2, b2, fused_loop: bool):
   return jnp.einsum('...k,...kd->...d', hidden, w2) + b2.astype(x.dtype)
 
 
+def masked_relu(pre_activation, mask, mask_before_activation: bool):
+  """relu(pre * mask) or relu(pre) * mask: pre [..., d_ff], mask [..., B, N] (d_ff = B * N).
+
+  Equal for a 0/1 mask; under a straight-through mask they differ in the
+  gradient reaching the mask: before the ReLU, a unit whose mask is 0 gives
+  relu'(0) * pre = 0; after it, relu(pre).
+  """
+  mask = mask.reshape(pre_activation.shape).astype(pre_activation.dtype)
+  if mask_before_activation:
+    return jax.nn.relu(pre_activation * mask)
+  return jax.nn.relu(pre_activation) * mask
+
+
 class SparseFF(Layer):
   """Feed-forward with one active unit per block of N, chosen by a low-rank controller.
 
@@ -117,11 +130,17 @@ class SparseFF(Layer):
       GATHER_UP_TO positions) as one fused C++ kernel (`sparse_trax.kernels`)
       where it was built; False keeps the pure-JAX gather path (the same
       result; the kernel's sums may differ in rounding).
+    mask_before_activation: in 'train', apply the mask before the ReLU,
+      relu(mask * h), as Trax does: a unit the hard mask leaves out then
+      sends no gradient to the controller. False (default): relu(h) * mask,
+      every unit's activation reaches the controller's gradient. The two
+      agree in 'eval' and 'predict' (a 0/1 mask).
   """
 
   def __init__(self, d_ff: int, n_elements_in_block: int = 64, d_lowrank: Optional[int] = None,
                temperature: float = 0.1, quant_prob: float = 0.3, dropout: float = 0.0,
-               mode: str = 'train', decode_kernel: bool = True):
+               mode: str = 'train', decode_kernel: bool = True,
+               mask_before_activation: bool = False):
     if d_ff % n_elements_in_block:
       raise ValueError(f'd_ff {d_ff} is not a multiple of n_elements_in_block '
                        f'{n_elements_in_block}')
@@ -134,6 +153,7 @@ class SparseFF(Layer):
     self.quant_prob = quant_prob
     self.dropout = dropout
     self.decode_kernel = decode_kernel
+    self.mask_before_activation = mask_before_activation
 
   def init_weights_and_state(self, input_signature, rng):
     d_model = input_signature.shape[-1]
@@ -213,8 +233,8 @@ class SparseFF(Layer):
       dropout_rng = None
       chosen = units
       mask = jax.nn.one_hot(chosen, self.n_elements_in_block, dtype=x.dtype)
-    hidden = jax.nn.relu(linear(x, weights['w1']) + weights['b1'].astype(x.dtype))
-    hidden = hidden * mask.reshape(hidden.shape).astype(hidden.dtype)
+    hidden = masked_relu(linear(x, weights['w1']) + weights['b1'].astype(x.dtype), mask,
+                         self.mask_before_activation)
     if self.mode == 'train' and self.dropout > 0.0:
       keep = jax.random.bernoulli(dropout_rng, 1.0 - self.dropout, hidden.shape)
       hidden = jnp.where(keep, hidden / (1.0 - self.dropout), 0.0)

@@ -15,7 +15,7 @@ ATTENTION_TYPES = ('dense', 'multconv')
 
 
 def feed_forward_factory(d_model: int, d_ff: int, ff_sparsity: int, ff_sparsity_type: str,
-                         dropout: float):
+                         dropout: float, mask_before_activation: bool = False):
   """mode -> FF layer: dense (ff_sparsity 0), SparseFF ('1inN') or MoE ('block')."""
   if ff_sparsity_type not in FF_SPARSITY_TYPES:
     raise ValueError(f'ff_sparsity_type must be one of {FF_SPARSITY_TYPES}, '
@@ -24,7 +24,7 @@ def feed_forward_factory(d_model: int, d_ff: int, ff_sparsity: int, ff_sparsity_
     return lambda mode: blocks.FeedForward(d_model, d_ff, dropout, mode)
   if ff_sparsity_type == '1inN':
     return lambda mode: tl.SparseFF(d_ff, n_elements_in_block=ff_sparsity, dropout=dropout,
-                                    mode=mode)
+                                    mode=mode, mask_before_activation=mask_before_activation)
   return lambda mode: tl.BlockSparseFF(d_ff, n_experts=ff_sparsity, dropout=dropout, mode=mode)
 
 
@@ -56,7 +56,8 @@ def ScalingTransformerLM(vocab_size: int, d_model: int = 512, d_ff: int = 2048, 
                          ff_sparsity_type: str = '1inN', attention_type: str = 'dense',
                          attention_sparsity: int = 16, loss_sparsity: int = 0,
                          mode: str = 'train', qkv_bias: bool = False,
-                         trained_positions: bool = False) -> tl.Layer:
+                         trained_positions: bool = False,
+                         ff_mask_before_activation: bool = False) -> tl.Layer:
   """Decoder-only Scaling Transformer: ids [batch, length] -> logits [batch, length, vocab].
 
   Args:
@@ -70,13 +71,16 @@ def ScalingTransformerLM(vocab_size: int, d_model: int = 512, d_ff: int = 2048, 
       of a multiplicative one (the sparse loss).
     qkv_bias: biases on dense attention's Q, K and V projections (as Trax's).
     trained_positions: the positional table as a weight (as Trax's).
+    ff_mask_before_activation: SparseFF's mask before its ReLU in training
+      (Trax's way; see `tl.SparseFF`).
   """
   arguments.check_model_arguments(ScalingTransformerLM, locals())
   return blocks.DecoderOnlyLM(
       vocab_size, d_model, n_layers, max_len, dropout, mode,
       attention=causal_attention_factory(d_model, n_heads, attention_type, attention_sparsity,
                                          dropout, max_len, qkv_bias),
-      feed_forward=feed_forward_factory(d_model, d_ff, ff_sparsity, ff_sparsity_type, dropout),
+      feed_forward=feed_forward_factory(d_model, d_ff, ff_sparsity, ff_sparsity_type, dropout,
+                                        ff_mask_before_activation),
       logits=logits_layer(vocab_size, loss_sparsity), name='ScalingTransformerLM',
       trained_positions=trained_positions)
 
@@ -88,14 +92,15 @@ def ScalingTransformer(input_vocab_size: int, output_vocab_size: Optional[int] =
                        ff_sparsity_type: str = '1inN', attention_type: str = 'dense',
                        attention_sparsity: int = 16, loss_sparsity: int = 0,
                        mode: str = 'train', qkv_bias: bool = False,
-                       trained_positions: bool = False) -> tl.Layer:
+                       trained_positions: bool = False,
+                       ff_mask_before_activation: bool = False) -> tl.Layer:
   """Encoder-decoder Scaling Transformer: (source, target) ids -> target logits.
 
   The knobs are ScalingTransformerLM's; with attention_type='multconv' the
   encoder and decoder self-attention use sparse QKV (the encoder's length
   convolution is centered, the decoder's causal); cross-attention stays dense.
-  `qkv_bias` and `trained_positions` as in ScalingTransformerLM (every dense
-  attention gets the biases).
+  `qkv_bias`, `trained_positions` and `ff_mask_before_activation` as in
+  ScalingTransformerLM (every dense attention gets the biases).
   """
   arguments.check_model_arguments(ScalingTransformer, locals())
   output_vocab_size = output_vocab_size or input_vocab_size
@@ -113,6 +118,7 @@ def ScalingTransformer(input_vocab_size: int, output_vocab_size: Optional[int] =
                                                  attention_sparsity, dropout, max_len, qkv_bias),
       cross_attention=lambda m: tl.EncDecAttention(d_model, n_heads, dropout, mode=m,
                                                    qkv_bias=qkv_bias),
-      feed_forward=feed_forward_factory(d_model, d_ff, ff_sparsity, ff_sparsity_type, dropout),
+      feed_forward=feed_forward_factory(d_model, d_ff, ff_sparsity, ff_sparsity_type, dropout,
+                                        ff_mask_before_activation),
       logits=logits_layer(output_vocab_size, loss_sparsity), name='ScalingTransformer',
       trained_positions=trained_positions)
