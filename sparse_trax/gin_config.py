@@ -5,7 +5,7 @@ plain Python. Names in gin files:
   layers       tl.Dense, tl.Serial, ...          (module 'tl')
   models       TransformerLM, Transformer, ...
   data         Inputs, ShippedCorpus, TFDSSource, TextFiles, AdditionTask, CopyTask,
-               SentencePieceTokenizer, ByteTokenizer
+               SentencePieceTokenizer, ByteTokenizer, SpanCorruption
   optimizers   Adam, Adafactor, SGD; schedules Constant, WarmupRsqrtDecay
   training     train (the loop's settings: n_steps, eval_every, ...)
 """
@@ -36,7 +36,7 @@ def _register_public(module, gin_module=None):
 _register_public(layers, 'tl')
 _register_public(models)
 for _name in ('Inputs', 'ShippedCorpus', 'TFDSSource', 'TextFiles', 'AdditionTask',
-              'CopyTask', 'SentencePieceTokenizer', 'ByteTokenizer'):
+              'CopyTask', 'SentencePieceTokenizer', 'ByteTokenizer', 'SpanCorruption'):
   gin.external_configurable(getattr(data, _name), name=_name)
 for _name in ('Adam', 'Adafactor', 'SGD', 'Constant', 'WarmupRsqrtDecay'):
   gin.external_configurable(getattr(optimizers, _name), name=_name)

@@ -222,3 +222,46 @@ def test_check_reports_what_cannot_give_data(text_files):
 def test_inputs_arguments_are_checked(argument, value, message):
   with pytest.raises(ValueError, match=re.escape(message)):
     data.Inputs(data.CopyTask(), data.ByteTokenizer(), **{argument: value})
+
+
+def test_span_corruption_batches_reassemble_to_the_text_and_resume(text_files):
+  """Span-corrupted windows: T5's lengths, sentinels above the text ids, inputs and
+  targets that give back a window of the token stream, the same batches every run."""
+  from sparse_trax.data import corruption  # pylint: disable=import-outside-toplevel
+  tokenizer = data.ByteTokenizer(extra_ids=40)
+  inputs = data.Inputs(data.TextFiles([text_files[0]], [text_files[1]]), tokenizer,
+                       max_length=24, max_input_length=64, batch_size=3, n_eval_batches=2,
+                       span_corruption=data.SpanCorruption())
+  raw = inputs.raw_lengths['train']
+  assert corruption.corrupted_lengths(raw)[0] <= 64 and corruption.corrupted_lengths(raw)[1] <= 24
+  assert corruption.corrupted_lengths(raw + 1)[0] > 64 or corruption.corrupted_lengths(raw + 1)[1] > 24
+  first = inputs.check(lm=False)
+  assert first['inputs'].shape == (3, 64) and first['targets'].shape == (3, 24)
+  stream = np.concatenate([np.append(tokenizer.encode(line).numpy(), tokenizer.eos_id)
+                           for line in open(text_files[0], encoding='utf-8').read().split('\n')])
+  n_spans = corruption.noise_counts(raw)[1]
+  for row in range(3):
+    source = first['inputs'][row][first['inputs'][row] > 0][:-1]          # without EOS
+    target = first['targets'][row][first['weights'][row] > 0][:-1]
+    assert source.max() >= tokenizer.vocab_size - n_spans                # sentinels on top
+    window = corruption.reassemble(source, target, vocab_size=tokenizer.vocab_size,
+                                   n_sentinels=n_spans + 1)
+    assert window.size == raw and window.max() < 258
+    # The documents are shuffled before packing: each piece between EOS ids is text.
+    for piece in np.split(window, np.flatnonzero(window == tokenizer.eos_id)):
+      piece = piece[piece != tokenizer.eos_id]
+      if piece.size:
+        views = np.lib.stride_tricks.sliding_window_view(stream, piece.size)
+        assert (views == piece).all(axis=1).any()
+  again = next(inputs.train_batches(lm=False))
+  np.testing.assert_array_equal(again['inputs'], first['inputs'])
+  resumed = next(inputs.train_batches(2, lm=False))
+  batches = inputs.train_batches(lm=False)
+  third = [next(batches) for _ in range(3)][2]
+  np.testing.assert_array_equal(resumed['targets'], third['targets'])
+  assert '<extra_id_0>' in tokenizer.decode(first['targets'][0])
+  with pytest.raises(ValueError, match='encoder-decoder'):
+    next(inputs.train_batches(lm=True))
+  with pytest.raises(ValueError, match='no window fits'):
+    data.Inputs(data.TextFiles([text_files[0]], [text_files[1]]), tokenizer, max_length=1,
+                max_input_length=2, span_corruption=data.SpanCorruption())

@@ -7,6 +7,7 @@ from sparse_trax.data.sources import ShippedCorpus
 from sparse_trax.data.sources import TextFiles
 from sparse_trax.data.sources import TFDSSource
 from sparse_trax.data.sources import default_data_dir
+from sparse_trax.data.corruption import SpanCorruption
 from sparse_trax.data.corruption import span_corruption
 from sparse_trax.data.tokenizers import ByteTokenizer
 from sparse_trax.data.tokenizers import SentencePieceTokenizer

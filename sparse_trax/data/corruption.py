@@ -50,8 +50,11 @@ def _random_segmentation(n_items: int, n_segments: int, rng: np.random.Generator
 
 
 def noise_mask(length: int, noise_density: float = 0.15, mean_noise_span_length: float = 3.0,
-               seed: int = 0) -> np.ndarray:
-  """[length] bool, True on the dropped tokens (T5's random_spans_noise_mask)."""
+               seed=0) -> np.ndarray:
+  """[length] bool, True on the dropped tokens (T5's random_spans_noise_mask).
+
+  `seed`: an int or a sequence of ints (numpy's `default_rng` seeding).
+  """
   n = max(length, 2)
   noise_tokens, noise_spans = noise_counts(length, noise_density, mean_noise_span_length)
   rng = np.random.default_rng(seed)
@@ -75,7 +78,7 @@ def _spans_to_sentinels(tokens: np.ndarray, mask: np.ndarray, vocab_size: int) -
 
 
 def span_corruption(tokens, *, vocab_size: int, noise_density: float = 0.15,
-                    mean_noise_span_length: float = 3.0, seed: int = 0
+                    mean_noise_span_length: float = 3.0, seed=0
                     ) -> Tuple[np.ndarray, np.ndarray]:
   """T5 span corruption of one example: (inputs, targets), 1-D int arrays.
 
@@ -85,7 +88,8 @@ def span_corruption(tokens, *, vocab_size: int, noise_density: float = 0.15,
     vocab_size: the vocabulary size; sentinels are vocab_size - 1, - 2, ...
     noise_density: the fraction of tokens dropped.
     mean_noise_span_length: the mean length of a dropped span.
-    seed: seeds the spans (the same seed, the same spans).
+    seed: seeds the spans (the same seed, the same spans): an int or a
+      sequence of ints.
 
   Returns:
     (inputs, targets): inputs are the tokens with each dropped span replaced
@@ -124,3 +128,90 @@ def reassemble(inputs, targets, *, vocab_size: int, n_sentinels: int) -> np.ndar
   for token in inputs.tolist():
     out.extend(spans.get(token, []) if token >= lowest else [token])
   return np.array(out, inputs.dtype)
+
+
+def corrupted_lengths(raw_length: int, noise_density: float = 0.15,
+                      mean_noise_span_length: float = 3.0) -> Tuple[int, int]:
+  """(inputs length, targets length) of a corrupted window of `raw_length` tokens,
+  each with one end-of-sequence token added (T5's `random_spans_helper`)."""
+  noise_tokens, noise_spans = noise_counts(raw_length, noise_density, mean_noise_span_length)
+  return (raw_length - noise_tokens + noise_spans + 1, noise_tokens + noise_spans + 1)
+
+
+def raw_length_for(input_length: int, target_length: int, noise_density: float = 0.15,
+                   mean_noise_span_length: float = 3.0) -> int:
+  """The longest window of raw tokens whose corrupted inputs and targets (with
+  end-of-sequence) fit `input_length` and `target_length`.
+
+  For T5's inputs of 512: 568 raw tokens give inputs of 512 and targets of
+  114. Raises ValueError when not even 2 tokens fit.
+  """
+  best = None
+  raw = 2
+  while True:
+    inputs, targets = corrupted_lengths(raw, noise_density, mean_noise_span_length)
+    if inputs > input_length:
+      break
+    if targets <= target_length:
+      best = raw
+    raw += 1
+  if best is None:
+    raise ValueError(f'span corruption: no window fits inputs of {input_length} and targets of '
+                     f'{target_length} tokens (noise_density {noise_density})')
+  return best
+
+
+class SpanCorruption:
+  """T5's span corruption as a step of the input pipeline (`Inputs(span_corruption=...)`).
+
+  The text is tokenized, concatenated and cut into windows of
+  `raw_length_for(max_input_length, max_length)` tokens; each window becomes
+  an example {'inputs', 'targets'} by `span_corruption` (seeded by the
+  pipeline's seed and the window's number, so a run is reproducible), with
+  an end-of-sequence token appended to both; the batches are padded to
+  max_input_length and max_length. For an encoder-decoder model.
+
+  Args:
+    noise_density: the fraction of tokens dropped (T5: 0.15).
+    mean_noise_span_length: the mean dropped span (T5: 3).
+  """
+
+  def __init__(self, noise_density: float = 0.15, mean_noise_span_length: float = 3.0):
+    if not 0.0 < noise_density < 1.0:
+      raise ValueError(f'SpanCorruption: noise_density must be in (0, 1), got {noise_density}')
+    if mean_noise_span_length < 1.0:
+      raise ValueError('SpanCorruption: mean_noise_span_length must be >= 1, got '
+                       f'{mean_noise_span_length}')
+    self.noise_density = noise_density
+    self.mean_noise_span_length = mean_noise_span_length
+
+  def __repr__(self):
+    return (f'SpanCorruption(noise_density={self.noise_density}, '
+            f'mean_noise_span_length={self.mean_noise_span_length})')
+
+  def raw_length(self, input_length: int, target_length: int) -> int:
+    return raw_length_for(input_length, target_length, self.noise_density,
+                          self.mean_noise_span_length)
+
+  def corrupt(self, windows, *, vocab_size: int, eos_id: int, seed: int):
+    """A tf.data.Dataset of [raw_length] int32 windows -> {'inputs', 'targets', 'weights'}."""
+    from sparse_trax.data.tf_setup import tf  # pylint: disable=import-outside-toplevel
+    noise_density, span_length = self.noise_density, self.mean_noise_span_length
+
+    def corrupt_one(index, window):
+      inputs, targets = span_corruption(window, vocab_size=vocab_size,
+                                        noise_density=noise_density,
+                                        mean_noise_span_length=span_length,
+                                        seed=[seed, int(index)])
+      eos = np.array([eos_id], np.int32)
+      return (np.concatenate([inputs, eos]).astype(np.int32),
+              np.concatenate([targets, eos]).astype(np.int32))
+
+    def to_example(index, window):
+      inputs, targets = tf.numpy_function(corrupt_one, [index, window], [tf.int32, tf.int32],
+                                          stateful=False)
+      inputs.set_shape([None])
+      targets.set_shape([None])
+      return {'inputs': inputs, 'targets': targets,
+              'weights': tf.ones_like(targets, tf.float32)}
+    return windows.enumerate().map(to_example)

@@ -42,14 +42,20 @@ class Inputs:
       padded to the next boundary (the last must be >= max_length).
     shuffle_buffer: examples in the shuffle buffer.
     n_eval_batches: how many eval batches (default: the whole eval split).
-    seed: shuffling seed.
+    seed: shuffling seed (and span corruption's).
+    span_corruption: a `SpanCorruption`: T5's span-corruption pretraining
+      on a plain-text source, for an encoder-decoder. The token stream is
+      cut into windows that corrupt to at most max_input_length inputs and
+      max_length targets (eval: eval_max_length); sentinels are the
+      tokenizer's top ids (give it `extra_ids`, e.g. 100).
   """
 
   def __init__(self, source, tokenizer, max_length: int = 128, batch_size: int = 16,
                eval_batch_size: Optional[int] = None, eval_max_length: Optional[int] = None,
                max_input_length: Optional[int] = None, pack: Optional[bool] = None,
                bucket_boundaries: Optional[Sequence[int]] = None, shuffle_buffer: int = 1024,
-               n_eval_batches: Optional[int] = None, seed: int = 0):
+               n_eval_batches: Optional[int] = None, seed: int = 0,
+               span_corruption=None):
     arguments.check_int('Inputs', 'max_length', max_length)
     arguments.check_int('Inputs', 'batch_size', batch_size)
     for name, value in (('eval_batch_size', eval_batch_size),
@@ -77,6 +83,18 @@ class Inputs:
     self.shuffle_buffer = shuffle_buffer
     self.n_eval_batches = n_eval_batches
     self.seed = seed
+    self.span_corruption = span_corruption
+    if span_corruption is not None:
+      if source.has_inputs:
+        raise ValueError(f'Inputs: span_corruption needs plain text; source {source.name!r} '
+                         'has inputs')
+      if pack is False:
+        raise ValueError('Inputs: span_corruption packs the text into windows; '
+                         'pack=False does not go with it')
+      # Raises here, at construction, when no window fits the lengths.
+      self.raw_lengths = {split: span_corruption.raw_length(self.max_input_length, length)
+                          for split, length in (('train', max_length),
+                                                ('eval', self.eval_max_length))}
 
   # ------------------------------------------------------------ public
 
@@ -96,7 +114,12 @@ class Inputs:
         an encoder-decoder (separate 'inputs').
     """
     ds = self._encoded('train', lm)
-    if self.pack:
+    if self.span_corruption is not None:
+      self._check_encoder_decoder(lm)
+      ds = ds.shuffle(self.shuffle_buffer, seed=self.seed, reshuffle_each_iteration=True)
+      ds = self._corrupted(ds.repeat(), 'train', self.batch_size, self.max_length,
+                           drop_remainder=True)
+    elif self.pack:
       ds = ds.shuffle(self.shuffle_buffer, seed=self.seed, reshuffle_each_iteration=True)
       ds = self._packed(ds.repeat(), self.max_length)
       ds = ds.batch(self.batch_size, drop_remainder=True)
@@ -112,7 +135,11 @@ class Inputs:
   def eval_batches(self, *, lm: bool = True) -> Iterator[Batch]:
     """The eval batches, the same every call."""
     ds = self._encoded('eval', lm)
-    if self.pack:
+    if self.span_corruption is not None:
+      self._check_encoder_decoder(lm)
+      ds = self._corrupted(ds, 'eval', self.eval_batch_size, self.eval_max_length,
+                           drop_remainder=False)
+    elif self.pack:
       ds = self._packed(ds, self.eval_max_length).batch(self.eval_batch_size)
     else:
       ds = ds.filter(self._fits(self.eval_max_length, lm))
@@ -138,6 +165,8 @@ class Inputs:
       ValueError: naming the split, the lengths asked for and what was seen.
     """
     for split, length in (('train', self.max_length), ('eval', self.eval_max_length)):
+      if self.span_corruption is not None:
+        length = self.raw_lengths[split]      # a window of raw text
       self._check_split(split, length, lm, max_examples)
     first_batch = next(self.train_batches(lm=lm))
     eval_batch = next(self.eval_batches(lm=lm), None)
@@ -147,6 +176,23 @@ class Inputs:
     return first_batch
 
   # ----------------------------------------------------------- private
+
+  def _check_encoder_decoder(self, lm: bool) -> None:
+    if lm:
+      raise ValueError('Inputs: span_corruption makes (inputs, targets) pairs for an '
+                       'encoder-decoder model; this model is a language model')
+
+  def _corrupted(self, ds, split: str, batch_size: int, target_length: int,
+                 drop_remainder: bool):
+    """Encoded text -> span-corrupted windows, padded to the lengths, batched."""
+    windows = self._packed(ds, self.raw_lengths[split]).map(lambda ex: ex['targets'])
+    examples = self.span_corruption.corrupt(
+        windows, vocab_size=self.tokenizer.vocab_size, eos_id=self.tokenizer.eos_id,
+        seed=self.seed if split == 'train' else self.seed + 1)
+    shapes = {'inputs': [self.max_input_length], 'targets': [target_length],
+              'weights': [target_length]}
+    return examples.padded_batch(batch_size, padded_shapes=shapes,
+                                 drop_remainder=drop_remainder)
 
   def _check_split(self, split: str, length: int, lm: bool, max_examples: int) -> None:
     """Raises unless the split has an example that fits (or a full window, packed)."""

@@ -3,6 +3,9 @@
 Every tokenizer reserves id 0 for padding and id 1 for end-of-sequence.
 `build(source)` returns a ready tokenizer with `encode` (a TF op on a string
 scalar -> int32 ids), `decode` (ids -> Python str) and `vocab_size`.
+`extra_ids` reserves that many ids above the text's (as T5's vocabularies do,
+for span corruption's sentinels): `decode` shows id vocab_size - 1 - k as
+`<extra_id_k>`.
 """
 
 import hashlib
@@ -22,14 +25,38 @@ PAD_ID = 0
 EOS_ID = 1
 
 
-class ByteTokenizer:
-  """UTF-8 bytes as tokens: id = byte + 2 (vocab 258), split by tensorflow-text."""
+def _decode_with_extra_ids(ids, n_text_ids: int, vocab_size: int, decode_text) -> str:
+  """Text runs decoded by `decode_text`; ids >= n_text_ids shown as <extra_id_k>."""
+  pieces, run = [], []
+  for i in (int(i) for i in np.asarray(ids).reshape(-1)):
+    if i >= n_text_ids:
+      if run:
+        pieces.append(decode_text(run))
+      run = []
+      pieces.append(f'<extra_id_{vocab_size - 1 - i}>')
+    else:
+      run.append(i)
+  if run:
+    pieces.append(decode_text(run))
+  return ''.join(pieces)
 
-  vocab_size = 258
+
+class ByteTokenizer:
+  """UTF-8 bytes as tokens: id = byte + 2 (vocab 258 + extra_ids), split by tensorflow-text.
+
+  Args:
+    extra_ids: ids reserved above the bytes (span corruption's sentinels).
+  """
+
   pad_id = PAD_ID
   eos_id = EOS_ID
+  n_text_ids = 258
 
-  def __init__(self):
+  def __init__(self, extra_ids: int = 0):
+    if isinstance(extra_ids, bool) or not isinstance(extra_ids, int) or extra_ids < 0:
+      raise ValueError(f'ByteTokenizer: extra_ids must be an int >= 0, got {extra_ids!r}')
+    self.extra_ids = extra_ids
+    self.vocab_size = self.n_text_ids + extra_ids
     self._splitter = tensorflow_text.ByteSplitter()
 
   def build(self, source) -> 'ByteTokenizer':
@@ -41,8 +68,9 @@ class ByteTokenizer:
     return tf.cast(self._splitter.split(text), tf.int32) + 2
 
   def decode(self, ids) -> str:
-    data = bytes(int(i) - 2 for i in np.asarray(ids).reshape(-1) if int(i) >= 2)
-    return data.decode('utf-8', errors='replace')
+    def text(run):
+      return bytes(i - 2 for i in run if i >= 2).decode('utf-8', errors='replace')
+    return _decode_with_extra_ids(ids, self.n_text_ids, self.vocab_size, text)
 
 
 class SentencePieceTokenizer:
@@ -57,14 +85,22 @@ class SentencePieceTokenizer:
     model_type: 'unigram' or 'bpe'.
     cache_dir: where trained models are kept (default: the data directory).
     max_training_chars: how much training text the trainer reads.
+    extra_ids: ids reserved above the pieces (span corruption's sentinels);
+      the built tokenizer's `vocab_size` is then vocab_size + extra_ids.
   """
 
   pad_id = PAD_ID
   eos_id = EOS_ID
 
   def __init__(self, vocab_size: int = 2000, model_type: str = 'unigram',
-               cache_dir: Optional[str] = None, max_training_chars: int = 5_000_000):
-    self.vocab_size = vocab_size
+               cache_dir: Optional[str] = None, max_training_chars: int = 5_000_000,
+               extra_ids: int = 0):
+    if isinstance(extra_ids, bool) or not isinstance(extra_ids, int) or extra_ids < 0:
+      raise ValueError(f'SentencePieceTokenizer: extra_ids must be an int >= 0, got '
+                       f'{extra_ids!r}')
+    self.n_text_ids = vocab_size
+    self.extra_ids = extra_ids
+    self.vocab_size = vocab_size + extra_ids
     self.model_type = model_type
     self.cache_dir = cache_dir or os.path.join(sources.default_data_dir(), 'tokenizers')
     self.max_training_chars = max_training_chars
@@ -72,7 +108,7 @@ class SentencePieceTokenizer:
     self._tokenizer = None
 
   def model_path(self, source) -> str:
-    key = f'{source.name}.{self.model_type}{self.vocab_size}.{self.max_training_chars}'
+    key = f'{source.name}.{self.model_type}{self.n_text_ids}.{self.max_training_chars}'
     return os.path.join(self.cache_dir, f'{key}.spm.model')
 
   def build(self, source) -> 'SentencePieceTokenizer':
@@ -80,15 +116,15 @@ class SentencePieceTokenizer:
     path = self.model_path(source)
     if not os.path.exists(path):
       os.makedirs(self.cache_dir, exist_ok=True)
-      print(f'Training a SentencePiece tokenizer of {self.vocab_size} pieces on '
+      print(f'Training a SentencePiece tokenizer of {self.n_text_ids} pieces on '
             f'{source.name!r} (once; cached as {path})...', file=sys.stderr, flush=True)
       model = self._train(_training_text(source, self.max_training_chars))
       temporary = f'{path}.tmp{os.getpid()}'
       with open(temporary, 'wb') as f:
         f.write(model)
       os.replace(temporary, path)   # atomic: never a half-written model
-    built = SentencePieceTokenizer(self.vocab_size, self.model_type, self.cache_dir,
-                                   self.max_training_chars)
+    built = SentencePieceTokenizer(self.n_text_ids, self.model_type, self.cache_dir,
+                                   self.max_training_chars, self.extra_ids)
     with open(path, 'rb') as f:
       built.model_bytes = f.read()
     built._tokenizer = tensorflow_text.SentencepieceTokenizer(model=built.model_bytes)  # pylint: disable=protected-access
@@ -98,7 +134,7 @@ class SentencePieceTokenizer:
   def _train(self, sentences: Iterator[str]) -> bytes:
     writer = io.BytesIO()
     sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=sentences, model_writer=writer, vocab_size=self.vocab_size,
+        sentence_iterator=sentences, model_writer=writer, vocab_size=self.n_text_ids,
         model_type=self.model_type, pad_id=PAD_ID, eos_id=EOS_ID, unk_id=2, bos_id=-1,
         character_coverage=1.0, max_sentence_length=1 << 16, num_threads=2,
         minloglevel=2)
@@ -115,8 +151,11 @@ class SentencePieceTokenizer:
 
   def decode(self, ids) -> str:
     self._require_built()
-    ids = [int(i) for i in np.asarray(ids).reshape(-1) if int(i) > EOS_ID]
-    return self._tokenizer.detokenize(tf.constant(ids, tf.int32)).numpy().decode('utf-8')
+
+    def text(run):
+      run = [i for i in run if i > EOS_ID]
+      return self._tokenizer.detokenize(tf.constant(run, tf.int32)).numpy().decode('utf-8')
+    return _decode_with_extra_ids(ids, self.n_text_ids, self.vocab_size, text)
 
 
 def _training_text(source, max_chars: int) -> Iterator[str]:
