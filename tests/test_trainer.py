@@ -55,6 +55,14 @@ def run_trainer(*args):
     gin.clear_config()
 
 
+def run_config(gin_file, output_dir, bindings):
+  """Runs the trainer on gin/<gin_file> with extra bindings."""
+  args = ['--config_file', os.path.join(REPO, 'gin', gin_file), '--output_dir', output_dir]
+  for binding in bindings:
+    args += ['--config', binding]
+  return run_trainer(*args)
+
+
 def read_metrics(output_dir):
   with open(os.path.join(output_dir, 'metrics.jsonl'), encoding='utf-8') as f:
     return [json.loads(line) for line in f]
@@ -218,11 +226,7 @@ def test_arxiv_summarization_config_runs_on_local_data(tmp_path, monkeypatch):
                'train.n_steps = 2', 'train.eval_every = 2', 'train.checkpoint_every = 2',
                'train.decode_length = 2', 'train.progress_bar = False',
                'train.rouge_decode_length = 3']
-  args = ['--config_file', os.path.join(REPO, 'gin', 'terraformer', 'arxiv_summarization.gin'),
-          '--output_dir', out]
-  for binding in overrides:
-    args += ['--config', binding]
-  result = run_trainer(*args)
+  result = run_config(os.path.join('terraformer', 'arxiv_summarization.gin'), out, overrides)
   assert np.isfinite(result['eval_log_perplexity'])
   assert 'sample' in result and result['sample']['prompt']
   # The config turns on ROUGE: each eval decodes the eval set and scores it.
@@ -353,11 +357,7 @@ def test_span_corruption_cpu_config_trains_an_encoder_decoder(tmp_path):
                'Inputs.n_eval_batches = 1', 'train.n_steps = 2', 'train.eval_every = 2',
                'train.checkpoint_every = 2', 'train.decode_length = 4', 'train.log_every = 1',
                'train.progress_bar = False']
-  args = ['--config_file', os.path.join(REPO, 'gin', 'scaling', 'span_corruption_cpu.gin'),
-          '--output_dir', out]
-  for binding in overrides:
-    args += ['--config', binding]
-  result = run_trainer(*args)
+  result = run_config(os.path.join('scaling', 'span_corruption_cpu.gin'), out, overrides)
   assert np.isfinite(result['eval_log_perplexity'])
   assert '<extra_id_0>' in result['sample']['prompt']     # a corrupted source, decoded
   assert [r['step'] for r in read_metrics(out) if 'loss' in r] == [1, 2]
