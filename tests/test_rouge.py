@@ -32,3 +32,37 @@ def test_rouge_equals_rouge_score_called_directly():
 def test_rouge_needs_matching_lists():
   with pytest.raises(ValueError, match='2 predictions but 1 references'):
     rouge.rouge_scores(['a', 'b'], ['a'])
+
+
+class _DigitsTokenizer:
+  """Ids as space-separated numbers (ids 0 and 1, padding and EOS, left out)."""
+  eos_id = 1
+
+  def decode(self, ids):
+    return ' '.join(str(int(i)) for i in ids if int(i) > 1)
+
+
+def test_batched_rouge_decoding_equals_one_source_at_a_time():
+  import functools  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from sparse_trax import models  # pylint: disable=import-outside-toplevel
+  from sparse_trax.train import loop  # pylint: disable=import-outside-toplevel
+  model_fn = functools.partial(models.Transformer, d_model=16, d_ff=32, n_encoder_layers=1,
+                               n_decoder_layers=1, n_heads=2, max_len=32, dropout=0.0)
+  vocab = 12
+  weights, _ = loop.build_model(model_fn, 'eval', vocab).init(
+      (jax.ShapeDtypeStruct((1, 8), jnp.int32), jax.ShapeDtypeStruct((1, 6), jnp.int32)),
+      rng=jax.random.key(0))
+  rng = np.random.default_rng(0)
+  sources = np.zeros((5, 8), np.int32)
+  for row, length in enumerate((8, 3, 5, 1, 6)):
+    sources[row, :length] = rng.integers(2, vocab, length)
+  targets = rng.integers(2, vocab, (5, 6)).astype(np.int32)
+  batch = {'inputs': sources, 'targets': targets,
+           'weights': np.ones((5, 6), np.float32) * (np.arange(5) < 4)[:, None]}  # row 4: padding
+  one, batched, beams = (loop.decode_rouge(model_fn, vocab, weights, [batch], _DigitsTokenizer(),
+                                           6, beam_size, batch_size)
+                         for beam_size, batch_size in ((1, 1), (1, 3), (2, 3)))
+  assert one == batched and one['eval_rouge_examples'] == 4
+  assert beams['eval_rouge_examples'] == 4

@@ -154,37 +154,45 @@ def decode_sample(model_fn, vocab_size, weights, batch, tokenizer, lm: bool, len
 
 
 def decode_rouge(model_fn, vocab_size, weights, batches, tokenizer, decode_length: int,
-                 beam_size: int) -> dict:
+                 beam_size: int, batch_size: int = 1) -> dict:
   """ROUGE-1, -2 and -Lsum of the eval set's decoded targets (an encoder-decoder).
 
-  Each eval example is decoded alone from its unpadded source (greedy, or
-  beam search with `beam_size` > 1) up to `decode_length` tokens or the end
-  of sequence, and scored against its target text (`rouge.rouge_scores`).
-  One at a time because some encoder-decoders (Terraformer's concatenation
-  decoder) need an unpadded source.
+  The eval examples are decoded `batch_size` at a time (greedy, or beam
+  search with `beam_size` > 1) up to `decode_length` tokens or the end of
+  sequence, and scored against their target texts (`rouge.rouge_scores`).
+  With `batch_size` 1 each source is fed unpadded, which every model
+  accepts (Terraformer's concatenation decoder needs it); larger batches pad
+  the sources to the longest of the batch, for models that mask padding
+  (Transformer, ScalingTransformer).
 
   Returns:
     {'eval_rouge1', 'eval_rouge2', 'eval_rougeLsum', 'eval_rouge_examples'}.
   """
   model = build_model(model_fn, 'predict', vocab_size)
-  predictions, references = [], []
+  sources, references = [], []
   for batch in batches:
     for row in range(batch['inputs'].shape[0]):
       target_weights = batch['weights'][row] > 0
       if not target_weights.any():            # a padding row of the last batch
         continue
       source = batch['inputs'][row]
-      source = source[None, :max(1, int(np.sum(source != 0)))]
-      if beam_size > 1:
-        sequences, _ = decoding.beam_search(model, weights, inputs=source, beam_size=beam_size,
-                                            max_length=decode_length, eos_id=tokenizer.eos_id)
-        tokens = sequences[0, 0]
-      else:
-        tokens = decoding.autoregressive_sample(model, weights, inputs=source,
-                                                max_length=decode_length,
-                                                eos_id=tokenizer.eos_id)[0]
-      predictions.append(tokenizer.decode(tokens))
+      sources.append(source[:max(1, int(np.sum(source != 0)))])
       references.append(tokenizer.decode(batch['targets'][row][target_weights]))
+  predictions = []
+  for start in range(0, len(sources), batch_size):
+    group = sources[start:start + batch_size]
+    padded = np.zeros((len(group), max(s.size for s in group)), np.int32)
+    for row, source in enumerate(group):
+      padded[row, :source.size] = source
+    if beam_size > 1:
+      sequences, _ = decoding.beam_search(model, weights, inputs=padded, beam_size=beam_size,
+                                          max_length=decode_length, eos_id=tokenizer.eos_id)
+      tokens = sequences[:, 0]
+    else:
+      tokens = decoding.autoregressive_sample(model, weights, inputs=padded,
+                                              max_length=decode_length,
+                                              eos_id=tokenizer.eos_id)
+    predictions.extend(tokenizer.decode(row) for row in tokens)
   scores = rouge.rouge_scores(predictions, references)
   record = {f'eval_{name}': value for name, value in scores.items()}
   record['eval_rouge_examples'] = len(predictions)
@@ -222,12 +230,14 @@ def truncate_metrics(path: str, last_step: int) -> None:
 def check_train_arguments(n_steps, eval_every, checkpoint_every, keep_checkpoints, log_every,
                           seed, decode_length, decode_temperature, n_devices, weight_sharding,
                           compute_dtype, learning_rate, clip_gradient_norm,
-                          eval_rouge=False, rouge_decode_length=128, rouge_beam_size=1) -> None:
+                          eval_rouge=False, rouge_decode_length=128, rouge_beam_size=1,
+                          rouge_batch_size=1) -> None:
   """One-line errors for bad `train` arguments (see `train`)."""
   if not isinstance(eval_rouge, bool):
     raise ValueError(f'train: eval_rouge must be True or False, got {eval_rouge!r}')
   arguments.check_int('train', 'rouge_decode_length', rouge_decode_length)
   arguments.check_int('train', 'rouge_beam_size', rouge_beam_size)
+  arguments.check_int('train', 'rouge_batch_size', rouge_batch_size)
   for name, value in (('n_steps', n_steps), ('eval_every', eval_every),
                       ('checkpoint_every', checkpoint_every),
                       ('keep_checkpoints', keep_checkpoints), ('log_every', log_every)):
@@ -253,6 +263,7 @@ def train(output_dir: str, model: Callable, inputs, optimizer: Callable = optimi
           n_devices: Optional[int] = None, weight_sharding: str = 'replicated',
           compute_dtype: str = 'float32', eval_rouge: bool = False,
           rouge_decode_length: int = 128, rouge_beam_size: int = 1,
+          rouge_batch_size: int = 1,
           on_start: Optional[Callable[[], None]] = None) -> dict:
   """Trains `model` on `inputs`, evaluating, checkpointing and resuming.
 
@@ -283,6 +294,9 @@ def train(output_dir: str, model: Callable, inputs, optimizer: Callable = optimi
       task) and report ROUGE-1, ROUGE-2 and ROUGE-Lsum (`decode_rouge`).
     rouge_decode_length: tokens decoded per eval example for ROUGE.
     rouge_beam_size: 1 decodes greedily; more runs beam search.
+    rouge_batch_size: eval examples decoded at once for ROUGE (1: each from
+      its unpadded source, which every model accepts; more pads the sources,
+      for models that mask padding).
     on_start: called once everything is built, before the first step.
 
   Returns:
@@ -296,7 +310,7 @@ def train(output_dir: str, model: Callable, inputs, optimizer: Callable = optimi
   check_train_arguments(n_steps, eval_every, checkpoint_every, keep_checkpoints, log_every,
                         seed, decode_length, decode_temperature, n_devices, weight_sharding,
                         compute_dtype, learning_rate, clip_gradient_norm, eval_rouge,
-                        rouge_decode_length, rouge_beam_size)
+                        rouge_decode_length, rouge_beam_size, rouge_batch_size)
   os.makedirs(output_dir, exist_ok=True)
   metrics_path = os.path.join(output_dir, 'metrics.jsonl')
   # With several processes, process 0 prepares the data and trains the tokenizer
@@ -386,7 +400,7 @@ def train(output_dir: str, model: Callable, inputs, optimizer: Callable = optimi
       if main_process:
         record.update(decode_rouge(model, vocab_size, local_weights,
                                    inputs.eval_batches(lm=lm), inputs.tokenizer,
-                                   rouge_decode_length, rouge_beam_size))
+                                   rouge_decode_length, rouge_beam_size, rouge_batch_size))
     if log and main_process:
       _append_jsonl(metrics_path, record)
     if main_process:
