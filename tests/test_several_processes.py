@@ -98,8 +98,8 @@ def test_two_processes_train_like_one_survive_a_kill_and_shard(tmp_path, text_fi
   processes. Every loss equals one process's; the sharded checkpoint's checksums
   (summed from each process's shards) equal those of the whole arrays (load_weights
   checks them in this process)."""
-  steps = 16
-  config = tiny_config(str(tmp_path), text_files, n_steps=steps, eval_every=8,
+  steps = 10
+  config = tiny_config(str(tmp_path), text_files, n_steps=steps, eval_every=5,
                        checkpoint_every=2, decode_length=4)
   reference_dir = str(tmp_path / 'reference')
   run_trainer('--config_file', config, '--output_dir', reference_dir)

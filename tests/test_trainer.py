@@ -224,12 +224,12 @@ def test_arxiv_summarization_config_runs_on_local_data(tmp_path, monkeypatch):
                'Terraformer.loss_sparsity = 2', 'Terraformer.n_decoder_attention_layers = 1',
                'Terraformer.n_hashes = 1',
                'train.n_steps = 2', 'train.eval_every = 2', 'train.checkpoint_every = 2',
-               'train.decode_length = 2', 'train.progress_bar = False',
+               'train.decode_length = 0', 'train.progress_bar = False',
                'train.rouge_decode_length = 3']
   result = run_config(os.path.join('terraformer', 'arxiv_summarization.gin'), out, overrides)
   assert np.isfinite(result['eval_log_perplexity'])
-  assert 'sample' in result and result['sample']['prompt']
-  # The config turns on ROUGE: each eval decodes the eval set and scores it.
+  # The config turns on ROUGE (the sample's decoding is left out here: it would compile a
+  # second predict-mode model; the other trainer tests decode samples): each eval decodes the eval set and scores it.
   evals = [r for r in read_metrics(out) if 'eval_loss' in r]
   assert evals and all(0.0 <= evals[-1][name] <= 100.0
                        for name in ('eval_rouge1', 'eval_rouge2', 'eval_rougeLsum'))
