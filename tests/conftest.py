@@ -56,3 +56,9 @@ def sig(*shape, dtype=jnp.float32):
 @pytest.fixture
 def key():
   return jax.random.key(0)
+
+
+def pytest_collection_modifyitems(items):
+  """Runs the tests marked slow first (stable order otherwise): with two xdist
+  workers, a long test started last would leave one worker idle at the end."""
+  items.sort(key=lambda item: item.get_closest_marker('slow') is None)

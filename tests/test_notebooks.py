@@ -26,6 +26,7 @@ def test_notebook_is_stored_without_outputs(path):
       assert not cell.outputs and cell.execution_count is None, cell.source[:80]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('path', NOTEBOOKS, ids=os.path.basename)
 def test_notebook_runs_top_to_bottom(path, monkeypatch):
   monkeypatch.setenv('SPARSE_TRAX_NOTEBOOK_SMALL', '1')

@@ -48,6 +48,7 @@ def _losses(folder):
           [r['eval_loss'] for r in records if 'eval_loss' in r])
 
 
+@pytest.mark.slow
 def test_eight_devices_train_like_one(tmp_path, text_files):
   config = tiny_config(str(tmp_path), text_files, n_steps=4, eval_every=2, checkpoint_every=4,
                        decode_length=0)

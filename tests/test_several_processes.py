@@ -92,6 +92,7 @@ def _all_losses(output_dir):
           {r['step']: r['eval_loss'] for r in records if 'eval_loss' in r})
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one_survive_a_kill_and_shard(tmp_path, text_files, started):
   """Replicated weights until, after a checkpoint, process 1 is SIGKILLed (process 0
   must then fail within seconds); the rerun resumes with weights sharded over the

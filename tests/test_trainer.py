@@ -112,6 +112,7 @@ def test_rerun_after_finish_resumes_and_trains_further(tmp_path, text_files):
                                 [straight[s] for s in range(1, 13)])
 
 
+@pytest.mark.slow
 def test_sigkill_mid_training_then_resume_equals_uninterrupted(tmp_path, text_files):
   steps = 60
   config = tiny_config(str(tmp_path), text_files, n_steps=steps, eval_every=1000,
@@ -197,6 +198,7 @@ def test_missing_gin_file_is_reported(tmp_path):
     run_trainer('--config_file', str(tmp_path / 'nope.gin'), '--output_dir', str(tmp_path))
 
 
+@pytest.mark.slow
 def test_arxiv_summarization_config_runs_on_local_data(tmp_path, monkeypatch):
   """The arxiv config end to end on a small local article -> abstract set.
 
