@@ -131,6 +131,11 @@ def evaluate(eval_model, eval_step, weights, batches, lm: bool) -> dict:
           'eval_sequence_accuracy': right_sequences / max(sequences, 1.0)}
 
 
+def unpadded(source: np.ndarray) -> np.ndarray:
+  """A right-padded source row [length] without its padding (at least one token)."""
+  return source[:max(1, int(np.sum(source != 0)))]
+
+
 def decode_sample(model_fn, vocab_size, weights, batch, tokenizer, lm: bool, length: int,
                   temperature: float, rng) -> dict:
   """Decodes from the start of the first eval example; returns the texts."""
@@ -143,7 +148,7 @@ def decode_sample(model_fn, vocab_size, weights, batch, tokenizer, lm: bool, len
     tokens = decoding.autoregressive_sample(model, weights, prompt, **kwargs)
   else:
     # One unpadded source (some encoder-decoders, like Terraformer, need it so).
-    prompt = batch['inputs'][:1, :max(1, int(np.sum(batch['inputs'][0] != 0)))]
+    prompt = unpadded(batch['inputs'][0])[None]
     tokens = decoding.autoregressive_sample(model, weights, inputs=prompt, **kwargs)
   prompt_text = tokenizer.decode(prompt[0])
   if not lm:
@@ -175,8 +180,7 @@ def decode_rouge(model_fn, vocab_size, weights, batches, tokenizer, decode_lengt
       target_weights = batch['weights'][row] > 0
       if not target_weights.any():            # a padding row of the last batch
         continue
-      source = batch['inputs'][row]
-      sources.append(source[:max(1, int(np.sum(source != 0)))])
+      sources.append(unpadded(batch['inputs'][row]))
       references.append(tokenizer.decode(batch['targets'][row][target_weights]))
   predictions = []
   for start in range(0, len(sources), batch_size):
