@@ -3,31 +3,38 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import sparse_trax.layers as tl
 from conftest import sig
 
 
-def python_loop_sru(weights, x):
+def python_loop_sru(weights, x, highway_scale=1.0, candidate_bias=False):
   x = np.asarray(x, np.float64)
   w, b = np.asarray(weights['w'], np.float64), np.asarray(weights['b'], np.float64)
   n = x.shape[-1]
+  b_y, b = (b[:n], b[n:]) if candidate_bias else (0.0, b)
   sigmoid = lambda v: 1 / (1 + np.exp(-v))
   c = np.zeros((x.shape[0], n))
   out = []
   for t in range(x.shape[1]):
     u = x[:, t] @ w.T
-    y, f, r = u[:, :n], sigmoid(u[:, n:2 * n] + b[:n]), sigmoid(u[:, 2 * n:] + b[n:])
+    y, f, r = u[:, :n] + b_y, sigmoid(u[:, n:2 * n] + b[:n]), sigmoid(u[:, 2 * n:] + b[n:])
     c = f * c + (1 - f) * y
-    out.append(r * c + (1 - r) * x[:, t])
+    out.append(r * c + (1 - r) * x[:, t] * highway_scale)
   return np.stack(out, 1)
 
 
-def test_sru_scan_equals_python_loop():
-  layer = tl.SRU(8)
+@pytest.mark.parametrize('highway_scale, candidate_bias', [(1.0, False), (3 ** 0.5, True)])
+def test_sru_scan_equals_python_loop(highway_scale, candidate_bias):
+  layer = tl.SRU(8, highway_scale=highway_scale, candidate_bias=candidate_bias)
   x = jax.random.normal(jax.random.key(1), (3, 17, 8))
   weights, state = layer.init(sig(3, 17, 8), rng=jax.random.key(0))
-  np.testing.assert_allclose(layer.apply(weights, state, x)[0], python_loop_sru(weights, x),
+  assert weights['b'].shape == ((24,) if candidate_bias else (16,))
+  # Non-zero biases everywhere, so that each one's place is checked.
+  weights = dict(weights, b=jax.random.normal(jax.random.key(2), weights['b'].shape))
+  np.testing.assert_allclose(layer.apply(weights, state, x)[0],
+                             python_loop_sru(weights, x, highway_scale, candidate_bias),
                              rtol=1e-5, atol=1e-5)
 
 

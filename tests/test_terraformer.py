@@ -14,7 +14,8 @@ LM = dict(vocab_size=40, d_model=16, d_ff=32, n_layers=2, n_heads=2, max_len=32,
 LM_VARIANTS = {
     'dense': {},
     'multconv_sparse_ff_sru_loss': dict(attention_type='multconv', attention_sparsity=4,
-                                        ff_sparsity=8, ff_use_sru=8, loss_sparsity=4),
+                                        ff_sparsity=8, ff_use_sru=8, loss_sparsity=4,
+                                        positional_encoding='fixed_base'),
     'chunked_two_attentions': dict(attention_type='chunked', n_attention_layers=2),
 }
 
@@ -83,6 +84,10 @@ ENC_DEC_VARIANTS = {
     'dense': {},
     'sparse': dict(encoder_attention_type='multconv', decoder_attention_type='multconv',
                    attention_sparsity=4, ff_sparsity=8, ff_use_sru=8, loss_sparsity=4),
+    # What Trax's ConfigurableTerraformer has (sparse_trax.compat.trax sets it).
+    'trax_options': dict(ff_sparsity=8, ff_use_sru=8, positional_encoding='fixed_base',
+                         encoder_output_dense=True, ff_mask_before_activation=True,
+                         sru_highway_scale=3 ** 0.5, sru_candidate_bias=True),
 }
 
 

@@ -123,6 +123,38 @@ def test_configurable_transformer_gives_traxs_logits_and_greedy_tokens(variant, 
                               **sparsity))
 
 
+TERRAFORMER_KWARGS = dict(input_vocab_size=12, output_vocab_size=14, d_model=16, d_ff=32,
+                          n_encoder_layers=2, n_decoder_layers=2, n_heads=2, max_len=32)
+
+
+@pytest.mark.parametrize('variant, options', [
+    ('dense', {}),
+    ('sparse_sru', dict(ff_sparsity=4, ff_use_sru=(1, 8), loss_sparsity=2))])
+def test_terraformer_gives_traxs_logits_and_greedy_tokens(variant, options):
+  # Trax's greedy tokens here come from its eval mode (its predict-mode
+  # SelfAttention fails under the jax installed beside it); ours decode in
+  # predict mode, one token at a time, the encoder run once.
+  folder = os.path.join(DATA, 'terraformer')
+  _check_encoder_decoder(os.path.join(folder, f'{variant}.pkl.gz'),
+                         os.path.join(folder, f'{variant}_expected.npz'), 'Terraformer',
+                         dict(TERRAFORMER_KWARGS, **options))
+
+
+def test_terraformer_options_trax_has_and_we_do_not_are_refused():
+  path = os.path.join(DATA, 'terraformer', 'dense.pkl.gz')
+  with pytest.raises(NotImplementedError, match='reversible_encoder=True is not supported'):
+    trax_compat.load_model(path, 'ConfigurableTerraformer', reversible_encoder=True,
+                           **TERRAFORMER_KWARGS)
+  with pytest.raises(NotImplementedError, match=r'ff_use_sru=\(2, 8\) stacks 2 SRU layers'):
+    trax_compat.load_model(path, 'ConfigurableTerraformer', ff_use_sru=(2, 8),
+                           **TERRAFORMER_KWARGS)
+  with pytest.raises(NotImplementedError, match="encoder_attention_type 'LSHSelfAttention'"):
+    trax_compat.load_model(path, 'ConfigurableTerraformer',
+                           encoder_attention_type='LSHSelfAttention', **TERRAFORMER_KWARGS)
+  with pytest.raises(trax_compat.TraxWeightError, match='ff_sparsity'):
+    trax_compat.load_model(path, 'ConfigurableTerraformer', ff_sparsity=4, **TERRAFORMER_KWARGS)
+
+
 def test_checkpoint_contents_are_read_as_numpy():
   loop = trax_compat.read_checkpoint(os.path.join(DATA, 'transformer_lm', 'model.pkl.gz'))
   saved = trax_compat.read_checkpoint(os.path.join(DATA, 'transformer_lm', 'saved.pkl.gz'))
@@ -159,5 +191,5 @@ def test_sizes_that_do_not_fit_name_the_trax_weight_and_our_path():
     trax_compat.load_model(path, 'TransformerLM', **dict(LM_KWARGS, n_layers=1))
   with pytest.raises(TypeError, match="no argument 'n_layer'"):
     trax_compat.load_model(path, 'TransformerLM', vocab_size=13, n_layer=2)
-  with pytest.raises(NotImplementedError, match='Terraformer'):
-    trax_compat.load_model(path, 'Terraformer', vocab_size=13)
+  with pytest.raises(ValueError, match="unknown Trax model 'Reformer'"):
+    trax_compat.load_model(path, 'Reformer', vocab_size=13)

@@ -186,21 +186,88 @@ def _build_configurable_transformer(mode: str, kwargs: Dict[str, Any]) -> Tuple[
                  'ff': parts['ff'], 'loss': parts['loss']}
 
 
+# Trax's ConfigurableTerraformer arguments, with its defaults.
+_TERRAFORMER_DEFAULTS = dict(
+    output_vocab_size=None, d_model=512, d_ff=2048, d_attention_key=None,
+    d_attention_value=None, n_encoder_layers=6, n_decoder_layers=6, n_heads=8, dropout=0.1,
+    max_len=2048, encoder_attention_type='SelfAttention',
+    encoder_decoder_attention_type='SelfAttention', pos_type='fixed-base', pos_axial_shape=(),
+    pos_d_axial_embs=None, pos_start_from_zero_prob=1.0, pos_max_offset_to_add=0,
+    ff_activation='Relu', ff_use_sru=0, ff_chunk_size=0, ff_dropout=None, ff_sparsity=0,
+    loss_sparsity_type='mult', loss_sparsity=0, loss_d_lowrank=0, loss_sparsity_prob=None,
+    attention_chunk_size=0, n_layers_forget=0, forget_dense=True, n_decoder_attention_layers=2,
+    use_bfloat16=False, reversible_encoder=False, use_two_swaps_per_encoder_block=True,
+    center_layernorm=True, half_before_layer=None, double_after_layer=None)
+_TERRAFORMER_KEPT_AT_DEFAULT = (
+    'pos_type', 'pos_axial_shape', 'pos_d_axial_embs', 'pos_start_from_zero_prob',
+    'pos_max_offset_to_add', 'ff_chunk_size', 'loss_d_lowrank', 'loss_sparsity_prob',
+    'attention_chunk_size', 'n_layers_forget', 'use_bfloat16', 'reversible_encoder',
+    'use_two_swaps_per_encoder_block', 'center_layernorm', 'half_before_layer',
+    'double_after_layer')
+
+
+def _terraformer_sru_units(family: str, ff_use_sru) -> int:
+  """Trax's ff_use_sru (n SRU layers of 32 units, or (n, units)) as our SRU width."""
+  layers, units = tuple(ff_use_sru) if isinstance(ff_use_sru, (list, tuple)) else (ff_use_sru, 32)
+  if not layers:
+    return 0
+  if layers != 1:
+    raise NotImplementedError(f'{family}: ff_use_sru={ff_use_sru!r} stacks {layers} SRU layers; '
+                              'only one (ff_use_sru=1 or (1, units)) is supported')
+  return units
+
+
+def _build_configurable_terraformer(mode: str, kwargs: Dict[str, Any]) -> Tuple[Layer, dict]:
+  family = 'ConfigurableTerraformer'
+  args = _check_kwargs(family, kwargs, _TERRAFORMER_DEFAULTS, required=('input_vocab_size',))
+  _check_relu(family, args)
+  for name in _TERRAFORMER_KEPT_AT_DEFAULT:
+    if args[name] != _TERRAFORMER_DEFAULTS[name]:
+      raise NotImplementedError(f'{family}: converting {name}={args[name]!r} is not supported '
+                                f'(only its default, {_TERRAFORMER_DEFAULTS[name]!r})')
+  d_head = args['d_model'] // args['n_heads']
+  for name in ('d_attention_key', 'd_attention_value'):
+    if args[name] not in (None, d_head):
+      raise NotImplementedError(f'{family}: {name}={args[name]!r} is not supported (only '
+                                f'd_model // n_heads = {d_head})')
+  for name in ('encoder_attention_type', 'encoder_decoder_attention_type'):
+    if _trax_name(args[name]) != 'SelfAttention':
+      raise NotImplementedError(f'{family}: {name} {_trax_name(args[name])!r} is not supported '
+                                "(only 'SelfAttention', its default)")
+  parts = _sparse_parts(family, dict(args, ff_sparsity_type='1inN'))
+  sru_units = _terraformer_sru_units(family, args['ff_use_sru'])
+  model = models.Terraformer(
+      input_vocab_size=args['input_vocab_size'], output_vocab_size=args['output_vocab_size'],
+      d_model=args['d_model'], d_ff=args['d_ff'], n_encoder_layers=args['n_encoder_layers'],
+      n_decoder_layers=args['n_decoder_layers'], n_heads=args['n_heads'],
+      max_len=args['max_len'], ff_sparsity=args['ff_sparsity'],
+      loss_sparsity=args['loss_sparsity'], ff_use_sru=sru_units,
+      n_decoder_attention_layers=args['n_decoder_attention_layers'],
+      dropout=float(args['dropout']), positional_encoding='fixed_base',
+      encoder_output_dense=True, ff_mask_before_activation=True,
+      sru_highway_scale=3 ** 0.5, sru_candidate_bias=True, mode=mode)
+  return model, {'n_encoder_layers': args['n_encoder_layers'],
+                 'n_decoder_layers': args['n_decoder_layers'],
+                 'n_decoder_attention_layers': args['n_decoder_attention_layers'],
+                 'ff': parts['ff'], 'loss': parts['loss'], 'sru': bool(sru_units)}
+
+
 _BUILDERS: Dict[str, Callable[[str, Dict[str, Any]], Tuple[Layer, dict]]] = {
     'TransformerLM': _build_transformer_lm,
     'ConfigurableTransformerLM': _build_configurable_transformer_lm,
     'Transformer': _build_transformer,
     'ConfigurableTransformer': _build_configurable_transformer,
+    'ConfigurableTerraformer': _build_configurable_terraformer,
 }
-NOT_YET = ('Terraformer', 'ConfigurableTerraformer')
+# Trax 1.4.1 exports its Terraformer as ConfigurableTerraformer only; the
+# paper's name is accepted for it.
+_ALIASES = {'Terraformer': 'ConfigurableTerraformer'}
 
 
 def build_model(trax_model: str, mode: str = 'eval', **trax_kwargs) -> Tuple[Layer, dict]:
   """Our model matching Trax's `trax_model(**trax_kwargs, mode=mode)`, and what the
   weight converter needs to know of it (n_layers, the variant of each part)."""
-  if trax_model in NOT_YET:
-    raise NotImplementedError(f'converting Trax {trax_model} checkpoints is not supported yet '
-                              f'(supported: {", ".join(sorted(_BUILDERS))})')
+  trax_model = _ALIASES.get(trax_model, trax_model)
   if trax_model not in _BUILDERS:
     raise ValueError(f'unknown Trax model {trax_model!r}; supported: '
                      f'{", ".join(sorted(_BUILDERS))}')
@@ -212,6 +279,7 @@ def convert_weights(checkpoint: TraxCheckpoint, trax_model: str, model: Layer, c
   token_signature = jax.ShapeDtypeStruct((1, 1), jnp.int32)
   signature = token_signature if model.n_in == 1 else (token_signature, token_signature)
   template = jax.eval_shape(lambda: model.init(signature, rng=jax.random.key(0))[0])
+  trax_model = _ALIASES.get(trax_model, trax_model)
   converted = trax_weights.convert(trax_model, checkpoint.flat_weights, template, config,
                                    f'our {trax_model}')
   return jax.tree_util.tree_map(jnp.asarray, converted)

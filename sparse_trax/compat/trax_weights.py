@@ -268,11 +268,111 @@ def encoder_decoder(trax: FlatWeights, ours: OurWeights, config: dict):
   logits(trax, ours, (8 + n_decoder,), config)
 
 
+def fixed_base_positions(trax: FlatWeights, ours: OurWeights, at: tuple, what: str,
+                         n_bases: int = 4, n_digits: int = 8):
+  """Trax's FixedBasePositionalEncoding (one [1, d / n_digits] vector per base and
+  digit, base-major, then the start vector [1, 1, d]) into ours (`scales`
+  [n_bases, n_digits, d / n_digits], `start` [d])."""
+  scales = np.stack([np.stack([trax.take(f'{what} base {b} digit {i}').reshape(-1)
+                               for i in range(n_digits)]) for b in range(n_bases)])
+  ours.put(path(*at, 'scales'), scales, trax, f'{what} digit vectors')
+  ours.put(path(*at, 'start'), trax.take(f'{what} start vector').reshape(-1), trax,
+           f'{what} start vector')
+
+
+def per_head_attention(trax: FlatWeights, ours: OurWeights, at: tuple, what: str):
+  """Trax's SelfAttention (per-head w_q, w_k, w_v [heads, d, d_head], w_o [heads,
+  d_head, d]; no biases) into our fused `wqkv` [3d, d] (row head * d_head + j),
+  `wo` [d, d] and a zero `bo`."""
+  matrices = []
+  for part in ('query', 'key', 'value'):
+    w = trax.take(f'{what} {part} w')                      # [heads, d, d_head]
+    matrices.append(np.transpose(w, (0, 2, 1)).reshape(-1, w.shape[1]))
+  ours.put(path(*at, 'wqkv'), np.concatenate(matrices, axis=0), trax, f'{what} q, k, v w')
+  w_o = trax.take(f'{what} output w')                      # [heads, d_head, d]
+  ours.put(path(*at, 'wo'), w_o.reshape(-1, w_o.shape[-1]).T, trax, f'{what} output w')
+  ours.put(path(*at, 'bo'), np.zeros(w_o.shape[-1], w_o.dtype), trax,
+           f'{what} (no output bias in Trax)')
+
+
+def sru(trax: FlatWeights, ours: OurWeights, at: tuple, what: str):
+  """Trax's SRU (Dense(3n): w [n, 3n] and b [3n], columns reset, forget, candidate)
+  into ours with candidate_bias (`w` [3n, n] and `b` [3n], rows candidate, forget,
+  reset)."""
+  w = trax.take(f'{what} w').T
+  b = trax.take(f'{what} b')
+  n = w.shape[0] // 3
+
+  def reorder(x):
+    return np.concatenate([x[2 * n:], x[n:2 * n], x[:n]], axis=0)
+  ours.put(path(*at, 'w'), reorder(w), trax, f'{what} w')
+  ours.put(path(*at, 'b'), reorder(b), trax, f'{what} b')
+
+
+def feed_forward_with_sru(trax: FlatWeights, ours: OurWeights, at: tuple, what: str,
+                          config: dict):
+  """Trax's FeedForwardWithOptions (LayerNorm, feed-forward; with ff_use_sru also
+  LayerNorm, Dense, SRU, Dense) into our FeedForwardWithSRU at `at`."""
+  main = at + (0, 0) if config.get('sru') else at
+  layer_norm(trax, ours, main + (0,), f'{what} feed-forward LayerNorm')
+  feed_forward(trax, ours, main + (1,), what, config)
+  if config.get('sru'):
+    branch = at + (0, 1)
+    layer_norm(trax, ours, branch + (0,), f'{what} SRU LayerNorm')
+    dense(trax, ours, branch + (1,), f'{what} SRU input Dense')
+    sru(trax, ours, branch + (2,), f'{what} SRU')
+    dense(trax, ours, branch + (3,), f'{what} SRU output Dense')
+
+
+def terraformer(trax: FlatWeights, ours: OurWeights, config: dict):
+  """Trax's ConfigurableTerraformer (SelfAttention, fixed-base positions, the
+  encoder ending in Dense and LayerNorm; config: n_encoder_layers,
+  n_decoder_layers, n_decoder_attention_layers, ff, loss, sru): source and
+  target embeddings with their positional weights, the encoder's reversible
+  blocks (LayerNorm, attention; feed-forward), its Dense and LayerNorm, the
+  decoder's blocks (LayerNorm, attention, n_decoder_attention_layers times;
+  feed-forward), LayerNorm, the vocabulary projection.
+
+  Ours (`models.Terraformer(..., positional_encoding='fixed_base',
+  encoder_output_dense=True)`): [0][0] the encoder ([0][0][0][0] embedding
+  [0] and positions [2], [0][0][2] its reversible stack, [0][0][4] Dense,
+  [0][0][5][0] LayerNorm), [3] the target embedding, [5] positions,
+  [6][0][1] the decoder's reversible stack, [7] LayerNorm, [8] the projection.
+  In a reversible stack each half-residual is followed by a swap.
+  """
+  encoder = (0, 0)
+  ours.put(path(*encoder, 0, 0, 0, 'embedding'), trax.take('encoder embedding'), trax,
+           'encoder embedding')
+  fixed_base_positions(trax, ours, encoder + (0, 0, 2), 'encoder positions')
+  ours.put(path(3, 'embedding'), trax.take('decoder embedding'), trax, 'decoder embedding')
+  fixed_base_positions(trax, ours, (5,), 'decoder positions')
+  for i in range(config['n_encoder_layers']):
+    layer = encoder + (2, 4 * i)
+    layer_norm(trax, ours, layer + (0, 0), f'encoder layer {i} attention LayerNorm')
+    per_head_attention(trax, ours, layer + (0, 1), f'encoder layer {i} attention')
+    feed_forward_with_sru(trax, ours, encoder + (2, 4 * i + 2, 0), f'encoder layer {i}',
+                          config)
+  dense(trax, ours, encoder + (4,), 'encoder output Dense')
+  layer_norm(trax, ours, encoder + (5, 0), 'encoder final LayerNorm')
+  n_attention = config['n_decoder_attention_layers']
+  per_block = 2 * (n_attention + 1)
+  for i in range(config['n_decoder_layers']):
+    for a in range(n_attention):
+      layer = (6, 0, 1, per_block * i + 2 * a)
+      layer_norm(trax, ours, layer + (0, 0), f'decoder layer {i} attention {a} LayerNorm')
+      per_head_attention(trax, ours, layer + (0, 1), f'decoder layer {i} attention {a}')
+    feed_forward_with_sru(trax, ours, (6, 0, 1, per_block * i + 2 * n_attention, 0),
+                          f'decoder layer {i}', config)
+  layer_norm(trax, ours, (7,), 'decoder final LayerNorm')
+  logits(trax, ours, (8,), config)
+
+
 Converter = Callable[[FlatWeights, OurWeights, dict], None]
 CONVERTERS: Dict[str, Converter] = {'TransformerLM': decoder_only_lm,
                                     'ConfigurableTransformerLM': decoder_only_lm,
                                     'Transformer': encoder_decoder,
-                                    'ConfigurableTransformer': encoder_decoder}
+                                    'ConfigurableTransformer': encoder_decoder,
+                                    'ConfigurableTerraformer': terraformer}
 
 
 def convert(family: str, flat_weights: List[np.ndarray], template, config: dict,

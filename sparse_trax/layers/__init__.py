@@ -38,6 +38,7 @@ from sparse_trax.layers.core import LayerNorm
 from sparse_trax.layers.core import LogSoftmax
 from sparse_trax.layers.core import Mean
 from sparse_trax.layers.core import PaddingMask
+from sparse_trax.layers.position_encodings import FixedBasePositionalEncoding
 from sparse_trax.layers.core import PositionalEncoding
 from sparse_trax.layers.core import Relu
 from sparse_trax.layers.core import ShiftRight

@@ -75,28 +75,48 @@ def DecoderOnlyLM(vocab_size: int, d_model: int, n_layers: int, max_len: int,  #
       name=name)
 
 
+POSITIONAL_ENCODINGS = ('sinusoidal', 'fixed_base')
+
+
+def positional_encoding(kind: str, max_len: int, mode: str,
+                        trained_positions: bool = False) -> tl.Layer:
+  """'sinusoidal' (a table of max_len rows, a weight with `trained_positions`) or
+  'fixed_base' (`tl.FixedBasePositionalEncoding`, Terraformer's in Trax)."""
+  if kind == 'sinusoidal':
+    return tl.PositionalEncoding(max_len, mode=mode, trainable=trained_positions)
+  if kind == 'fixed_base':
+    return tl.FixedBasePositionalEncoding(mode=mode)
+  raise ValueError(f'positional_encoding must be one of {POSITIONAL_ENCODINGS}, got {kind!r}')
+
+
 def EmbeddingAndMask(vocab_size: int, d_model: int, max_len: int, dropout: float,  # pylint: disable=invalid-name
-                     mode: str, trained_positions: bool = False):
-  """Token ids [batch, length] -> (x [batch, length, d_model], padding mask [batch, length])."""
+                     mode: str, trained_positions: bool = False,
+                     positions: str = 'sinusoidal'):
+  """Token ids [batch, length] -> (x [batch, length, d_model], padding mask [batch, length]).
+
+  `positions`: the kind of `positional_encoding`."""
   return tl.Branch(
       tl.Serial(tl.Embedding(vocab_size, d_model),
                 tl.Dropout(dropout, mode=mode),
-                tl.PositionalEncoding(max_len, mode=mode, trainable=trained_positions)),
+                positional_encoding(positions, max_len, mode, trained_positions)),
       tl.PaddingMask())
 
 
 def EncodedSourceAndTargets(encoder: tl.Layer, output_vocab_size: int, d_model: int,  # pylint: disable=invalid-name
                             max_len: int, dropout: float, mode: str,
-                            trained_positions: bool = False) -> list:
+                            trained_positions: bool = False,
+                            positions: str = 'sinusoidal') -> list:
   """(source, target) ids -> (y, encoded, mask): the encoder (run once in 'predict'),
-  and the shifted target embeddings. A list of layers, for a Serial."""
+  and the shifted target embeddings. A list of layers, for a Serial.
+
+  `positions`: the kind of `positional_encoding`."""
   return [
       tl.Cache(encoder, mode=mode),                    # src tgt -> encoded mask tgt
       tl.Select([2, 0, 1]),                            # -> tgt encoded mask
       tl.ShiftRight(mode=mode),
       tl.Embedding(output_vocab_size, d_model),        # tgt -> y
       tl.Dropout(dropout, mode=mode),
-      tl.PositionalEncoding(max_len, mode=mode, trainable=trained_positions)]
+      positional_encoding(positions, max_len, mode, trained_positions)]
 
 
 def Encoder(vocab_size: int, d_model: int, n_layers: int, max_len: int, dropout: float,  # pylint: disable=invalid-name

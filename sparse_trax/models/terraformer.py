@@ -53,18 +53,26 @@ def _encoder_attention(attention_type, d_model, n_heads, attention_sparsity, chu
 
 
 def FeedForwardWithSRU(d_model: int, d_ff: int, ff_sparsity: int, ff_use_sru: int,  # pylint: disable=invalid-name
-                       dropout: float, mode: str):
-  """x -> FF(LayerNorm(x)) [+ Dense(d_model)(SRU(Dense(ff_use_sru)(LayerNorm(x))))]."""
+                       dropout: float, mode: str, mask_before_activation: bool = False,
+                       sru_highway_scale: float = 1.0, sru_candidate_bias: bool = False):
+  """x -> FF(LayerNorm(x)) [+ Dense(d_model)(SRU(Dense(ff_use_sru)(LayerNorm(x))))].
+
+  `mask_before_activation` is SparseFF's; `sru_highway_scale` and
+  `sru_candidate_bias` are the SRU's `highway_scale` and `candidate_bias`.
+  """
   feed_forward = tl.Serial(
       tl.LayerNorm(),
-      scaling.feed_forward_factory(d_model, d_ff, ff_sparsity, '1inN', dropout)(mode),
+      scaling.feed_forward_factory(d_model, d_ff, ff_sparsity, '1inN', dropout,
+                                   mask_before_activation)(mode),
       tl.Dropout(dropout, mode=mode))
   if not ff_use_sru:
     return feed_forward
   return tl.Serial(
       tl.Branch(feed_forward,                              # x -> ff sru
                 tl.Serial(tl.LayerNorm(), tl.Dense(ff_use_sru),
-                          tl.SRU(ff_use_sru, mode=mode), tl.Dense(d_model))),
+                          tl.SRU(ff_use_sru, mode=mode, highway_scale=sru_highway_scale,
+                                 candidate_bias=sru_candidate_bias),
+                          tl.Dense(d_model))),
       tl.Add(),                                            # ff sru -> y
       name='FeedForwardWithSRU')
 
@@ -90,7 +98,8 @@ def TerraformerLM(vocab_size: int, d_model: int = 512, d_ff: int = 2048, n_layer
                   attention_sparsity: int = 16, attention_chunk_len: int = 128,
                   n_hashes: int = 2, ff_sparsity: int = 0, loss_sparsity: int = 0,
                   ff_use_sru: int = 0, n_attention_layers: int = 1, reversible: bool = True,
-                  dropout: float = 0.1, mode: str = 'train') -> tl.Layer:
+                  dropout: float = 0.1, positional_encoding: str = 'sinusoidal',
+                  mode: str = 'train') -> tl.Layer:
   """Reversible decoder-only Terraformer: ids [batch, length] -> logits [batch, length, vocab].
 
   Args:
@@ -101,6 +110,7 @@ def TerraformerLM(vocab_size: int, d_model: int = 512, d_ff: int = 2048, n_layer
     ff_use_sru: 0, or the width of the SRU branch beside the FF (the paper: 32).
     n_attention_layers: attention layers per block.
     reversible: False keeps the same function with plain (memory-hungry) gradients.
+    positional_encoding: 'sinusoidal' or 'fixed_base' (`tl.FixedBasePositionalEncoding`).
     Others: as TransformerLM.
   """
   arguments.check_model_arguments(TerraformerLM, locals())
@@ -112,7 +122,7 @@ def TerraformerLM(vocab_size: int, d_model: int = 512, d_ff: int = 2048, n_layer
       tl.ShiftRight(mode=mode),                          # ids -> ids
       tl.Embedding(vocab_size, d_model),                 # ids -> x
       tl.Dropout(dropout, mode=mode),
-      tl.PositionalEncoding(max_len, mode=mode),
+      blocks.positional_encoding(positional_encoding, max_len, mode),
       tl.Dup(),                                          # x -> x x
       _reversible_stack(n_layers, attentions,
                         lambda: FeedForwardWithSRU(d_model, d_ff, ff_sparsity, ff_use_sru,
@@ -192,7 +202,9 @@ def Terraformer(input_vocab_size: int, output_vocab_size: Optional[int] = None, 
                 n_hashes: int = 2, ff_sparsity: int = 0, loss_sparsity: int = 0,
                 ff_use_sru: int = 0, n_decoder_attention_layers: int = 2,
                 reversible_encoder: bool = True, dropout: float = 0.1,
-                mode: str = 'train') -> tl.Layer:
+                positional_encoding: str = 'sinusoidal', encoder_output_dense: bool = False,
+                ff_mask_before_activation: bool = False, sru_highway_scale: float = 1.0,
+                sru_candidate_bias: bool = False, mode: str = 'train') -> tl.Layer:
   """Encoder-decoder Terraformer, joined by concatenation.
 
   Inputs: (source ids [batch, length_src], target ids [batch, length_tgt]),
@@ -205,7 +217,14 @@ def Terraformer(input_vocab_size: int, output_vocab_size: Optional[int] = None, 
   Args: as TerraformerLM, with encoder_attention_type ('dense' | 'multconv'
   | 'lsh'; LSH in the encoder does not read the padding mask),
   decoder_attention_type ('dense' | 'multconv' | 'lsh' | 'chunked'),
-  n_decoder_attention_layers per decoder block, and reversible_encoder.
+  n_decoder_attention_layers per decoder block, reversible_encoder, and
+  what Trax's ConfigurableTerraformer has (`sparse_trax.compat.trax` sets
+  them to convert its checkpoints):
+    positional_encoding: 'sinusoidal' or 'fixed_base' (Trax's default).
+    encoder_output_dense: a Dense(d_model) between the encoder's averaged
+      streams and its LayerNorm.
+    ff_mask_before_activation: SparseFF's mask placement (Trax: True).
+    sru_highway_scale, sru_candidate_bias: the SRU's (Trax: sqrt(3), True).
   """
   arguments.check_model_arguments(Terraformer, locals())
   output_vocab_size = output_vocab_size or input_vocab_size
@@ -222,15 +241,17 @@ def Terraformer(input_vocab_size: int, output_vocab_size: Optional[int] = None, 
 
   def feed_forward(stack_mode):
     return lambda: FeedForwardWithSRU(d_model, d_ff, ff_sparsity, ff_use_sru, dropout,
-                                      stack_mode)
+                                      stack_mode, ff_mask_before_activation,
+                                      sru_highway_scale, sru_candidate_bias)
 
   encoder = tl.Serial(
-      blocks.EmbeddingAndMask(input_vocab_size, d_model, max_len, dropout,
-                              encoder_mode),                           # ids -> x mask
+      blocks.EmbeddingAndMask(input_vocab_size, d_model, max_len, dropout, encoder_mode,
+                              positions=positional_encoding),          # ids -> x mask
       tl.Select([0, 0, 1]),                                            # x mask -> x x mask
       _reversible_stack(n_encoder_layers, encoder_attentions, feed_forward(encoder_mode),
                         dropout, encoder_mode, reversible_encoder),    # -> y1 y2 mask
       _average(),                                                      # -> y mask
+      [tl.Dense(d_model)] if encoder_output_dense else [],             # y mask -> y mask
       tl.Parallel(tl.LayerNorm(), None),                               # -> encoded mask
       name='TerraformerEncoder')
   decoder = tl.Serial(
@@ -241,7 +262,8 @@ def Terraformer(input_vocab_size: int, output_vocab_size: Optional[int] = None, 
       name='TerraformerDecoder')
   return tl.Serial(
       blocks.EncodedSourceAndTargets(encoder, output_vocab_size, d_model, max_len, dropout,
-                                     mode),              # src tgt -> y encoded mask
+                                     mode, positions=positional_encoding),
+                                                         # src tgt -> y encoded mask
       ConcatenationDecoder(decoder, mode=mode),          # y encoded mask -> y
       tl.LayerNorm(),
       scaling.logits_layer(output_vocab_size, loss_sparsity),   # y -> logits

@@ -208,8 +208,60 @@ def configurable_transformer():
     print(f'configurable_transformer {name}:', logits.shape, 'greedy', tokens.tolist())
 
 
+def greedy_by_eval(eval_model, source):
+  """Greedy tokens from an eval-mode encoder-decoder: the whole target so far is run
+  again for each token (position t's logits pick token t)."""
+  picked = []
+  for _ in range(N_GREEDY):
+    target = np.array([picked + [0]], np.int32)
+    outputs = eval_model((source, target))
+    logits = outputs[0] if isinstance(outputs, tuple) else outputs
+    picked.append(int(np.argmax(logits[0, len(picked)])))
+  return np.array(picked, np.int32)
+
+
+TERRAFORMER = dict(input_vocab_size=12, output_vocab_size=14, d_model=16, d_ff=32,
+                   n_encoder_layers=2, n_decoder_layers=2, n_heads=2, max_len=32)
+TERRAFORMER_VARIANTS = {
+    'dense': {},
+    'sparse_sru': dict(ff_sparsity=4, ff_use_sru=(1, 8), loss_sparsity=2),
+}
+TERRAFORMER_SEEDS = {'dense': 1, 'sparse_sru': 1}   # seeds whose greedy tokens vary
+
+
+def terraformer():
+  """ConfigurableTerraformer variants (Trax's defaults otherwise: fixed-base positions,
+  SelfAttention, an encoder ending in Dense and LayerNorm), moved at random, by
+  save_to_file. The greedy tokens come from Trax's eval mode (`greedy_by_eval`): its
+  predict-mode SelfAttention fails under the jax installed beside it
+  ("cond() got an unexpected keyword argument 'true_operand'")."""
+  from trax.models.research.terraformer import ConfigurableTerraformer  # pylint: disable=import-outside-toplevel
+  folder = os.path.join(HERE, 'terraformer')
+  shutil.rmtree(folder, ignore_errors=True)
+  os.makedirs(folder)
+  for name, variant in TERRAFORMER_VARIANTS.items():
+    kwargs = dict(TERRAFORMER, **variant)
+    eval_model = ConfigurableTerraformer(mode='eval', **kwargs)
+    seed = TERRAFORMER_SEEDS[name]
+    eval_model.init((shapes.signature(SOURCE), shapes.signature(TOKENS)),
+                    rng=trax.fastmath.random.get_prng(seed))
+    rng = np.random.RandomState(seed)
+    eval_model.weights = trax.fastmath.nested_map(
+        lambda w: np.asarray(w + 0.5 * rng.normal(size=w.shape), np.float32), eval_model.weights)
+    outputs = eval_model((SOURCE, TOKENS))
+    logits = np.asarray(outputs[0] if isinstance(outputs, tuple) else outputs)
+    checkpoint = os.path.join(folder, f'{name}.pkl.gz')
+    eval_model.save_to_file(checkpoint,
+                            input_signature=(shapes.signature(SOURCE), shapes.signature(TOKENS)))
+    tokens = greedy_by_eval(eval_model, SOURCE[1:])
+    np.savez(os.path.join(folder, f'{name}_expected.npz'), source=SOURCE, tokens=TOKENS,
+             logits=logits, greedy=tokens)
+    print(f'terraformer {name}:', logits.shape, 'greedy', tokens.tolist())
+
+
 if __name__ == '__main__':
-  transformer_lm()
-  configurable_transformer_lm()
-  transformer()
-  configurable_transformer()
+  import sys  # pylint: disable=import-outside-toplevel
+  families = sys.argv[1:] or ['transformer_lm', 'configurable_transformer_lm', 'transformer',
+                              'configurable_transformer', 'terraformer']
+  for family in families:
+    globals()[family]()
