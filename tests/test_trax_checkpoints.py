@@ -129,7 +129,9 @@ TERRAFORMER_KWARGS = dict(input_vocab_size=12, output_vocab_size=14, d_model=16,
 
 @pytest.mark.parametrize('variant, options', [
     ('dense', {}),
-    ('sparse_sru', dict(ff_sparsity=4, ff_use_sru=(1, 8), loss_sparsity=2))])
+    ('sparse_sru', dict(ff_sparsity=4, ff_use_sru=(1, 8), loss_sparsity=2)),
+    ('sparse_qkv', dict(encoder_decoder_attention_type='MultiplicativeConvCausalAttention',
+                        ff_sparsity=4, loss_sparsity=2))])
 def test_terraformer_gives_traxs_logits_and_greedy_tokens(variant, options):
   # Trax's greedy tokens here come from its eval mode (its predict-mode
   # SelfAttention fails under the jax installed beside it); ours decode in

@@ -16,8 +16,11 @@ Supported Trax models: TransformerLM, Transformer; ConfigurableTransformerLM wit
 MultiplicativeConvCausalAttention attention, a dense, SparseFF ('1inN') or
 BlockSparseFF ('Block') feed-forward, and a dense or multiplicative ('mult')
 vocabulary projection; ConfigurableTransformer with dense attention and the
-same feed-forward and projection choices. (Terraformer is not converted yet:
-it raises NotImplementedError.)
+same feed-forward and projection choices; ConfigurableTerraformer (also as
+'Terraformer') with its default positions, encoder and SelfAttention,
+SelfAttention or MultiplicativeConvCausalAttention in the decoder, a dense or
+SparseFF feed-forward, one SRU layer and a dense or multiplicative projection.
+Other options raise NotImplementedError naming the argument.
 """
 
 from typing import Any, Callable, Dict, Tuple
@@ -205,6 +208,9 @@ _TERRAFORMER_KEPT_AT_DEFAULT = (
     'use_two_swaps_per_encoder_block', 'center_layernorm', 'half_before_layer',
     'double_after_layer')
 
+_TERRAFORMER_DECODER_ATTENTION = {'SelfAttention': 'dense',
+                                  'MultiplicativeConvCausalAttention': 'multconv'}
+
 
 def _terraformer_sru_units(family: str, ff_use_sru) -> int:
   """Trax's ff_use_sru (n SRU layers of 32 units, or (n, units)) as our SRU width."""
@@ -230,10 +236,15 @@ def _build_configurable_terraformer(mode: str, kwargs: Dict[str, Any]) -> Tuple[
     if args[name] not in (None, d_head):
       raise NotImplementedError(f'{family}: {name}={args[name]!r} is not supported (only '
                                 f'd_model // n_heads = {d_head})')
-  for name in ('encoder_attention_type', 'encoder_decoder_attention_type'):
-    if _trax_name(args[name]) != 'SelfAttention':
-      raise NotImplementedError(f'{family}: {name} {_trax_name(args[name])!r} is not supported '
-                                "(only 'SelfAttention', its default)")
+  if _trax_name(args['encoder_attention_type']) != 'SelfAttention':
+    raise NotImplementedError(f"{family}: encoder_attention_type "
+                              f"{_trax_name(args['encoder_attention_type'])!r} is not supported "
+                              "(only 'SelfAttention', its default)")
+  decoder_attention = _trax_name(args['encoder_decoder_attention_type'])
+  if decoder_attention not in _TERRAFORMER_DECODER_ATTENTION:
+    raise NotImplementedError(f'{family}: encoder_decoder_attention_type '
+                              f'{decoder_attention!r} is not supported (supported: '
+                              f'{", ".join(_TERRAFORMER_DECODER_ATTENTION)})')
   parts = _sparse_parts(family, dict(args, ff_sparsity_type='1inN'))
   sru_units = _terraformer_sru_units(family, args['ff_use_sru'])
   model = models.Terraformer(
@@ -243,12 +254,15 @@ def _build_configurable_terraformer(mode: str, kwargs: Dict[str, Any]) -> Tuple[
       max_len=args['max_len'], ff_sparsity=args['ff_sparsity'],
       loss_sparsity=args['loss_sparsity'], ff_use_sru=sru_units,
       n_decoder_attention_layers=args['n_decoder_attention_layers'],
+      decoder_attention_type=_TERRAFORMER_DECODER_ATTENTION[decoder_attention],
+      attention_sparsity=args['n_heads'],          # Trax's MultiplicativeConv default: n_heads
       dropout=float(args['dropout']), positional_encoding='fixed_base',
       encoder_output_dense=True, ff_mask_before_activation=True,
       sru_highway_scale=3 ** 0.5, sru_candidate_bias=True, mode=mode)
   return model, {'n_encoder_layers': args['n_encoder_layers'],
                  'n_decoder_layers': args['n_decoder_layers'],
                  'n_decoder_attention_layers': args['n_decoder_attention_layers'],
+                 'decoder_attention': _TERRAFORMER_DECODER_ATTENTION[decoder_attention],
                  'ff': parts['ff'], 'loss': parts['loss'], 'sru': bool(sru_units)}
 
 
@@ -306,7 +320,7 @@ def load_model(path: str, trax_model: str, mode: str = 'eval', **trax_kwargs):
       plain containers and Trax's ShapeDtype (nothing of it is run).
     TraxWeightError: the checkpoint's weights do not fit the arguments
       (names the Trax weight and our path).
-    NotImplementedError: a Trax model family not converted yet.
+    NotImplementedError: a Trax option not converted (named in the message).
   """
   model, config = build_model(trax_model, mode, **trax_kwargs)
   checkpoint = read_checkpoint(path)

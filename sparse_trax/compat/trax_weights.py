@@ -327,7 +327,8 @@ def feed_forward_with_sru(trax: FlatWeights, ours: OurWeights, at: tuple, what: 
 def terraformer(trax: FlatWeights, ours: OurWeights, config: dict):
   """Trax's ConfigurableTerraformer (SelfAttention, fixed-base positions, the
   encoder ending in Dense and LayerNorm; config: n_encoder_layers,
-  n_decoder_layers, n_decoder_attention_layers, ff, loss, sru): source and
+  n_decoder_layers, n_decoder_attention_layers, decoder_attention 'dense' or
+  'multconv' (MultiplicativeConvCausalAttention), ff, loss, sru): source and
   target embeddings with their positional weights, the encoder's reversible
   blocks (LayerNorm, attention; feed-forward), its Dense and LayerNorm, the
   decoder's blocks (LayerNorm, attention, n_decoder_attention_layers times;
@@ -360,7 +361,11 @@ def terraformer(trax: FlatWeights, ours: OurWeights, config: dict):
     for a in range(n_attention):
       layer = (6, 0, 1, per_block * i + 2 * a)
       layer_norm(trax, ours, layer + (0, 0), f'decoder layer {i} attention {a} LayerNorm')
-      per_head_attention(trax, ours, layer + (0, 1), f'decoder layer {i} attention {a}')
+      if config.get('decoder_attention', 'dense') == 'dense':
+        per_head_attention(trax, ours, layer + (0, 1), f'decoder layer {i} attention {a}')
+      else:
+        multiplicative_conv_attention(trax, ours, layer + (0, 1),
+                                      f'decoder layer {i} attention {a}')
     feed_forward_with_sru(trax, ours, (6, 0, 1, per_block * i + 2 * n_attention, 0),
                           f'decoder layer {i}', config)
   layer_norm(trax, ours, (7,), 'decoder final LayerNorm')

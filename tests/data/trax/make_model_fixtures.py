@@ -225,8 +225,10 @@ TERRAFORMER = dict(input_vocab_size=12, output_vocab_size=14, d_model=16, d_ff=3
 TERRAFORMER_VARIANTS = {
     'dense': {},
     'sparse_sru': dict(ff_sparsity=4, ff_use_sru=(1, 8), loss_sparsity=2),
+    'sparse_qkv': dict(encoder_decoder_attention_type='MultiplicativeConvCausalAttention',
+                       ff_sparsity=4, loss_sparsity=2),
 }
-TERRAFORMER_SEEDS = {'dense': 1, 'sparse_sru': 1}   # seeds whose greedy tokens vary
+TERRAFORMER_SEEDS = {'dense': 1, 'sparse_sru': 1, 'sparse_qkv': 1}   # seeds whose greedy tokens vary
 
 
 def terraformer():
@@ -241,6 +243,9 @@ def terraformer():
   os.makedirs(folder)
   for name, variant in TERRAFORMER_VARIANTS.items():
     kwargs = dict(TERRAFORMER, **variant)
+    if 'encoder_decoder_attention_type' in kwargs:
+      kwargs['encoder_decoder_attention_type'] = getattr(
+          tl, kwargs['encoder_decoder_attention_type'])
     eval_model = ConfigurableTerraformer(mode='eval', **kwargs)
     seed = TERRAFORMER_SEEDS[name]
     eval_model.init((shapes.signature(SOURCE), shapes.signature(TOKENS)),
