@@ -203,7 +203,9 @@ def _one_query_attention(q, keys, values, position, *, first_visible=None, query
   first = jnp.int32(0) if first_visible is None else first_visible[0]
   sizes = _window_sizes(slots)
   span = position + 1 - first
-  choice = jnp.minimum(jnp.searchsorted(jnp.asarray(sizes), span), len(sizes) - 1)
+  # The first window that holds the span: how many are too small. (jnp.searchsorted
+  # compiles to a while loop, which on XLA:CPU cost more than the attention.)
+  choice = jnp.minimum(jnp.sum(jnp.asarray(sizes) < span), len(sizes) - 1)
 
   def window(size):
     def attend(_):
