@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import sparse_trax.layers as tl
+from sparse_trax import kernels
 from conftest import sig
 
 
@@ -163,3 +164,48 @@ def test_cache_rounds_up_to_whole_blocks():
   cache = tl.attention.empty_kv_cache(1, 300, 2, 4)
   assert cache.keys.shape == (1, 384, 2, 4) and cache.max_len == 300
   assert tl.attention.empty_kv_cache(1, 10, 2, 4).keys.shape == (1, 10, 2, 4)
+
+
+@pytest.mark.skipif(not kernels.available(), reason='the fused CPU kernels were not built')
+@pytest.mark.parametrize('batch, slots, heads, d_head', [(1, 64, 4, 16), (2, 300, 3, 5),
+                                                         (1, 2048, 16, 64)])
+def test_cached_attention_kernel_equals_the_windowed_softmax(batch, slots, heads, d_head):
+  keys_rng, values_rng, q_rng = jax.random.split(jax.random.key(0), 3)
+  keys = jax.random.normal(keys_rng, (batch, slots, heads, d_head))
+  values = jax.random.normal(values_rng, (batch, slots, heads, d_head))
+  query = jax.random.normal(q_rng, (batch, heads, d_head)) * 2.0
+
+  def reference(query, first, position):
+    """softmax over slots first..position by numpy, in float64."""
+    q, k, v = (np.asarray(a, np.float64) for a in (query, keys, values))
+    out = np.zeros(q.shape)
+    if position < first:
+      return out
+    logits = np.einsum('bhd,bkhd->bkh', q, k[:, first:position + 1])
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    return np.einsum('bkh,bkhd->bhd', probs, v[:, first:position + 1])
+
+  fused = jax.jit(lambda q, f, p: kernels.cached_attention(q, keys, values, f, p, jnp.zeros_like))
+  for first, position in [(0, 0), (0, 31), (0, 32), (3, slots // 2), (0, slots - 1),
+                          (slots - 5, slots - 1), (7, 6), (0, slots + 10)]:
+    got = fused(query, jnp.int32(first), jnp.int32(position))
+    np.testing.assert_allclose(got, reference(query, first, min(position, slots - 1)),
+                               rtol=2e-5, atol=2e-5, err_msg=f'{first}..{position}')
+
+
+@pytest.mark.skipif(not kernels.available(), reason='the fused CPU kernels were not built')
+def test_decoding_attention_runs_the_kernel_and_equals_the_switch():
+  from sparse_trax.layers import attention  # pylint: disable=import-outside-toplevel
+  keys, values = (jax.random.normal(jax.random.key(i), (2, 100, 2, 8)) for i in (1, 2))
+  q = jax.random.normal(jax.random.key(3), (2, 1, 2, 8))
+  one_query = jax.jit(lambda q, p: attention._one_query_attention(q, keys, values, p))  # pylint: disable=protected-access
+  assert 'sparse_trax_cached_attention' in one_query.lower(q, jnp.int32(5)).as_text()
+  # Buckets (LSH) keep the switch; its result is the kernel's where no bucket masks.
+  buckets = jnp.zeros((2, 100, 2, 1), jnp.int32)
+  switch = jax.jit(lambda q, p: attention._one_query_attention(  # pylint: disable=protected-access
+      q, keys, values, p, query_buckets=buckets[:, :1], key_buckets=buckets))
+  assert 'sparse_trax_cached_attention' not in switch.lower(q, jnp.int32(5)).as_text()
+  for position in (0, 31, 40, 99):
+    np.testing.assert_allclose(one_query(q, jnp.int32(position)),
+                               switch(q, jnp.int32(position)), rtol=1e-5, atol=1e-6)

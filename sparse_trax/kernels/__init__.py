@@ -20,6 +20,7 @@ _INT8_MATVEC_TARGET = 'sparse_trax_int8_matvec'
 _BFLOAT16_MATVEC_TARGET = 'sparse_trax_bfloat16_matvec'
 _INT8_VECMAT_TARGET = 'sparse_trax_int8_vecmat'
 _BFLOAT16_VECMAT_TARGET = 'sparse_trax_bfloat16_vecmat'
+_CACHED_ATTENTION_TARGET = 'sparse_trax_cached_attention'
 
 
 def _register() -> bool:
@@ -119,3 +120,26 @@ def stored_vecmat(a, values, scale, reference: Callable):
   return _stored_product(a, values, scale, values.shape[1],
                          {'int8': _INT8_VECMAT_TARGET, 'bfloat16': _BFLOAT16_VECMAT_TARGET},
                          reference)
+
+
+def cached_attention(query, keys, values, first, position, reference: Callable):
+  """One query per row against a KV cache, in one kernel: softmax(q . k) v per head.
+
+  Args:
+    query: float32 [batch, heads, d_head], already scaled by 1 / sqrt(d_head).
+    keys, values: float32 [batch, slots, heads, d_head], the cache.
+    first, position: int32 scalars; slots first..position (clipped to the
+      cache) are visible. None visible gives zeros.
+    reference: query -> [batch, heads, d_head], the pure-JAX path, used off CPU.
+
+  Returns:
+    float32 [batch, heads, d_head].
+  """
+  bounds = jnp.stack([jnp.asarray(first, jnp.int32), jnp.asarray(position, jnp.int32)])
+
+  def kernel(query):
+    call = jax.ffi.ffi_call(_CACHED_ATTENTION_TARGET,
+                            jax.ShapeDtypeStruct(query.shape, jnp.float32))
+    return call(query, keys, values, bounds)
+
+  return _on_cpu(query, kernel, reference)

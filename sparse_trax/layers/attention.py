@@ -8,6 +8,7 @@ is allowed. Softmax runs in float32.
 import jax
 import jax.numpy as jnp
 
+from sparse_trax import kernels
 from sparse_trax.layers.base import Layer
 from sparse_trax.layers.linear import linear
 from sparse_trax.layers.state import KVCache, RunOnce, poison_if, run_once
@@ -197,6 +198,9 @@ def _one_query_attention(q, keys, values, position, *, first_visible=None, query
   and takes one softmax over it. A loop over 128-slot blocks with an online
   softmax computed the same but cost several times more per token on
   XLA:CPU (per-iteration and bookkeeping costs dwarf the arithmetic).
+  With a float32 cache, no buckets and no self-masking, on CPU where the
+  kernels were built, one fused kernel (`kernels.cached_attention`) does it:
+  the switch and its operations cost more than the arithmetic.
   """
   slots, d_head = keys.shape[1], q.shape[-1]
   query = q[:, 0].astype(jnp.float32) / jnp.sqrt(jnp.float32(d_head))   # [b, h, d]
@@ -208,7 +212,7 @@ def _one_query_attention(q, keys, values, position, *, first_visible=None, query
   choice = jnp.minimum(jnp.sum(jnp.asarray(sizes) < span), len(sizes) - 1)
 
   def window(size):
-    def attend(_):
+    def attend(query):
       start = jnp.clip(first, 0, slots - size)
       k = jax.lax.dynamic_slice_in_dim(keys, start, size, axis=1)
       v = jax.lax.dynamic_slice_in_dim(values, start, size, axis=1)
@@ -228,7 +232,14 @@ def _one_query_attention(q, keys, values, position, *, first_visible=None, query
       return out / jnp.maximum(normalizer, 1e-30)[..., None]
     return attend
 
-  out = jax.lax.switch(choice, [window(size) for size in sizes], None)
+  def switch(query):
+    return jax.lax.switch(choice, [window(size) for size in sizes], query)
+
+  if (query_buckets is None and not mask_self and keys.dtype == values.dtype == jnp.float32
+      and kernels.available()):
+    out = kernels.cached_attention(query, keys, values, first, position, switch)
+  else:
+    out = switch(query)
   return out[:, None].astype(values.dtype)
 
 
