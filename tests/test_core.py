@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import sparse_trax.layers as tl
+from sparse_trax import kernels
 from sparse_trax.layers.core import sinusoidal_table
 from conftest import sig
 
@@ -120,3 +121,33 @@ def test_shift_right():
 def test_padding_mask():
   ids = jnp.array([[3, 4, 0]], jnp.int32)
   np.testing.assert_array_equal(init_apply(tl.PaddingMask(), ids)[1][0], [[True, True, False]])
+
+
+@pytest.mark.skipif(not kernels.available(), reason='the fused CPU kernels were not built')
+@pytest.mark.parametrize('shape', [(1, 1, 1024), (2, 2, 37), (4, 5), (1, 3, 8)])
+def test_layer_norm_kernel_equals_xla_in_values_and_gradients(shape):
+  layer = tl.LayerNorm()
+  x = jax.random.normal(jax.random.key(0), shape) * 3.0 + 5.0
+  d = shape[-1]
+  weights = {'scale': jax.random.normal(jax.random.key(1), (d,)),
+             'bias': jax.random.normal(jax.random.key(2), (d,))}
+  apply = jax.jit(lambda w, x: layer.apply(w, {}, x)[0])
+  assert 'sparse_trax_layer_norm' in apply.lower(weights, x).as_text()
+  np.testing.assert_allclose(apply(weights, x), layer._normalize(weights, x),  # pylint: disable=protected-access
+                             rtol=1e-5, atol=1e-5)
+
+  def loss(normalize):
+    return lambda w, x: jnp.sum(jnp.sin(normalize(w, x)) * jnp.arange(d))
+  fused = jax.grad(loss(lambda w, x: layer.apply(w, {}, x)[0]), argnums=(0, 1))(weights, x)
+  plain = jax.grad(loss(layer._normalize), argnums=(0, 1))(weights, x)  # pylint: disable=protected-access
+  for a, b in zip(jax.tree_util.tree_leaves(fused), jax.tree_util.tree_leaves(plain)):
+    # The forward passes differ by float32 rounding (~1e-6), which the gradient scales.
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(b))))
+
+
+def test_layer_norm_of_many_rows_or_bfloat16_stays_in_xla():
+  layer = tl.LayerNorm()
+  weights = layer.init(sig(1, 8), rng=jax.random.key(0))[0]
+  for x in (jnp.ones((2, 3, 8)), jnp.ones((1, 1, 8), jnp.bfloat16)):
+    text = jax.jit(lambda w, x: layer.apply(w, {}, x)[0]).lower(weights, x).as_text()
+    assert 'sparse_trax_layer_norm' not in text

@@ -21,6 +21,7 @@ _BFLOAT16_MATVEC_TARGET = 'sparse_trax_bfloat16_matvec'
 _INT8_VECMAT_TARGET = 'sparse_trax_int8_vecmat'
 _BFLOAT16_VECMAT_TARGET = 'sparse_trax_bfloat16_vecmat'
 _CACHED_ATTENTION_TARGET = 'sparse_trax_cached_attention'
+_LAYER_NORM_TARGET = 'sparse_trax_layer_norm'
 
 
 def _register() -> bool:
@@ -143,3 +144,19 @@ def cached_attention(query, keys, values, first, position, reference: Callable):
     return call(query, keys, values, bounds)
 
   return _on_cpu(query, kernel, reference)
+
+
+def layer_norm(x, scale, bias, epsilon: float, reference: Callable):
+  """LayerNorm of float32 x [..., d] (a few rows) in one kernel: [..., d].
+
+  scale, bias: float32 [d]. `reference` (x -> y, pure JAX) runs off CPU.
+  """
+  leading, d = x.shape[:-1], x.shape[-1]
+  flat = x.reshape(-1, d)
+
+  def kernel(flat):
+    call = jax.ffi.ffi_call(_LAYER_NORM_TARGET, jax.ShapeDtypeStruct(flat.shape, jnp.float32))
+    return call(flat, scale, bias, epsilon=np.float32(epsilon))
+
+  return _on_cpu(flat, kernel, lambda f: reference(f.reshape(x.shape)).reshape(f.shape)
+                 ).reshape(leading + (d,))

@@ -14,6 +14,8 @@
 //   y      = sum_b relu(w1[u_b] . x + b1[u_b]) w2[u_b] + b2
 // All matrices are out-major ([d_out, d_in]) float32, as in sparse_trax.
 //
+// layer_norm: LayerNorm of a few rows in one call (XLA:CPU: five operations).
+//
 // cached_attention: one query per row against a predict-mode KV cache, over the
 // visible slots [first, position]: softmax(q . k) v per head, in one pass over
 // the keys and one over the values. XLA runs it as a switch over window sizes
@@ -559,6 +561,50 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CachedAttention, CachedAttentionImpl,
                                   .Arg<ffi::Buffer<ffi::S32>>()   // bounds: first, position
                                   .Ret<ffi::Buffer<ffi::F32>>());  // out [b, h, d]
 
+// LayerNorm of a few rows: two passes over each row (mean, then the centered
+// variance), as XLA computes it in five operations.
+ffi::Error LayerNormImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> scale,
+                         ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> y,
+                         float epsilon) {
+  auto dims = x.dimensions();
+  if (dims.size() != 2 || scale.element_count() != dims[1] ||
+      bias.element_count() != dims[1]) {
+    return ffi::Error::InvalidArgument("layer_norm: x [rows, d], scale [d], bias [d]");
+  }
+  const int64_t rows = dims[0], d = dims[1];
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = x.typed_data() + r * d;
+    float* out = y->typed_data() + r * d;
+    Lanes acc = {};
+    int64_t i = 0;
+    for (; i + 8 <= d; i += 8) acc += Load(row + i);
+    float sum = Sum(acc);
+    for (; i < d; ++i) sum += row[i];
+    const float mean = sum / static_cast<float>(d);
+    Lanes squares = {};
+    Lanes means = mean - Lanes{};
+    for (i = 0; i + 8 <= d; i += 8) {
+      const Lanes centered = Load(row + i) - means;
+      squares += centered * centered;
+    }
+    float square_sum = Sum(squares);
+    for (; i < d; ++i) square_sum += (row[i] - mean) * (row[i] - mean);
+    const float inverse = 1.0f / __builtin_sqrtf(square_sum / static_cast<float>(d) + epsilon);
+    const float* s = scale.typed_data();
+    const float* b = bias.typed_data();
+    for (i = 0; i < d; ++i) out[i] = (row[i] - mean) * inverse * s[i] + b[i];
+  }
+  return ffi::Error::Success();
+}
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LayerNorm, LayerNormImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // x [rows, d]
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // scale [d]
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // bias [d]
+                                  .Ret<ffi::Buffer<ffi::F32>>()   // y [rows, d]
+                                  .Attr<float>("epsilon"));
+
 // A Python module whose one function returns {target name: handler capsule}.
 static PyObject* Registrations(PyObject*, PyObject*) {
   PyObject* dict = PyDict_New();
@@ -579,6 +625,9 @@ static PyObject* Registrations(PyObject*, PyObject*) {
   Py_DECREF(capsule);
   capsule = PyCapsule_New(reinterpret_cast<void*>(CachedAttention), nullptr, nullptr);
   PyDict_SetItemString(dict, "sparse_trax_cached_attention", capsule);
+  Py_DECREF(capsule);
+  capsule = PyCapsule_New(reinterpret_cast<void*>(LayerNorm), nullptr, nullptr);
+  PyDict_SetItemString(dict, "sparse_trax_layer_norm", capsule);
   Py_DECREF(capsule);
   return dict;
 }

@@ -12,7 +12,8 @@ import numpy as np
 
 from sparse_trax.layers.base import Layer
 from sparse_trax.layers.combinators import Fn
-from sparse_trax.layers.linear import linear
+from sparse_trax import kernels
+from sparse_trax.layers.linear import FUSED_UP_TO, linear, positions
 from sparse_trax.layers.quantize import row_nbytes, take_rows
 from sparse_trax.layers.state import check_bound, poison_if
 
@@ -103,12 +104,35 @@ class LayerNorm(Layer):
     if x.shape[-1] != weights['scale'].shape[0]:
       raise ValueError(f'last input dimension must be {weights["scale"].shape[0]}, '
                        f'got input shape {tuple(x.shape)}')
+    if (x.dtype == weights['scale'].dtype == weights['bias'].dtype == jnp.float32 and
+        positions(x) <= FUSED_UP_TO and kernels.available()):
+      # Decoding: one kernel call where XLA:CPU runs five operations.
+      return self._fused(weights, x), state
+    return self._normalize(weights, x), state
+
+  def _fused(self, weights, x):
+    """The kernel forward; gradients (a few positions in training) through `_normalize`."""
+    @jax.custom_vjp
+    def normalize(weights, x):
+      return kernels.layer_norm(x, weights['scale'], weights['bias'], self.epsilon,
+                                lambda rows: self._normalize(weights, rows))
+
+    def forward(weights, x):
+      return normalize(weights, x), (weights, x)
+
+    def backward(residuals, cotangent):
+      return jax.vjp(self._normalize, *residuals)[1](cotangent)
+
+    normalize.defvjp(forward, backward)
+    return normalize(weights, x)
+
+  def _normalize(self, weights, x):
     # Statistics in float32 whatever the input dtype; the result in the input's.
     wide = x.astype(jnp.float32)
     mean = jnp.mean(wide, axis=-1, keepdims=True)
     variance = jnp.mean(jnp.square(wide - mean), axis=-1, keepdims=True)
     normed = ((wide - mean) * jax.lax.rsqrt(variance + self.epsilon)).astype(x.dtype)
-    return normed * weights['scale'].astype(x.dtype) + weights['bias'].astype(x.dtype), state
+    return normed * weights['scale'].astype(x.dtype) + weights['bias'].astype(x.dtype)
 
 
 class Dropout(Layer):
