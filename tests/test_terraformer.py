@@ -82,12 +82,12 @@ ENC_DEC = dict(input_vocab_size=30, output_vocab_size=36, d_model=16, d_ff=32,
                n_encoder_layers=1, n_decoder_layers=2, n_heads=2, max_len=32)
 ENC_DEC_VARIANTS = {
     'dense': {},
+    # With what Trax's ConfigurableTerraformer has (sparse_trax.compat.trax sets it).
     'sparse': dict(encoder_attention_type='multconv', decoder_attention_type='multconv',
-                   attention_sparsity=4, ff_sparsity=8, ff_use_sru=8, loss_sparsity=4),
-    # What Trax's ConfigurableTerraformer has (sparse_trax.compat.trax sets it).
-    'trax_options': dict(ff_sparsity=8, ff_use_sru=8, positional_encoding='fixed_base',
-                         encoder_output_dense=True, ff_mask_before_activation=True,
-                         sru_highway_scale=3 ** 0.5, sru_candidate_bias=True),
+                   attention_sparsity=4, ff_sparsity=8, ff_use_sru=8, loss_sparsity=4,
+                   positional_encoding='fixed_base', encoder_output_dense=True,
+                   ff_mask_before_activation=True, sru_highway_scale=3 ** 0.5,
+                   sru_candidate_bias=True),
 }
 
 

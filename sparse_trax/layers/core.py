@@ -10,9 +10,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sparse_trax import kernels
 from sparse_trax.layers.base import Layer
 from sparse_trax.layers.combinators import Fn
-from sparse_trax import kernels
 from sparse_trax.layers.linear import FUSED_UP_TO, linear, positions
 from sparse_trax.layers.quantize import row_nbytes, take_rows
 from sparse_trax.layers.state import check_bound, poison_if
