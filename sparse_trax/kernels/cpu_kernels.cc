@@ -607,28 +607,25 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LayerNorm, LayerNormImpl,
 
 // A Python module whose one function returns {target name: handler capsule}.
 static PyObject* Registrations(PyObject*, PyObject*) {
+  static const struct {
+    const char* name;
+    XLA_FFI_Handler* handler;
+  } kTargets[] = {
+      {"sparse_trax_sparse_ff_decode", SparseFFDecode},
+      {"sparse_trax_int8_matvec", Int8Matvec},
+      {"sparse_trax_bfloat16_matvec", Bfloat16Matvec},
+      {"sparse_trax_int8_vecmat", Int8Vecmat},
+      {"sparse_trax_bfloat16_vecmat", Bfloat16Vecmat},
+      {"sparse_trax_cached_attention", CachedAttention},
+      {"sparse_trax_layer_norm", LayerNorm},
+  };
   PyObject* dict = PyDict_New();
-  PyObject* capsule = PyCapsule_New(reinterpret_cast<void*>(SparseFFDecode), nullptr, nullptr);
-  PyDict_SetItemString(dict, "sparse_trax_sparse_ff_decode", capsule);
-  Py_DECREF(capsule);
-  capsule = PyCapsule_New(reinterpret_cast<void*>(Int8Matvec), nullptr, nullptr);
-  PyDict_SetItemString(dict, "sparse_trax_int8_matvec", capsule);
-  Py_DECREF(capsule);
-  capsule = PyCapsule_New(reinterpret_cast<void*>(Bfloat16Matvec), nullptr, nullptr);
-  PyDict_SetItemString(dict, "sparse_trax_bfloat16_matvec", capsule);
-  Py_DECREF(capsule);
-  capsule = PyCapsule_New(reinterpret_cast<void*>(Int8Vecmat), nullptr, nullptr);
-  PyDict_SetItemString(dict, "sparse_trax_int8_vecmat", capsule);
-  Py_DECREF(capsule);
-  capsule = PyCapsule_New(reinterpret_cast<void*>(Bfloat16Vecmat), nullptr, nullptr);
-  PyDict_SetItemString(dict, "sparse_trax_bfloat16_vecmat", capsule);
-  Py_DECREF(capsule);
-  capsule = PyCapsule_New(reinterpret_cast<void*>(CachedAttention), nullptr, nullptr);
-  PyDict_SetItemString(dict, "sparse_trax_cached_attention", capsule);
-  Py_DECREF(capsule);
-  capsule = PyCapsule_New(reinterpret_cast<void*>(LayerNorm), nullptr, nullptr);
-  PyDict_SetItemString(dict, "sparse_trax_layer_norm", capsule);
-  Py_DECREF(capsule);
+  for (const auto& target : kTargets) {
+    PyObject* capsule =
+        PyCapsule_New(reinterpret_cast<void*>(target.handler), nullptr, nullptr);
+    PyDict_SetItemString(dict, target.name, capsule);
+    Py_DECREF(capsule);
+  }
   return dict;
 }
 

@@ -150,6 +150,17 @@ def greedy_encoder_decoder(predict_model, checkpoint, source):
   return np.array(picked, np.int32)
 
 
+def save_moved_encoder_decoder(eval_model, rng, scale, checkpoint):
+  """Moves an initialized eval-mode encoder-decoder's weights at random (normal,
+  `scale`), writes them with save_to_file and returns its logits on (SOURCE, TOKENS)."""
+  eval_model.weights = trax.fastmath.nested_map(
+      lambda w: np.asarray(w + scale * rng.normal(size=w.shape), np.float32), eval_model.weights)
+  outputs = eval_model((SOURCE, TOKENS))
+  eval_model.save_to_file(checkpoint,
+                          input_signature=(shapes.signature(SOURCE), shapes.signature(TOKENS)))
+  return np.asarray(outputs[0] if isinstance(outputs, tuple) else outputs)
+
+
 def transformer():
   """Trax's encoder-decoder Transformer, moved at random, by save_to_file."""
   kwargs = dict(input_vocab_size=12, output_vocab_size=13, d_model=16, d_ff=32,
@@ -159,15 +170,8 @@ def transformer():
   os.makedirs(folder)
   eval_model = models.Transformer(mode='eval', **kwargs)
   eval_model.init((shapes.signature(SOURCE), shapes.signature(TOKENS)))
-  rng = np.random.RandomState(6)
-  moved = trax.fastmath.nested_map(
-      lambda w: np.asarray(w + 0.3 * rng.normal(size=w.shape), np.float32), eval_model.weights)
-  eval_model.weights = moved
-  outputs = eval_model((SOURCE, TOKENS))
-  logits = np.asarray(outputs[0] if isinstance(outputs, tuple) else outputs)
   checkpoint = os.path.join(folder, 'saved.pkl.gz')
-  eval_model.save_to_file(checkpoint,
-                          input_signature=(shapes.signature(SOURCE), shapes.signature(TOKENS)))
+  logits = save_moved_encoder_decoder(eval_model, np.random.RandomState(6), 0.3, checkpoint)
   tokens = greedy_encoder_decoder(models.Transformer(mode='predict', **kwargs), checkpoint,
                                   SOURCE[1:])
   np.savez(os.path.join(folder, 'expected.npz'), source=SOURCE, tokens=TOKENS, logits=logits,
@@ -193,14 +197,9 @@ def configurable_transformer():
     kwargs = dict(CONFIGURABLE_TRANSFORMER, **variant)
     eval_model = ConfigurableTransformer(mode='eval', **kwargs)
     eval_model.init((shapes.signature(SOURCE), shapes.signature(TOKENS)))
-    rng = np.random.RandomState(20 + index)
-    eval_model.weights = trax.fastmath.nested_map(
-        lambda w: np.asarray(w + 0.3 * rng.normal(size=w.shape), np.float32), eval_model.weights)
-    outputs = eval_model((SOURCE, TOKENS))
-    logits = np.asarray(outputs[0] if isinstance(outputs, tuple) else outputs)
     checkpoint = os.path.join(folder, f'{name}.pkl.gz')
-    eval_model.save_to_file(checkpoint,
-                            input_signature=(shapes.signature(SOURCE), shapes.signature(TOKENS)))
+    logits = save_moved_encoder_decoder(eval_model, np.random.RandomState(20 + index), 0.3,
+                                        checkpoint)
     tokens = greedy_encoder_decoder(ConfigurableTransformer(mode='predict', **kwargs),
                                     checkpoint, SOURCE[1:])
     np.savez(os.path.join(folder, f'{name}_expected.npz'), source=SOURCE, tokens=TOKENS,
@@ -250,14 +249,8 @@ def terraformer():
     seed = TERRAFORMER_SEEDS[name]
     eval_model.init((shapes.signature(SOURCE), shapes.signature(TOKENS)),
                     rng=trax.fastmath.random.get_prng(seed))
-    rng = np.random.RandomState(seed)
-    eval_model.weights = trax.fastmath.nested_map(
-        lambda w: np.asarray(w + 0.5 * rng.normal(size=w.shape), np.float32), eval_model.weights)
-    outputs = eval_model((SOURCE, TOKENS))
-    logits = np.asarray(outputs[0] if isinstance(outputs, tuple) else outputs)
     checkpoint = os.path.join(folder, f'{name}.pkl.gz')
-    eval_model.save_to_file(checkpoint,
-                            input_signature=(shapes.signature(SOURCE), shapes.signature(TOKENS)))
+    logits = save_moved_encoder_decoder(eval_model, np.random.RandomState(seed), 0.5, checkpoint)
     tokens = greedy_by_eval(eval_model, SOURCE[1:])
     np.savez(os.path.join(folder, f'{name}_expected.npz'), source=SOURCE, tokens=TOKENS,
              logits=logits, greedy=tokens)
