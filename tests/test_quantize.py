@@ -232,7 +232,8 @@ def test_int8_weights_keep_a_trained_sparse_models_greedy_tokens_and_loss():
   assert abs(loss['int8'] / loss['float32'] - 1) < 0.01, loss
   tokens = jnp.asarray(batch(2000)['targets'][:, :26])           # 8 rows x 25 predictions
   state = decoding.initial_state(eval_model, sig(*tokens.shape, dtype=jnp.int32))
-  greedy = {name: np.asarray(jnp.argmax(eval_model.apply(w, state, tokens)[0][:, 1:], -1))
+  apply = jax.jit(lambda w: eval_model.apply(w, state, tokens)[0])
+  greedy = {name: np.asarray(jnp.argmax(apply(w)[:, 1:], -1))
             for name, w in (('float32', weights), ('int8', low))}
   assert greedy['float32'].size == 200
   agreement = np.mean(greedy['int8'] == greedy['float32'])
