@@ -141,3 +141,10 @@ def test_bad_attention_types_are_rejected():
     models.Terraformer(**ENC_DEC, decoder_attention_type='sparse')
   with pytest.raises(ValueError, match='encoder_attention_type'):
     models.Terraformer(**ENC_DEC, encoder_attention_type='chunked')
+
+
+def test_an_unknown_positional_encoding_is_named():
+  with pytest.raises(ValueError, match=r"positional_encoding must be one of .*'fixed-base'"):
+    models.Terraformer(**ENC_DEC, positional_encoding='fixed-base')   # Trax's spelling
+  with pytest.raises(ValueError, match='positional_encoding'):
+    models.TerraformerLM(**LM, positional_encoding='learned')
