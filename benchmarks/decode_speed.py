@@ -5,9 +5,11 @@ For each size and variant (dense, +sparse FF, +sparse QKV, +sparse FF+QKV,
 token (one jitted `decode_step` call, caches donated) after warm-up, and
 report the median ms per token, per layer, the speedup over dense, the
 parameters, the bytes of weights and cache a token reads (`decode_cost`),
-and the floor: those bytes / the memory bandwidth measured in this run with
-a large matrix-vector product. Also the mean ms per token of the whole
-generation in one `lax.while_loop` (`decoding.generate`).
+and the floor: those bytes / the memory bandwidth, measured with a large
+matrix-vector product just before and just after that variant's timing (the
+mean of the two: on a shared machine the bandwidth drifts within a run).
+Also the mean ms per token of the whole generation in one `lax.while_loop`
+(`decoding.generate`, what `autoregressive_sample` runs) against the same floor.
 
   python benchmarks/decode_speed.py [--sizes small large] [--tokens 64] [--max-len 2048]
 """
@@ -109,27 +111,33 @@ def _at_position(state, position: int):
   return tl.DecodeState(jnp.int32(position), state.layers)
 
 
-def profile_parts(size: str, variant: str, max_len: int, position: int, repeats: int = 50):
-  """Times one token through each part of a block alone (jitted), against its floor.
+def profile_parts(size: str, variant: str, max_len: int, position: int, repeats: int = 30):
+  """Times one token through each part of a block (jitted), against its floor.
 
-  Returns rows of (part, median ms, bytes read).
+  Each part of a block is stacked n_layers times with its own weights (as in
+  the model), so that its weights come from memory rather than from a cache
+  they would fit alone; the vocabulary projection runs once.
+
+  Returns rows of (part, median ms per copy, bytes read per copy).
   """
-  d_model, d_ff, _, n_heads = SIZES[size]
+  d_model, d_ff, n_layers, n_heads = SIZES[size]
   knobs = dict(VARIANTS[variant])
   if knobs.get('attention_type') == 'multconv':
     d_ff = d_ff * 3 // 2
   from sparse_trax.models import scaling  # pylint: disable=import-outside-toplevel
-  parts = {
-      'attention': scaling.causal_attention_factory(
-          d_model, n_heads, knobs.get('attention_type', 'dense'), 16, 0.0, max_len)('predict'),
-      'feed-forward': scaling.feed_forward_factory(
-          d_model, d_ff, knobs.get('ff_sparsity', 0), '1inN', 0.0)('predict'),
-      'layer norm': tl.LayerNorm(),
-      'vocabulary projection': scaling.logits_layer(VOCAB, knobs.get('loss_sparsity', 0)),
+  attention = scaling.causal_attention_factory(
+      d_model, n_heads, knobs.get('attention_type', 'dense'), 16, 0.0, max_len)
+  feed_forward = scaling.feed_forward_factory(d_model, d_ff, knobs.get('ff_sparsity', 0),
+                                              '1inN', 0.0)
+  parts = {   # name: (layer, copies)
+      'attention': (tl.Serial([attention('predict') for _ in range(n_layers)]), n_layers),
+      'feed-forward': (tl.Serial([feed_forward('predict') for _ in range(n_layers)]), n_layers),
+      'layer norm': (tl.Serial([tl.LayerNorm() for _ in range(n_layers)]), n_layers),
+      'vocabulary projection': (scaling.logits_layer(VOCAB, knobs.get('loss_sparsity', 0)), 1),
   }
   x = jax.random.normal(jax.random.key(3), (1, 1, d_model))
   rows = []
-  for name, layer in parts.items():
+  for name, (layer, copies) in parts.items():
     signature = jax.ShapeDtypeStruct(x.shape, x.dtype)
     weights = jax.jit(lambda l=layer: l.init(signature, rng=jax.random.key(1))[0])()
     state = _at_position(decoding.initial_state(layer, signature), position)
@@ -145,7 +153,9 @@ def profile_parts(size: str, variant: str, max_len: int, position: int, repeats:
       out.block_until_ready()
       times.append(time.perf_counter() - start)
     cost = tl.decode_cost(layer, weights, state, position=position)
-    rows.append((name, 1e3 * statistics.median(times), cost['total']))
+    rows.append((name, 1e3 * statistics.median(times) / copies, cost['total'] / copies))
+    del weights, state
+    gc.collect()
   return rows
 
 
@@ -162,33 +172,38 @@ def main():
   parser.add_argument('--profile', action='store_true',
                       help='also time each part of one block alone (where the time goes)')
   args = parser.parse_args()
-  bandwidth = memory_bandwidth()
-  print(f'memory bandwidth (16384x16384 float32 matvec, median): {bandwidth / 1e9:.1f} GB/s')
   if args.profile:
     for size in args.sizes:
       for variant in args.variants:
-        print(f'\none token through the parts of one {size} {variant} block, alone '
-              f'(position {args.warmup + args.tokens // 2}):')
+        before = memory_bandwidth()
+        part_rows = profile_parts(size, variant, args.max_len, args.warmup + args.tokens // 2)
+        bandwidth = (before + memory_bandwidth()) / 2
+        print(f'\none token through the parts of a {size} {variant} block, each part stacked '
+              f'{SIZES[size][2]} times (position {args.warmup + args.tokens // 2}; bandwidth '
+              f'{bandwidth / 1e9:.1f} GB/s):')
         print('| part | ms | MB read | floor ms | floor / measured |')
         print('|---|---|---|---|---|')
-        for name, ms, nbytes in profile_parts(size, variant, args.max_len,
-                                              args.warmup + args.tokens // 2):
+        for name, ms, nbytes in part_rows:
           floor = 1e3 * nbytes / bandwidth
           print(f'| {name} | {ms:.3f} | {nbytes / 1e6:.2f} | {floor:.3f} | {floor / ms:.0%} |')
   rows = []
   for size in args.sizes:
     for variant in args.variants:
       for weight_dtype in args.weight_dtypes:
+        before = memory_bandwidth()
         row = measure(size, variant, args.tokens, args.max_len, args.warmup, weight_dtype)
-        row['floor_ms'] = 1e3 * row['bytes'] / bandwidth
+        row['bandwidth'] = (before + memory_bandwidth()) / 2
+        row['floor_ms'] = 1e3 * row['bytes'] / row['bandwidth']
         rows.append(row)
-        print(f'  measured {size} {variant} {weight_dtype}: {row["ms"]:.2f} ms/token',
+        print(f'  measured {size} {variant} {weight_dtype}: {row["ms"]:.2f} ms/token '
+              f'(bandwidth {before / 1e9:.1f} GB/s before, {row["bandwidth"] / 1e9:.1f} mean)',
               flush=True)
   print(f'\nbatch 1, float32 activations, vocab {VOCAB}, cache max_len {args.max_len}, median '
         f'of {args.tokens} tokens after {args.warmup} warm-up; {jax.devices()[0].device_kind}')
   print('| size | variant | weights | params | ms/token | ms/layer | speedup vs dense | '
-        'loop ms/token | MB read/token (weights + cache) | floor ms | floor / measured |')
-  print('|---|---|---|---|---|---|---|---|---|---|---|')
+        'loop ms/token | MB read/token (weights + cache) | GB/s | floor ms | '
+        'floor / measured | floor / loop |')
+  print('|---|---|---|---|---|---|---|---|---|---|---|---|---|')
   for row in rows:
     dense = next((r for r in rows if r['size'] == row['size'] and r['variant'] == 'dense'
                   and r['weight_dtype'] == 'float32'), row)
@@ -196,7 +211,8 @@ def main():
           f'{row["params"] / 1e6:.1f}M | {row["ms"]:.2f} | '
           f'{row["per_layer_ms"]:.3f} | {dense["ms"] / row["ms"]:.2f}x | {row["loop_ms"]:.2f} | '
           f'{row["weight_bytes"] / 1e6:.1f} + {row["cache_bytes"] / 1e6:.1f} | '
-          f'{row["floor_ms"]:.2f} | {row["floor_ms"] / row["ms"]:.0%} |')
+          f'{row["bandwidth"] / 1e9:.1f} | {row["floor_ms"]:.2f} | '
+          f'{row["floor_ms"] / row["ms"]:.0%} | {row["floor_ms"] / row["loop_ms"]:.0%} |')
 
 
 if __name__ == '__main__':

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import sparse_trax.layers as tl
+from sparse_trax import kernels
 from conftest import sig
 
 
@@ -168,3 +169,28 @@ def test_locally_conv_qkv_equals_a_branch_of_three_convolutions(causal):
     for i in range(3):
       np.testing.assert_allclose(jnp.concatenate([s[i] for s in steps], 1), want[i],
                                  rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not kernels.available(), reason='the fused CPU kernels were not built')
+@pytest.mark.parametrize('d, s, batch', [(64, 4, 1), (48, 4, 2), (128, 2, 2), (96, 6, 1)])
+def test_fused_sparse_qkv_decoding_equals_the_serial(d, s, batch):
+  """The kernel (multiplicative layer + three convolutions) against the same
+  sublayers run as a plain Serial: outputs and carried history, over a padded
+  3-position call (2 valid), then single tokens; widths that fill whole
+  register panels, leave a tail of columns (48 / 4 = 12) and of rows (2, 6 modules)."""
+  fused = tl.MultiplicativeConvCausalAttention(d, 2, sparsity=s, max_len=16, mode='predict')
+  plain = tl.Serial(*fused.sublayers)
+  w, state = fused.init(sig(batch, 1, d), rng=jax.random.key(0))
+  w = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(a.size), a.shape), w)
+  x = jax.random.normal(jax.random.key(1), (batch, 6, d))
+  fused_step = jax.jit(lambda w, s_, x, n: fused.apply(w, s_, x, valid_length=n))
+  plain_step = jax.jit(lambda w, s_, x, n: plain.apply(w, s_, x, valid_length=n))
+  text = jax.jit(lambda w, s_, x: fused.apply(w, s_, x)).lower(w, state, x[:, :1]).as_text()
+  assert 'sparse_trax_sparse_qkv_decode' in text
+  fused_state = plain_state = state
+  for start, stop, valid in [(0, 3, 2), (2, 3, 1), (3, 4, 1), (4, 6, 2)]:
+    y_fused, fused_state = fused_step(w, fused_state, x[:, start:stop], valid)
+    y_plain, plain_state = plain_step(w, plain_state, x[:, start:stop], valid)
+    np.testing.assert_allclose(y_fused, y_plain, rtol=1e-5, atol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
+                 fused_state, plain_state)

@@ -22,6 +22,7 @@ _INT8_VECMAT_TARGET = 'sparse_trax_int8_vecmat'
 _BFLOAT16_VECMAT_TARGET = 'sparse_trax_bfloat16_vecmat'
 _CACHED_ATTENTION_TARGET = 'sparse_trax_cached_attention'
 _LAYER_NORM_TARGET = 'sparse_trax_layer_norm'
+_SPARSE_QKV_TARGET = 'sparse_trax_sparse_qkv_decode'
 
 
 def _register() -> bool:
@@ -160,3 +161,38 @@ def layer_norm(x, scale, bias, epsilon: float, reference: Callable):
 
   return _on_cpu(flat, kernel, lambda f: reference(f.reshape(x.shape)).reshape(f.shape)
                  ).reshape(leading + (d,))
+
+
+def sparse_qkv_decode(x, history, multiplicative: dict, convolutions, reference: Callable):
+  """Sparse QKV's multiplicative layer and three convolutions for a few positions, one call.
+
+  Args:
+    x: float32 [batch, length, d] (length a few decoded positions).
+    history: float32 [batch, K - 1, S, C], the convolutions' carried inputs.
+    multiplicative: MultiplicativeDense's float32 weights (`modules` [d, S],
+      `units` [d, C], `b` [S * C]).
+    convolutions: three dicts (Q, K, V) of float32 `kernel` [K, size, C, O]
+      and `b` [O], as LocallyConvQKV's.
+    reference: (x, history) -> (q, k, v, m), the pure-JAX path, used off CPU.
+
+  Returns:
+    (q, k, v) each float32 [batch, length, S * O], and m [batch, length, S * C],
+    the multiplicative layer's output (the next history's source).
+  """
+  batch, length, _ = x.shape
+  n_modules, c_in = history.shape[2], history.shape[3]
+  c_out = convolutions[0]['kernel'].shape[-1]
+  qkv = jax.ShapeDtypeStruct((batch, length, n_modules * c_out), jnp.float32)
+
+  def kernel(x):
+    call = jax.ffi.ffi_call(
+        _SPARSE_QKV_TARGET,
+        (qkv, qkv, qkv, jax.ShapeDtypeStruct((batch, length, n_modules * c_in), jnp.float32)))
+    return call(x, history, multiplicative['modules'], multiplicative['units'],
+                multiplicative['b'], *[part[name] for part in convolutions
+                                        for name in ('kernel', 'b')])
+
+  def fallback(x):
+    return tuple(out.astype(jnp.float32) for out in reference(x, history))
+
+  return jax.lax.platform_dependent(x, cpu=kernel, default=fallback)

@@ -87,8 +87,17 @@ inline void Axpy(float scale, const float* row, float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += scale * row[i];
 }
 
-// Work of one part of the blocks [first_block, end_block) for one position:
-// choose each block's unit, and add its contribution to y_part (zeroed here).
+// Prefetches n_bytes from p into the cache, one line at a time.
+inline void PrefetchBytes(const float* p, int64_t n_bytes) {
+  const char* bytes = reinterpret_cast<const char*>(p);
+  for (int64_t offset = 0; offset < n_bytes; offset += 64) __builtin_prefetch(bytes + offset);
+}
+
+// Work of one part of the blocks [first_block, end_block) for one position, in
+// two passes: choose every block's unit (streaming the controller's rows, which
+// the hardware prefetcher follows), then add each chosen unit's contribution to
+// y_part (zeroed here), prefetching the rows of W1 and W2 two units ahead: the
+// chosen rows are scattered, so without it each one starts with a stall.
 void SparseFFBlocks(const float* x, const float* low, const float* c_out, const float* c_bias,
                     const float* w1, const float* b1, const float* w2, int64_t d_model,
                     int64_t rank, int64_t n_per_block, int64_t first_block, int64_t end_block,
@@ -115,8 +124,21 @@ void SparseFFBlocks(const float* x, const float* low, const float* c_out, const 
       }
     }
     chosen[b] = static_cast<int32_t>(best - first);
-    const float hidden = Dot(w1 + best * d_model, x, d_model) + b1[best];
-    if (hidden > 0.0f) Axpy(hidden, w2 + best * d_model, y_part, d_model);
+    if (b < first_block + 2) {        // the first two units' rows, before the second pass
+      PrefetchBytes(w1 + best * d_model, d_model * sizeof(float));
+      PrefetchBytes(w2 + best * d_model, d_model * sizeof(float));
+    }
+  }
+  const int64_t row_bytes = d_model * sizeof(float);
+  for (int64_t b = first_block; b < end_block; ++b) {
+    if (b + 2 < end_block) {
+      const int64_t ahead = (b + 2) * n_per_block + chosen[b + 2];
+      PrefetchBytes(w1 + ahead * d_model, row_bytes);
+      PrefetchBytes(w2 + ahead * d_model, row_bytes);
+    }
+    const int64_t unit = b * n_per_block + chosen[b];
+    const float hidden = Dot(w1 + unit * d_model, x, d_model) + b1[unit];
+    if (hidden > 0.0f) Axpy(hidden, w2 + unit * d_model, y_part, d_model);
   }
 }
 
@@ -181,9 +203,14 @@ ffi::Error SparseFFDecodeImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   std::vector<float> low(rank), y_parts(n_parts * d_model);
   for (int64_t p = 0; p < positions; ++p) {
     const float* xp = x.typed_data() + p * d_model;
-    int64_t k = 0;
-    for (; k + 4 <= rank; k += 4) Dot4(c_in.typed_data() + k * d_model, xp, d_model, &low[k]);
-    for (; k < rank; ++k) low[k] = Dot(c_in.typed_data() + k * d_model, xp, d_model);
+    // low = c_in x, its rows split over the parts (in groups of four).
+    auto low_rows = [&](int part) {
+      const int64_t first = rank * part / n_parts / 4 * 4;
+      const int64_t end = part + 1 == n_parts ? rank : rank * (part + 1) / n_parts / 4 * 4;
+      int64_t k = first;
+      for (; k + 4 <= end; k += 4) Dot4(c_in.typed_data() + k * d_model, xp, d_model, &low[k]);
+      for (; k < end; ++k) low[k] = Dot(c_in.typed_data() + k * d_model, xp, d_model);
+    };
     int32_t* chosen = units->typed_data() + p * n_blocks;
     auto work = [&](int part) {
       const int64_t first = n_blocks * part / n_parts, end = n_blocks * (part + 1) / n_parts;
@@ -192,8 +219,10 @@ ffi::Error SparseFFDecodeImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                      &y_parts[part * d_model], chosen);
     };
     if (n_parts == 1) {
+      low_rows(0);
       work(0);
     } else {
+      RunSplit(pool, n_parts, low_rows);
       RunSplit(pool, n_parts, work);
     }
     float* yp = y->typed_data() + p * d_model;
@@ -605,6 +634,226 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LayerNorm, LayerNormImpl,
                                   .Ret<ffi::Buffer<ffi::F32>>()   // y [rows, d]
                                   .Attr<float>("epsilon"));
 
+// ---------------------------------------------------------------- sparse QKV
+// sparse_qkv_decode: sparse QKV's multiplicative layer and its three convolutions
+// over (length, module) for a few decoded positions, in one call. XLA runs them as
+// four small matrix products and about six operations that cut and stack patches.
+//   m[r, s, c]    = sum_i x[r, i] D[i, s] E[i, c] + mb[s, c]        (r: a row's position)
+//   seq           = the carried history [K - 1 positions] then m, per batch row
+//   out_j[r, s, o] = b_j[o] + sum_{t < K, w < ks_j, c} seq[r + t, s + w - (ks_j - 1) / 2, c]
+//                                                  W_j[t, w, c, o]   (modules outside are 0)
+// Both are products of a few rows with a [k, n] matrix: Gemm below.
+
+typedef float Lanes16 __attribute__((vector_size(64)));
+
+inline Lanes16 Load16(const float* p) {
+  Lanes16 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+inline void Store16(float* p, Lanes16 v) { std::memcpy(p, &v, sizeof(v)); }
+
+// out[g, col:col + 16 V] = bias + sum_i a[g, i] b[i, col:col + 16 V] for G rows of a, whose
+// element (g, i) is at a[g * a_row + i * a_col]: G x V accumulators stay in registers
+// while b's rows stream by.
+template <int G, int V>
+void GemmPanel(const float* a, int64_t a_row, int64_t a_col, const float* b, int64_t k,
+               int64_t n, int64_t col, const float* bias, float* out, int64_t ldo) {
+  Lanes16 acc[G][V];
+  for (int g = 0; g < G; ++g) {
+    for (int v = 0; v < V; ++v) acc[g][v] = bias == nullptr ? Lanes16{} : Load16(bias + col + 16 * v);
+  }
+  for (int64_t i = 0; i < k; ++i) {
+    Lanes16 row[V];
+    for (int v = 0; v < V; ++v) row[v] = Load16(b + i * n + col + 16 * v);
+    for (int g = 0; g < G; ++g) {
+      const float coefficient = a[g * a_row + i * a_col];
+      for (int v = 0; v < V; ++v) acc[g][v] += coefficient * row[v];
+    }
+  }
+  for (int g = 0; g < G; ++g) {
+    for (int v = 0; v < V; ++v) Store16(out + g * ldo + col + 16 * v, acc[g][v]);
+  }
+}
+
+// Columns [first_col, end_col) of G rows: panels of 32 columns (G x 2 accumulators), then
+// 16, then one column at a time.
+template <int G>
+void GemmRows(const float* a, int64_t a_row, int64_t a_col, const float* b, int64_t k,
+              int64_t n, int64_t first_col, int64_t end_col, const float* bias, float* out,
+              int64_t ldo) {
+  int64_t col = first_col;
+  for (; col + 32 <= end_col; col += 32) GemmPanel<G, 2>(a, a_row, a_col, b, k, n, col, bias, out, ldo);
+  for (; col + 16 <= end_col; col += 16) GemmPanel<G, 1>(a, a_row, a_col, b, k, n, col, bias, out, ldo);
+  for (; col < end_col; ++col) {
+    for (int g = 0; g < G; ++g) {
+      float sum = bias == nullptr ? 0.0f : bias[col];
+      for (int64_t i = 0; i < k; ++i) sum += a[g * a_row + i * a_col] * b[i * n + col];
+      out[g * ldo + col] = sum;
+    }
+  }
+}
+
+// out[r, c] = bias[c] (or 0) + sum_i a[r, i] b[i, c] for every row r < rows and the columns
+// [first_col, end_col): a [rows, k] with element (r, i) at a[r * a_row + i * a_col],
+// b [k, n], out [rows, n] (row stride ldo). Eight rows at a time: each load of b's row
+// serves eight rows.
+void Gemm(const float* a, int64_t a_row, int64_t a_col, const float* b, int64_t k, int64_t n,
+          const float* bias, float* out, int64_t ldo, int64_t rows, int64_t first_col,
+          int64_t end_col) {
+  int64_t r = 0;
+  for (; r + 8 <= rows; r += 8) {
+    GemmRows<8>(a + r * a_row, a_row, a_col, b, k, n, first_col, end_col, bias, out + r * ldo, ldo);
+  }
+  for (; r + 4 <= rows; r += 4) {
+    GemmRows<4>(a + r * a_row, a_row, a_col, b, k, n, first_col, end_col, bias, out + r * ldo, ldo);
+  }
+  for (; r < rows; ++r) {
+    GemmRows<1>(a + r * a_row, a_row, a_col, b, k, n, first_col, end_col, bias, out + r * ldo, ldo);
+  }
+}
+
+ffi::Error SparseQKVDecodeImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                               ffi::Buffer<ffi::F32> history, ffi::Buffer<ffi::F32> modules,
+                               ffi::Buffer<ffi::F32> units, ffi::Buffer<ffi::F32> mult_bias,
+                               ffi::Buffer<ffi::F32> q_kernel, ffi::Buffer<ffi::F32> q_bias,
+                               ffi::Buffer<ffi::F32> k_kernel, ffi::Buffer<ffi::F32> k_bias,
+                               ffi::Buffer<ffi::F32> v_kernel, ffi::Buffer<ffi::F32> v_bias,
+                               ffi::ResultBuffer<ffi::F32> q, ffi::ResultBuffer<ffi::F32> k,
+                               ffi::ResultBuffer<ffi::F32> v, ffi::ResultBuffer<ffi::F32> m) {
+  auto x_dims = x.dimensions();
+  auto h_dims = history.dimensions();
+  auto d_dims = modules.dimensions();
+  auto e_dims = units.dimensions();
+  if (x_dims.size() != 3 || h_dims.size() != 4 || d_dims.size() != 2 || e_dims.size() != 2) {
+    return ffi::Error::InvalidArgument(
+        "sparse_qkv_decode: x [b, l, d], history [b, K - 1, S, C], D [d, S], E [d, C]");
+  }
+  const int64_t batch = x_dims[0], length = x_dims[1], d = x_dims[2];
+  const int64_t carried = h_dims[1], n_modules = h_dims[2], c_in = h_dims[3];
+  if (h_dims[0] != batch || d_dims[0] != d || d_dims[1] != n_modules || e_dims[0] != d ||
+      e_dims[1] != c_in || mult_bias.element_count() != n_modules * c_in) {
+    return ffi::Error::InvalidArgument("sparse_qkv_decode: inconsistent shapes");
+  }
+  const ffi::Buffer<ffi::F32>* kernels[3] = {&q_kernel, &k_kernel, &v_kernel};
+  const ffi::Buffer<ffi::F32>* biases[3] = {&q_bias, &k_bias, &v_bias};
+  float* outs[3] = {q->typed_data(), k->typed_data(), v->typed_data()};
+  const int64_t window = carried + 1;                 // K, the length kernel size
+  int64_t c_out = 0;
+  for (int j = 0; j < 3; ++j) {
+    auto dims = kernels[j]->dimensions();
+    if (dims.size() != 4 || dims[0] != window || dims[2] != c_in ||
+        (j > 0 && dims[3] != c_out) || biases[j]->element_count() != dims[3]) {
+      return ffi::Error::InvalidArgument(
+          "sparse_qkv_decode: kernels [K, size, C, O] with K = history + 1, biases [O]");
+    }
+    c_out = dims[3];
+  }
+  const int64_t rows = batch * length;
+  // The multiplicative layer as one product per position r of rows a[s, i] = x[r, i] D[i, s],
+  // stored as [r, i, s] (D's layout, so written in order).
+  std::vector<float> scaled(rows * d * n_modules);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x.typed_data() + r * d;
+    const float* di = modules.typed_data();
+    float* out = scaled.data() + r * d * n_modules;
+    for (int64_t i = 0; i < d; ++i) {
+      for (int64_t s = 0; s < n_modules; ++s) out[i * n_modules + s] = xr[i] * di[i * n_modules + s];
+    }
+  }
+  const int64_t m_rows = rows * n_modules;
+  // Parts split the output columns (multiples of 16), so that each reads its share of
+  // every weight row once: the products read far more weights than activations.
+  const int n_parts = (pool.num_threads() > 1 && c_in >= 32 && c_out >= 32 &&
+                       rows * d * n_modules * c_in >= (1 << 18)) ? 2 : 1;
+  auto columns = [&](int part, int64_t n, int64_t* first, int64_t* end) {
+    *first = n * part / n_parts / 16 * 16;
+    *end = part + 1 == n_parts ? n : n * (part + 1) / n_parts / 16 * 16;
+  };
+  auto multiplicative = [&](int part) {
+    int64_t first, end;
+    columns(part, c_in, &first, &end);
+    for (int64_t r = 0; r < rows; ++r) {
+      float* out = m->typed_data() + r * n_modules * c_in;
+      Gemm(scaled.data() + r * d * n_modules, 1, n_modules, units.typed_data(), d, c_in, nullptr,
+           out, c_in, n_modules, first, end);
+      for (int64_t s = 0; s < n_modules; ++s) {      // the bias is per module and unit
+        const float* bias = mult_bias.typed_data() + s * c_in;
+        for (int64_t c = first; c < end; ++c) out[s * c_in + c] += bias[c];
+      }
+    }
+  };
+  // The convolutions: patches [rows * S, K * size * C] per kernel (cut after every
+  // module of m exists), times the kernel [K * size * C, O].
+  std::vector<float> patches[3];
+  auto cut_patches = [&](int j) {
+    const int64_t size = kernels[j]->dimensions()[1], before = (size - 1) / 2;
+    const int64_t width = window * size * c_in;
+    patches[j].resize(m_rows * width);
+    for (int64_t row = 0; row < m_rows; ++row) {
+      const int64_t r = row / n_modules, s = row % n_modules;
+      const int64_t b = r / length, t = r % length;
+      for (int64_t tau = 0; tau < window; ++tau) {
+        const int64_t u = t + tau;                // position in history then m
+        for (int64_t w = 0; w < size; ++w) {
+          const int64_t source = s + w - before;
+          float* dst = patches[j].data() + row * width + (tau * size + w) * c_in;
+          if (source < 0 || source >= n_modules) {
+            std::memset(dst, 0, c_in * sizeof(float));
+          } else if (u < carried) {
+            std::memcpy(dst, history.typed_data() + ((b * carried + u) * n_modules + source) * c_in,
+                        c_in * sizeof(float));
+          } else {
+            std::memcpy(dst, m->typed_data() + ((b * length + u - carried) * n_modules + source) * c_in,
+                        c_in * sizeof(float));
+          }
+        }
+      }
+    }
+  };
+  auto convolve = [&](int part) {
+    int64_t first, end;
+    columns(part, c_out, &first, &end);
+    for (int j = 0; j < 3; ++j) {
+      const int64_t width = window * kernels[j]->dimensions()[1] * c_in;
+      Gemm(patches[j].data(), width, 1, kernels[j]->typed_data(), width, c_out,
+           biases[j]->typed_data(), outs[j], c_out, m_rows, first, end);
+    }
+  };
+  if (n_parts == 1) {
+    multiplicative(0);
+  } else {
+    RunSplit(pool, n_parts, multiplicative);
+  }
+  for (int j = 0; j < 3; ++j) cut_patches(j);
+  if (n_parts == 1) {
+    convolve(0);
+  } else {
+    RunSplit(pool, n_parts, convolve);
+  }
+  return ffi::Error::Success();
+}
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SparseQKVDecode, SparseQKVDecodeImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // x [b, l, d]
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // history [b, K - 1, S, C]
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // modules D [d, S]
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // units E [d, C]
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // multiplicative bias [S * C]
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // q kernel [K, 3, C, O]
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // q bias [O]
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // k kernel [K, 3, C, O]
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // k bias [O]
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // v kernel [K, 1, C, O]
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // v bias [O]
+                                  .Ret<ffi::Buffer<ffi::F32>>()   // q [b, l, S * O]
+                                  .Ret<ffi::Buffer<ffi::F32>>()   // k [b, l, S * O]
+                                  .Ret<ffi::Buffer<ffi::F32>>()   // v [b, l, S * O]
+                                  .Ret<ffi::Buffer<ffi::F32>>());  // m [b, l, S * C]
+
 // A Python module whose one function returns {target name: handler capsule}.
 static PyObject* Registrations(PyObject*, PyObject*) {
   static const struct {
@@ -618,6 +867,7 @@ static PyObject* Registrations(PyObject*, PyObject*) {
       {"sparse_trax_bfloat16_vecmat", Bfloat16Vecmat},
       {"sparse_trax_cached_attention", CachedAttention},
       {"sparse_trax_layer_norm", LayerNorm},
+      {"sparse_trax_sparse_qkv_decode", SparseQKVDecode},
   };
   PyObject* dict = PyDict_New();
   for (const auto& target : kTargets) {

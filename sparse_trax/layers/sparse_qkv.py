@@ -250,6 +250,53 @@ class LocallyConvQKV(_ConvolutionOverModules):
     return tuple(outputs), state
 
 
+class _SparseQKVSerial(cb.Serial):
+  """Serial(MultiplicativeDense, LocallyConvQKV, attention, ...) whose first two
+  layers decode in one kernel call.
+
+  The same weights, state and outputs as the Serial; when decoding a few
+  positions ('predict' mode) with float32 weights on CPU, the multiplicative
+  layer and the three convolutions run as one fused kernel
+  (`kernels.sparse_qkv_decode`), where XLA runs four small products and
+  about six operations cutting patches. Otherwise it is the Serial.
+  """
+
+  def _decodes_fused(self, weights, inputs) -> bool:
+    convolution = self.sublayers[1]
+    if (convolution.mode != 'predict' or not kernels.available()
+        or not isinstance(inputs, jax.Array)
+        or inputs.ndim != 3 or inputs.dtype != jnp.float32 or inputs.shape[1] > _PATCHES_UP_TO
+        or len(convolution.kernel_sizes) != 3):
+      return False
+    return all(isinstance(leaf, jax.Array) and leaf.dtype == jnp.float32
+               for leaf in jax.tree.leaves(weights[:2]))
+
+  def forward(self, weights, state, inputs, rng, position):
+    if not self._decodes_fused(weights, inputs):
+      return super().forward(weights, state, inputs, rng, position)
+    multiplicative, convolution = self.sublayers[:2]
+    x, history = inputs, state[1].value                     # [b, l, d], [b, K - 1, S, C]
+    modules_shape = convolution._modules_shape(  # pylint: disable=protected-access
+        x.shape[:2] + (multiplicative.d_out,))
+
+    def reference(x, history):
+      m, _ = multiplicative.forward(weights[0], {}, x, None)
+      viewed = jnp.concatenate([history, m.reshape(modules_shape)], axis=1)
+      outputs = convolution._patches_times_kernels(  # pylint: disable=protected-access
+          viewed, list(weights[1]), x.shape[1])
+      return tuple(out.reshape(out.shape[:2] + (-1,)) for out in outputs) + (m,)
+
+    q, k, v, m = kernels.sparse_qkv_decode(x, history, weights[0], weights[1], reference)
+    # x -> q k v; the history ends at the last valid position (as LocallyConvQKV's).
+    carried = jax.lax.dynamic_slice_in_dim(
+        jnp.concatenate([history, m.reshape(modules_shape)], axis=1), position.valid,
+        history.shape[1], axis=1)
+    rest = range(2, len(self.sublayers))
+    outputs, rest_state = cb.run_serial(self, rest, weights[2:], state[2:], (q, k, v), rng,
+                                        n_in=3, position=position)
+    return outputs, (state[0], Carry(carried)) + rest_state
+
+
 def _output_layer(output_layer_type: str, d_model: int, sparsity: int):
   if output_layer_type == 'none':
     return []
@@ -278,11 +325,13 @@ def MultiplicativeConvCausalAttention(  # pylint: disable=invalid-name
   V (one product, one decoding history), and
   `length_kernel_size` along length (causal); causal attention with the
   predict-mode cache; an optional output layer ('none' | 'mult' | 'dense').
+  Decoding a few positions with float32 weights on CPU, the multiplicative
+  layer and the convolutions run as one fused kernel (the same numbers).
   """
   _check_sparsity(d_model, n_heads, sparsity)
   d_module = d_model // sparsity
 
-  return cb.Serial(
+  return _SparseQKVSerial(
       MultiplicativeDense(sparsity, d_model),                      # x -> m
       LocallyConvQKV(sparsity, d_module, (3, 3, 1), length_kernel_size,
                      mode=mode),                                   # m -> q k v
