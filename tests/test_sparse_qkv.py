@@ -172,12 +172,14 @@ def test_locally_conv_qkv_equals_a_branch_of_three_convolutions(causal):
 
 
 @pytest.mark.skipif(not kernels.available(), reason='the fused CPU kernels were not built')
-@pytest.mark.parametrize('d, s, batch', [(64, 4, 1), (48, 4, 2), (128, 2, 2), (96, 6, 1)])
+@pytest.mark.parametrize('d, s, batch', [(64, 4, 1), (48, 4, 2), (128, 2, 2), (96, 6, 1),
+                                         (512, 8, 1)])
 def test_fused_sparse_qkv_decoding_equals_the_serial(d, s, batch):
   """The kernel (multiplicative layer + three convolutions) against the same
   sublayers run as a plain Serial: outputs and carried history, over a padded
   3-position call (2 valid), then single tokens; widths that fill whole
-  register panels, leave a tail of columns (48 / 4 = 12) and of rows (2, 6 modules)."""
+  register panels, leave a tail of columns (48 / 4 = 12) and of rows (2, 6 modules),
+  and one large enough to split over two threads (512 / 8)."""
   fused = tl.MultiplicativeConvCausalAttention(d, 2, sparsity=s, max_len=16, mode='predict')
   plain = tl.Serial(*fused.sublayers)
   w, state = fused.init(sig(batch, 1, d), rng=jax.random.key(0))
@@ -194,3 +196,12 @@ def test_fused_sparse_qkv_decoding_equals_the_serial(d, s, batch):
     np.testing.assert_allclose(y_fused, y_plain, rtol=1e-5, atol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
                  fused_state, plain_state)
+
+
+def test_sparse_qkv_decoding_names_a_bad_input():
+  """A width the weights do not take leaves the fused path to the Serial, whose
+  error names the layer and the shapes."""
+  layer = tl.MultiplicativeConvCausalAttention(64, 2, sparsity=4, max_len=8, mode='predict')
+  w, state = layer.init(sig(1, 1, 64), rng=jax.random.key(0))
+  with pytest.raises(tl.LayerError, match=r'MultiplicativeDense[\s\S]*\(1, 1, 32\)'):
+    layer.apply(w, state, jnp.zeros((1, 1, 32)))

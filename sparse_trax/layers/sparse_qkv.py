@@ -261,18 +261,19 @@ class _SparseQKVSerial(cb.Serial):
   about six operations cutting patches. Otherwise it is the Serial.
   """
 
-  def _decodes_fused(self, weights, inputs) -> bool:
+  def _decodes_fused(self, weights, state, inputs) -> bool:
     convolution = self.sublayers[1]
     if (convolution.mode != 'predict' or not kernels.available()
-        or not isinstance(inputs, jax.Array)
+        or not isinstance(inputs, jax.Array) or not isinstance(state[1], Carry)
         or inputs.ndim != 3 or inputs.dtype != jnp.float32 or inputs.shape[1] > _PATCHES_UP_TO
+        or inputs.shape[-1] != weights[0]['modules'].shape[0]
         or len(convolution.kernel_sizes) != 3):
-      return False
+      return False   # the Serial runs (and names any bad input)
     return all(isinstance(leaf, jax.Array) and leaf.dtype == jnp.float32
                for leaf in jax.tree.leaves(weights[:2]))
 
   def forward(self, weights, state, inputs, rng, position):
-    if not self._decodes_fused(weights, inputs):
+    if not self._decodes_fused(weights, state, inputs):
       return super().forward(weights, state, inputs, rng, position)
     multiplicative, convolution = self.sublayers[:2]
     x, history = inputs, state[1].value                     # [b, l, d], [b, K - 1, S, C]
