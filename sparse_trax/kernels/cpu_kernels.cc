@@ -20,6 +20,9 @@
 // visible slots [first, position]: softmax(q . k) v per head, in one pass over
 // the keys and one over the values. XLA runs it as a switch over window sizes
 // with a handful of operations inside, which cost more than the arithmetic.
+//
+// sparse_qkv_decode: sparse QKV's multiplicative layer and its three convolutions
+// over (length, module) for a few decoded positions (see its section below).
 
 #include <atomic>
 #include <cstdint>
@@ -165,6 +168,10 @@ struct SplitJob {
 };
 
 void RunSplit(ffi::ThreadPool& pool, int n_parts, std::function<void(int)> work) {
+  if (n_parts == 1) {               // nothing to hand off
+    work(0);
+    return;
+  }
   auto job = std::make_shared<SplitJob>(n_parts);
   job->work = std::move(work);
   for (int part = 1; part < n_parts; ++part) {
@@ -218,13 +225,8 @@ ffi::Error SparseFFDecodeImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                      b1.typed_data(), w2.typed_data(), d_model, rank, n_per_block, first, end,
                      &y_parts[part * d_model], chosen);
     };
-    if (n_parts == 1) {
-      low_rows(0);
-      work(0);
-    } else {
-      RunSplit(pool, n_parts, low_rows);
-      RunSplit(pool, n_parts, work);
-    }
+    RunSplit(pool, n_parts, low_rows);
+    RunSplit(pool, n_parts, work);
     float* yp = y->typed_data() + p * d_model;
     for (int64_t i = 0; i < d_model; ++i) {
       float sum = b2.typed_data()[i];
@@ -331,11 +333,7 @@ void StoredMatvec(ffi::ThreadPool& pool, const float* x, const typename W::Type*
       }
     }
   };
-  if (n_parts == 1) {
-    work(0);
-  } else {
-    RunSplit(pool, n_parts, work);
-  }
+  RunSplit(pool, n_parts, work);
 }
 
 // y[p, :] = sum_i a[p, i] * scale[i] (or 1) * w[i, :]: stored rows indexed by the
@@ -392,11 +390,7 @@ void StoredVecmat(ffi::ThreadPool& pool, const float* a, const typename W::Type*
       }
     }
   };
-  if (n_parts == 1) {
-    work(0);
-  } else {
-    RunSplit(pool, n_parts, work);
-  }
+  RunSplit(pool, n_parts, work);
 }
 
 ffi::Error CheckMatvec(ffi::Span<const int64_t> x_dims, ffi::Span<const int64_t> w_dims) {
@@ -572,11 +566,7 @@ ffi::Error CachedAttentionImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
       AttendHeads(row_q, row_keys, row_values, heads, d, first, last, heads * i / n_parts,
                   heads * (i + 1) / n_parts, row_out);
     };
-    if (n_parts == 1) {
-      part(0);
-    } else {
-      RunSplit(pool, n_parts, part);
-    }
+    RunSplit(pool, n_parts, part);
   }
   return ffi::Error::Success();
 }
@@ -821,17 +811,9 @@ ffi::Error SparseQKVDecodeImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
            biases[j]->typed_data(), outs[j], c_out, m_rows, first, end);
     }
   };
-  if (n_parts == 1) {
-    multiplicative(0);
-  } else {
-    RunSplit(pool, n_parts, multiplicative);
-  }
+  RunSplit(pool, n_parts, multiplicative);
   for (int j = 0; j < 3; ++j) cut_patches(j);
-  if (n_parts == 1) {
-    convolve(0);
-  } else {
-    RunSplit(pool, n_parts, convolve);
-  }
+  RunSplit(pool, n_parts, convolve);
   return ffi::Error::Success();
 }
 
