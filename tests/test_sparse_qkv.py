@@ -172,15 +172,18 @@ def test_locally_conv_qkv_equals_a_branch_of_three_convolutions(causal):
 
 
 @pytest.mark.skipif(not kernels.available(), reason='the fused CPU kernels were not built')
-@pytest.mark.parametrize('d, s, batch', [(64, 4, 1), (48, 4, 2), (128, 2, 2), (96, 6, 1),
-                                         (512, 8, 1)])
-def test_fused_sparse_qkv_decoding_equals_the_serial(d, s, batch):
+@pytest.mark.parametrize('d, s, batch, length_kernel', [
+    (64, 4, 1, 3), (48, 4, 2, 3), (128, 2, 2, 3), (96, 6, 1, 3), (512, 8, 1, 3),
+    (64, 4, 2, 1), (64, 4, 1, 2)])
+def test_fused_sparse_qkv_decoding_equals_the_serial(d, s, batch, length_kernel):
   """The kernel (multiplicative layer + three convolutions) against the same
   sublayers run as a plain Serial: outputs and carried history, over a padded
   3-position call (2 valid), then single tokens; widths that fill whole
   register panels, leave a tail of columns (48 / 4 = 12) and of rows (2, 6 modules),
-  and one large enough to split over two threads (512 / 8)."""
-  fused = tl.MultiplicativeConvCausalAttention(d, 2, sparsity=s, max_len=16, mode='predict')
+  and one large enough to split over two threads (512 / 8); length kernels 3, 1
+  (no history) and 2."""
+  fused = tl.MultiplicativeConvCausalAttention(d, 2, sparsity=s, max_len=16,
+                                               length_kernel_size=length_kernel, mode='predict')
   plain = tl.Serial(*fused.sublayers)
   w, state = fused.init(sig(batch, 1, d), rng=jax.random.key(0))
   w = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(a.size), a.shape), w)
