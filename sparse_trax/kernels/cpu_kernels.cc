@@ -90,17 +90,8 @@ inline void Axpy(float scale, const float* row, float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += scale * row[i];
 }
 
-// Prefetches n_bytes from p into the cache, one line at a time.
-inline void PrefetchBytes(const float* p, int64_t n_bytes) {
-  const char* bytes = reinterpret_cast<const char*>(p);
-  for (int64_t offset = 0; offset < n_bytes; offset += 64) __builtin_prefetch(bytes + offset);
-}
-
-// Work of one part of the blocks [first_block, end_block) for one position, in
-// two passes: choose every block's unit (streaming the controller's rows, which
-// the hardware prefetcher follows), then add each chosen unit's contribution to
-// y_part (zeroed here), prefetching the rows of W1 and W2 two units ahead: the
-// chosen rows are scattered, so without it each one starts with a stall.
+// Work of one part of the blocks [first_block, end_block) for one position:
+// choose each block's unit, and add its contribution to y_part (zeroed here).
 void SparseFFBlocks(const float* x, const float* low, const float* c_out, const float* c_bias,
                     const float* w1, const float* b1, const float* w2, int64_t d_model,
                     int64_t rank, int64_t n_per_block, int64_t first_block, int64_t end_block,
@@ -127,21 +118,8 @@ void SparseFFBlocks(const float* x, const float* low, const float* c_out, const 
       }
     }
     chosen[b] = static_cast<int32_t>(best - first);
-    if (b < first_block + 2) {        // the first two units' rows, before the second pass
-      PrefetchBytes(w1 + best * d_model, d_model * sizeof(float));
-      PrefetchBytes(w2 + best * d_model, d_model * sizeof(float));
-    }
-  }
-  const int64_t row_bytes = d_model * sizeof(float);
-  for (int64_t b = first_block; b < end_block; ++b) {
-    if (b + 2 < end_block) {
-      const int64_t ahead = (b + 2) * n_per_block + chosen[b + 2];
-      PrefetchBytes(w1 + ahead * d_model, row_bytes);
-      PrefetchBytes(w2 + ahead * d_model, row_bytes);
-    }
-    const int64_t unit = b * n_per_block + chosen[b];
-    const float hidden = Dot(w1 + unit * d_model, x, d_model) + b1[unit];
-    if (hidden > 0.0f) Axpy(hidden, w2 + unit * d_model, y_part, d_model);
+    const float hidden = Dot(w1 + best * d_model, x, d_model) + b1[best];
+    if (hidden > 0.0f) Axpy(hidden, w2 + best * d_model, y_part, d_model);
   }
 }
 
@@ -166,6 +144,14 @@ struct SplitJob {
     }
   }
 };
+
+// Part `part` of n_parts of [0, total), its bounds rounded down to multiples of
+// `multiple` (whole vector or register groups); the last part ends at total.
+inline void PartRange(int64_t total, int part, int n_parts, int64_t multiple, int64_t* first,
+                      int64_t* end) {
+  *first = total * part / n_parts / multiple * multiple;
+  *end = part + 1 == n_parts ? total : total * (part + 1) / n_parts / multiple * multiple;
+}
 
 void RunSplit(ffi::ThreadPool& pool, int n_parts, std::function<void(int)> work) {
   if (n_parts == 1) {               // nothing to hand off
@@ -212,9 +198,8 @@ ffi::Error SparseFFDecodeImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
     const float* xp = x.typed_data() + p * d_model;
     // low = c_in x, its rows split over the parts (in groups of four).
     auto low_rows = [&](int part) {
-      const int64_t first = rank * part / n_parts / 4 * 4;
-      const int64_t end = part + 1 == n_parts ? rank : rank * (part + 1) / n_parts / 4 * 4;
-      int64_t k = first;
+      int64_t k, end;
+      PartRange(rank, part, n_parts, 4, &k, &end);
       for (; k + 4 <= end; k += 4) Dot4(c_in.typed_data() + k * d_model, xp, d_model, &low[k]);
       for (; k < end; ++k) low[k] = Dot(c_in.typed_data() + k * d_model, xp, d_model);
     };
@@ -348,8 +333,8 @@ void StoredVecmat(ffi::ThreadPool& pool, const float* a, const typename W::Type*
                           ? 2 : 1;
   auto work = [&](int part) {
     // Column ranges that are multiples of 16 keep the vector loop whole.
-    const int64_t first = (d_out * part / n_parts) / 16 * 16;
-    const int64_t end = part + 1 == n_parts ? d_out : (d_out * (part + 1) / n_parts) / 16 * 16;
+    int64_t first, end;
+    PartRange(d_out, part, n_parts, 16, &first, &end);
     for (int64_t p0 = 0; p0 < positions; p0 += 4) {
       const int count = positions - p0 < 4 ? static_cast<int>(positions - p0) : 4;
       float* yp[4];
@@ -757,13 +742,9 @@ ffi::Error SparseQKVDecodeImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   // every weight row once: the products read far more weights than activations.
   const int n_parts = (pool.num_threads() > 1 && c_in >= 32 && c_out >= 32 &&
                        rows * d * n_modules * c_in >= (1 << 18)) ? 2 : 1;
-  auto columns = [&](int part, int64_t n, int64_t* first, int64_t* end) {
-    *first = n * part / n_parts / 16 * 16;
-    *end = part + 1 == n_parts ? n : n * (part + 1) / n_parts / 16 * 16;
-  };
   auto multiplicative = [&](int part) {
     int64_t first, end;
-    columns(part, c_in, &first, &end);
+    PartRange(c_in, part, n_parts, 16, &first, &end);
     for (int64_t r = 0; r < rows; ++r) {
       float* out = m->typed_data() + r * n_modules * c_in;
       Gemm(scaled.data() + r * d * n_modules, 1, n_modules, units.typed_data(), d, c_in, nullptr,
@@ -804,7 +785,7 @@ ffi::Error SparseQKVDecodeImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   };
   auto convolve = [&](int part) {
     int64_t first, end;
-    columns(part, c_out, &first, &end);
+    PartRange(c_out, part, n_parts, 16, &first, &end);
     for (int j = 0; j < 3; ++j) {
       const int64_t width = window * kernels[j]->dimensions()[1] * c_in;
       Gemm(patches[j].data(), width, 1, kernels[j]->typed_data(), width, c_out,

@@ -124,6 +124,13 @@ class _ConvolutionOverModules(Layer):
     return Carry(jnp.zeros((batch, self.length_kernel_size - 1, self.n_modules,
                             d_in_per_module), jnp.float32))
 
+  def _next_history(self, viewed, position) -> Carry:
+    """The carried inputs after a call: viewed [b, K - 1 + l, S, c] (history, then this
+    call's inputs) sliced to the K - 1 positions ending at the last valid one (a
+    padded prefill has more)."""
+    return Carry(jax.lax.dynamic_slice_in_dim(viewed, position.valid,
+                                              self.length_kernel_size - 1, axis=1))
+
   def _stacked_kernel(self, parts):
     """The kernels padded to the widest along modules, stacked along outputs; and the biases."""
     widest = max(self.kernel_sizes)
@@ -169,8 +176,7 @@ class _ConvolutionOverModules(Layer):
     k_len = self.length_kernel_size
     if self.mode == 'predict':
       viewed = jnp.concatenate([state.value, viewed], axis=1)
-      # The history ends at the last valid position (a padded prefill has more).
-      state = Carry(jax.lax.dynamic_slice_in_dim(viewed, position.valid, k_len - 1, axis=1))
+      state = self._next_history(viewed, position)
       length_padding = (0, 0)
     elif self.causal:
       length_padding = (k_len - 1, 0)
@@ -288,14 +294,12 @@ class _SparseQKVSerial(cb.Serial):
       return tuple(out.reshape(out.shape[:2] + (-1,)) for out in outputs) + (m,)
 
     q, k, v, m = kernels.sparse_qkv_decode(x, history, weights[0], weights[1], reference)
-    # x -> q k v; the history ends at the last valid position (as LocallyConvQKV's).
-    carried = jax.lax.dynamic_slice_in_dim(
-        jnp.concatenate([history, m.reshape(modules_shape)], axis=1), position.valid,
-        history.shape[1], axis=1)
+    carried = convolution._next_history(  # pylint: disable=protected-access
+        jnp.concatenate([history, m.reshape(modules_shape)], axis=1), position)
     rest = range(2, len(self.sublayers))
     outputs, rest_state = cb.run_serial(self, rest, weights[2:], state[2:], (q, k, v), rng,
-                                        n_in=3, position=position)
-    return outputs, (state[0], Carry(carried)) + rest_state
+                                        n_in=3, position=position)   # q k v -> y
+    return outputs, (state[0], carried) + rest_state
 
 
 def _output_layer(output_layer_type: str, d_model: int, sparsity: int):
