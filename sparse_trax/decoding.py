@@ -26,20 +26,26 @@ import jax.numpy as jnp
 import numpy as np
 
 from sparse_trax import arguments
-from sparse_trax.layers.base import Layer
+from sparse_trax.layers.base import Layer, to_signature
 from sparse_trax.layers.core import Embedding
 from sparse_trax.layers.state import reorder_batch
 
 NEG_INF = -1e30   # scores of impossible beams (finite, so sums and comparisons stay defined)
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _initial_state(model: Layer, signature):
+  return model.init(signature, rng=jax.random.key(0))[1]
+
+
 def initial_state(model: Layer, input_signature):
   """The model's initial state for inputs of `input_signature`, without weights.
 
-  The weights `init` would make are dead code under `jax.jit` and are never
-  computed.
+  Compiled once per (model, signature) and reused: every `autoregressive_sample`
+  or `beam_search` call starts from it. The weights `init` would make are dead
+  code under `jax.jit` and are never computed.
   """
-  state = jax.jit(lambda: model.init(input_signature, rng=jax.random.key(0))[1])()
+  state = _initial_state(model, to_signature(input_signature))
   # XLA may return one buffer for several equal constants (zero caches); give
   # each leaf its own buffer so that donating the state can reuse every one.
   return jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), state)
