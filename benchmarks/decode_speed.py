@@ -133,7 +133,8 @@ def profile_parts(size: str, variant: str, max_len: int, position: int, repeats:
       'attention': (tl.Serial([attention('predict') for _ in range(n_layers)]), n_layers),
       'feed-forward': (tl.Serial([feed_forward('predict') for _ in range(n_layers)]), n_layers),
       'layer norm': (tl.Serial([tl.LayerNorm() for _ in range(n_layers)]), n_layers),
-      'vocabulary projection': (scaling.logits_layer(VOCAB, knobs.get('loss_sparsity', 0)), 1),
+      'vocabulary projection': (scaling.logits_layer(VOCAB, knobs.get('loss_sparsity', 0), 'predict'),
+                                 1),
   }
   x = jax.random.normal(jax.random.key(3), (1, 1, d_model))
   rows = []

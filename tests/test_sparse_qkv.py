@@ -30,6 +30,34 @@ def test_multiplicative_dense_can_express_a_permutation():
   np.testing.assert_allclose(layer.apply(weights, {}, x)[0], x[permutation])
 
 
+@pytest.mark.skipif(not kernels.available(), reason='the fused CPU kernels were not built')
+@pytest.mark.parametrize('n_modules, d_out, positions, d_in', [
+    (1, 70, 1, 33),      # one row of a; a 64-column tile, then single columns
+    (3, 150, 1, 40),     # rows in groups of 2 and 1; tiles of 16 columns, then single ones
+    (4, 256, 2, 16),     # one group of 8 rows
+    (3, 1248, 4, 300),   # groups of 8 and 4; two parts; row blocks with a tail (300 = 18 x 16 + 12)
+])
+def test_predict_mode_multiplicative_dense_runs_the_float32_kernel(n_modules, d_out, positions,
+                                                                   d_in):
+  predict = tl.MultiplicativeDense(n_modules, d_out, mode='predict')
+  weights, state = predict.init(sig(1, positions, d_in), rng=jax.random.key(0))
+  weights['b'] = jax.random.normal(jax.random.key(2), (d_out,))
+  x = jax.random.normal(jax.random.key(1), (1, positions, d_in))
+  apply = jax.jit(lambda w, x: predict.apply(w, state, x)[0])
+  want = np.einsum('bli,is,im->blsm', np.asarray(x, np.float64),
+                   np.asarray(weights['modules'], np.float64),
+                   np.asarray(weights['units'], np.float64)).reshape(1, positions, d_out)
+  np.testing.assert_allclose(apply(weights, x), want + np.asarray(weights['b']),
+                             rtol=1e-5, atol=1e-5)
+  assert 'sparse_trax_float32_vecmat' in apply.lower(weights, x).as_text()
+  # Outside 'predict' mode XLA computes it (and it has a gradient).
+  train = tl.MultiplicativeDense(n_modules, d_out)
+  assert 'sparse_trax_float32_vecmat' not in jax.jit(
+      lambda w, x: train.apply(w, {}, x)[0]).lower(weights, x).as_text()
+  grads = jax.grad(lambda w: jnp.sum(train.apply(w, {}, x)[0] ** 2))(weights)
+  assert np.all(np.isfinite(grads['units']))
+
+
 def reference_conv(x, kernel, bias, n_modules, causal=True):
   """Explicit loops: out[b, t, s, o] = sum over the (length, module) window."""
   x = np.asarray(x, np.float64)

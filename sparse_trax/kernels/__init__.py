@@ -20,6 +20,7 @@ _INT8_MATVEC_TARGET = 'sparse_trax_int8_matvec'
 _BFLOAT16_MATVEC_TARGET = 'sparse_trax_bfloat16_matvec'
 _INT8_VECMAT_TARGET = 'sparse_trax_int8_vecmat'
 _BFLOAT16_VECMAT_TARGET = 'sparse_trax_bfloat16_vecmat'
+_FLOAT32_VECMAT_TARGET = 'sparse_trax_float32_vecmat'
 _CACHED_ATTENTION_TARGET = 'sparse_trax_cached_attention'
 _LAYER_NORM_TARGET = 'sparse_trax_layer_norm'
 _SPARSE_QKV_TARGET = 'sparse_trax_sparse_qkv_decode'
@@ -116,11 +117,13 @@ def stored_vecmat(a, values, scale, reference: Callable):
 
   For matrices whose rows are indexed by the contracted axis (in-major, as
   MultiplicativeDense's `units`): values int8 with float32 scales [d_in]
-  (per row), or bfloat16 (scale None). One kernel on CPU; `reference`
+  (per row), or bfloat16 or float32 (scale None). One kernel on CPU, which
+  reads the weights once per group of up to 8 rows of `a`; `reference`
   (a -> y, pure JAX) elsewhere.
   """
   return _stored_product(a, values, scale, values.shape[1],
-                         {'int8': _INT8_VECMAT_TARGET, 'bfloat16': _BFLOAT16_VECMAT_TARGET},
+                         {'int8': _INT8_VECMAT_TARGET, 'bfloat16': _BFLOAT16_VECMAT_TARGET,
+                          'float32': _FLOAT32_VECMAT_TARGET},
                          reference)
 
 

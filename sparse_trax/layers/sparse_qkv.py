@@ -7,6 +7,8 @@ over (length, module) with weights shared across modules. Q, K and V come
 from one shared multiplicative layer followed by three such convolutions.
 """
 
+from typing import Optional
+
 import jax
 import jax.numpy as jnp
 
@@ -31,12 +33,17 @@ class MultiplicativeDense(Layer):
   The output is flattened module-major (index s * M + m), M = d_out / n_modules.
   Weights: `modules` D [d_in, n_modules], `units` E [d_in, M], `b` [d_out].
   Parameters: d_in * n_modules + d_in * d_out / n_modules + d_out.
+
+  In 'predict' mode on CPU, a few positions with float32 units run the product
+  with E in a C++ kernel (`kernels.stored_vecmat`, which also serves int8 and
+  bfloat16 units in any mode): XLA's product of n_modules rows with E read it
+  at two thirds of the bandwidth a matrix-vector product gets.
   """
 
-  def __init__(self, n_modules: int, d_out: int):
+  def __init__(self, n_modules: int, d_out: int, mode: Optional[str] = None):
     if d_out % n_modules:
       raise ValueError(f'd_out {d_out} is not a multiple of n_modules {n_modules}')
-    super().__init__(1, 1)
+    super().__init__(1, 1, mode=mode)
     self.n_modules = n_modules
     self.d_out = d_out
 
@@ -62,17 +69,20 @@ class MultiplicativeDense(Layer):
     def reference(rows):                                                 # [n, d_in] -> [n, M]
       return jnp.dot(rows, as_float(units, rows.dtype))
 
-    if self._use_kernel(units, x):     # decoding with stored units: rows converted in registers
-      y = kernels.stored_vecmat(jnp.swapaxes(scaled, -1, -2), units.values, units.scale,
-                                reference)                               # [..., S, M]
+    if self._use_kernel(units, x):     # a decoded position: E streamed once, in registers
+      stored = (units.values, units.scale) if isinstance(units, QuantizedArray) else (units, None)
+      y = kernels.stored_vecmat(jnp.swapaxes(scaled, -1, -2), *stored, reference)  # [..., S, M]
     else:
       y = jnp.einsum('...is,im->...sm', scaled, as_float(units, x.dtype))  # [..., S, M]
     return y.reshape(x.shape[:-1] + (self.d_out,)) + weights['b'].astype(x.dtype), state
 
-  @staticmethod
-  def _use_kernel(units, x) -> bool:
-    return (isinstance(units, QuantizedArray) and units.axis == 0 and units.ndim == 2 and
-            x.dtype == jnp.float32 and positions(x) <= FUSED_UP_TO and kernels.available())
+  def _use_kernel(self, units, x) -> bool:
+    if isinstance(units, QuantizedArray):
+      stored = units.axis == 0 and units.ndim == 2
+    else:   # float32 units: only while decoding (the kernel has no gradient)
+      stored = self.mode == 'predict' and units.dtype == jnp.float32 and units.ndim == 2
+    return (stored and x.dtype == jnp.float32 and positions(x) <= FUSED_UP_TO and
+            kernels.available())
 
 
 class _ConvolutionOverModules(Layer):

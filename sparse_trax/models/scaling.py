@@ -43,11 +43,11 @@ def causal_attention_factory(d_model: int, n_heads: int, attention_type: str,
       mode=mode)
 
 
-def logits_layer(vocab_size: int, loss_sparsity: int) -> tl.Layer:
+def logits_layer(vocab_size: int, loss_sparsity: int, mode: Optional[str] = None) -> tl.Layer:
   """The vocabulary projection: Dense, or MultiplicativeDense(loss_sparsity, vocab_size)."""
   if not loss_sparsity:
     return tl.Dense(vocab_size)
-  return tl.MultiplicativeDense(loss_sparsity, vocab_size)
+  return tl.MultiplicativeDense(loss_sparsity, vocab_size, mode=mode)
 
 
 def ScalingTransformerLM(vocab_size: int, d_model: int = 512, d_ff: int = 2048,  # pylint: disable=invalid-name
@@ -81,7 +81,7 @@ def ScalingTransformerLM(vocab_size: int, d_model: int = 512, d_ff: int = 2048, 
                                          dropout, max_len, qkv_bias),
       feed_forward=feed_forward_factory(d_model, d_ff, ff_sparsity, ff_sparsity_type, dropout,
                                         ff_mask_before_activation),
-      logits=logits_layer(vocab_size, loss_sparsity), name='ScalingTransformerLM',
+      logits=logits_layer(vocab_size, loss_sparsity, mode), name='ScalingTransformerLM',
       trained_positions=trained_positions)
 
 
@@ -120,5 +120,5 @@ def ScalingTransformer(input_vocab_size: int, output_vocab_size: Optional[int] =
                                                    qkv_bias=qkv_bias),
       feed_forward=feed_forward_factory(d_model, d_ff, ff_sparsity, ff_sparsity_type, dropout,
                                         ff_mask_before_activation),
-      logits=logits_layer(output_vocab_size, loss_sparsity), name='ScalingTransformer',
+      logits=logits_layer(output_vocab_size, loss_sparsity, mode), name='ScalingTransformer',
       trained_positions=trained_positions)

@@ -130,7 +130,7 @@ def TerraformerLM(vocab_size: int, d_model: int = 512, d_ff: int = 2048, n_layer
                         dropout, mode, reversible),      # x x -> y1 y2
       _average(),                                        # y1 y2 -> y
       tl.LayerNorm(),
-      scaling.logits_layer(vocab_size, loss_sparsity),   # y -> logits
+      scaling.logits_layer(vocab_size, loss_sparsity, mode),   # y -> logits
       name='TerraformerLM')
 
 
@@ -266,5 +266,5 @@ def Terraformer(input_vocab_size: int, output_vocab_size: Optional[int] = None, 
                                                          # src tgt -> y encoded mask
       ConcatenationDecoder(decoder, mode=mode),          # y encoded mask -> y
       tl.LayerNorm(),
-      scaling.logits_layer(output_vocab_size, loss_sparsity),   # y -> logits
+      scaling.logits_layer(output_vocab_size, loss_sparsity, mode),   # y -> logits
       name='Terraformer')
