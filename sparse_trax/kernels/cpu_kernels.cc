@@ -740,7 +740,10 @@ void GemmPanel(const float* a, int64_t a_row, int64_t a_col, const float* b, int
   for (int g = 0; g < G; ++g) {
     for (int v = 0; v < V; ++v) acc[g][v] = bias == nullptr ? Lanes16{} : Load16(bias + col + 16 * v);
   }
+  // b's rows are read down a panel: prefetch the row about kPrefetchBytes ahead.
+  const int64_t ahead = n * 4 >= kPrefetchBytes ? 1 : kPrefetchBytes / (n * 4);
   for (int64_t i = 0; i < k; ++i) {
+    Prefetch(b + (i + ahead) * n + col, 16 * V * sizeof(float));
     Lanes16 row[V];
     for (int v = 0; v < V; ++v) row[v] = Load16(b + i * n + col + 16 * v);
     for (int g = 0; g < G; ++g) {
