@@ -2,17 +2,24 @@
 
 The tests spend most of their time compiling tiny programs. Two settings,
 for this session and the subprocesses it starts, cut that: a persistent
-compilation cache in a fresh temporary folder (the trainer tests compile the
-same programs many times), and XLA:CPU's backend optimization level 0 (LLVM
+compilation cache in a fresh temporary folder, removed at the end (the trainer
+tests compile the same programs many times), and XLA:CPU's backend optimization level 0 (LLVM
 does little optimization: compiles about 30% faster, and the tiny programs
 run no slower that matters). Neither changes what a program computes beyond
 float rounding; the benchmarks run with XLA's defaults.
 """
 
+import atexit
 import os
+import shutil
 import tempfile
 
-os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='sparse_trax_jax_cache_'))
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  # Made once, by the first process (pytest-xdist's workers and the tests'
+  # subprocesses inherit it), and removed when that process exits.
+  _CACHE_DIR = tempfile.mkdtemp(prefix='sparse_trax_jax_cache_')
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = _CACHE_DIR
+  atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
 FAST_COMPILE_FLAG = '--xla_backend_optimization_level=0'
 if FAST_COMPILE_FLAG not in os.environ.get('XLA_FLAGS', ''):
