@@ -330,6 +330,8 @@ struct Float32Weights {
 };
 
 // `count` (1..4) stored rows (row stride n) against b at once: b is read once for all.
+// Each row prefetches kPrefetchBytes ahead: int8 rows of a 32000 x 1024 matrix then
+// ran 1.5x faster (2.4 vs 3.5-3.8 ms, interleaved), bfloat16 ones 6%.
 template <typename W>
 void DotRows(const typename W::Type* rows, int count, const float* b, int64_t n, float* out) {
   int64_t i = 0;
@@ -339,7 +341,10 @@ void DotRows(const typename W::Type* rows, int count, const float* b, int64_t n,
                    _mm512_setzero_ps()};
   for (; i + 16 <= n; i += 16) {
     const __m512 bv = _mm512_loadu_ps(b + i);
-    for (int r = 0; r < count; ++r) acc[r] = _mm512_fmadd_ps(W::Load16(rows + r * n + i), bv, acc[r]);
+    for (int r = 0; r < count; ++r) {
+      Prefetch(reinterpret_cast<const char*>(rows + r * n + i) + kPrefetchBytes, 16 * sizeof(*rows));
+      acc[r] = _mm512_fmadd_ps(W::Load16(rows + r * n + i), bv, acc[r]);
+    }
   }
   for (int r = 0; r < count; ++r) head[r] = _mm512_reduce_add_ps(acc[r]);
 #elif defined(__AVX2__)
@@ -347,7 +352,10 @@ void DotRows(const typename W::Type* rows, int count, const float* b, int64_t n,
                    _mm256_setzero_ps()};
   for (; i + 8 <= n; i += 8) {
     const __m256 bv = _mm256_loadu_ps(b + i);
-    for (int r = 0; r < count; ++r) acc[r] = _mm256_fmadd_ps(W::Load8(rows + r * n + i), bv, acc[r]);
+    for (int r = 0; r < count; ++r) {
+      Prefetch(reinterpret_cast<const char*>(rows + r * n + i) + kPrefetchBytes, 8 * sizeof(*rows));
+      acc[r] = _mm256_fmadd_ps(W::Load8(rows + r * n + i), bv, acc[r]);
+    }
   }
   for (int r = 0; r < count; ++r) {
     Lanes lanes;
