@@ -272,18 +272,6 @@ struct Int8Weights {
         _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
   }
 #endif
-  static Lanes16 Lanes(const int8_t* p) {
-#if defined(__AVX512F__) && defined(__AVX512BW__)
-    const __m512 v = Load16(p);
-    Lanes16 lanes;
-    std::memcpy(&lanes, &v, sizeof(lanes));
-    return lanes;
-#else
-    Lanes16 v;
-    for (int j = 0; j < 16; ++j) v[j] = static_cast<float>(p[j]);
-    return v;
-#endif
-  }
   static float Scalar(int8_t v) { return static_cast<float>(v); }
 };
 
@@ -302,18 +290,6 @@ struct Bfloat16Weights {
         _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
   }
 #endif
-  static Lanes16 Lanes(const uint16_t* p) {
-#if defined(__AVX512F__) && defined(__AVX512BW__)
-    const __m512 v = Load16(p);
-    Lanes16 lanes;
-    std::memcpy(&lanes, &v, sizeof(lanes));
-    return lanes;
-#else
-    Lanes16 v;
-    for (int j = 0; j < 16; ++j) v[j] = Scalar(p[j]);
-    return v;
-#endif
-  }
   static float Scalar(uint16_t v) {
     const uint32_t bits = static_cast<uint32_t>(v) << 16;
     float f;
@@ -325,9 +301,24 @@ struct Bfloat16Weights {
 // float32 weights, as stored.
 struct Float32Weights {
   typedef float Type;
-  static Lanes16 Lanes(const float* p) { return Load16(p); }
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+  static __m512 Load16(const float* p) { return _mm512_loadu_ps(p); }
+#endif
   static float Scalar(float v) { return v; }
 };
+
+// Sixteen stored weights of type W as float32 lanes.
+template <typename W>
+inline Lanes16 WeightLanes(const typename W::Type* p) {
+  Lanes16 lanes;
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+  const __m512 v = W::Load16(p);
+  std::memcpy(&lanes, &v, sizeof(lanes));
+#else
+  for (int j = 0; j < 16; ++j) lanes[j] = W::Scalar(p[j]);
+#endif
+  return lanes;
+}
 
 // `count` (1..4) stored rows (row stride n) against b at once: b is read once for all.
 // Each row prefetches kPrefetchBytes ahead: int8 rows of a 32000 x 1024 matrix then
@@ -410,7 +401,7 @@ void VecmatTile(const float (*coefficient)[8], const typename W::Type* w, int64_
     const typename W::Type* row = w + i * d_out + col;
     Prefetch(reinterpret_cast<const char*>(row) + kPrefetchBytes, 16 * V * sizeof(*row));
     Lanes16 values[V];
-    for (int v = 0; v < V; ++v) values[v] = W::Lanes(row + 16 * v);
+    for (int v = 0; v < V; ++v) values[v] = WeightLanes<W>(row + 16 * v);
     for (int g = 0; g < G; ++g) {
       const float c = coefficient[i - i0][g];
       for (int v = 0; v < V; ++v) acc[g][v] += c * values[v];
