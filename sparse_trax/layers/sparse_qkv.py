@@ -34,10 +34,13 @@ class MultiplicativeDense(Layer):
   Weights: `modules` D [d_in, n_modules], `units` E [d_in, M], `b` [d_out].
   Parameters: d_in * n_modules + d_in * d_out / n_modules + d_out.
 
-  In 'predict' mode on CPU, a few positions with float32 units run the product
+  `mode` ('predict', or None for a layer that behaves the same in every mode):
+  in 'predict' mode on CPU, a few positions with float32 units run the product
   with E in a C++ kernel (`kernels.stored_vecmat`, which also serves int8 and
-  bfloat16 units in any mode): XLA's product of n_modules rows with E read it
-  at two thirds of the bandwidth a matrix-vector product gets.
+  bfloat16 units in any mode). On a 2-vCPU Xeon, XLA's product of n_modules
+  rows with E read it at 8-16 GB/s where a matrix-vector product read 22 GB/s;
+  the kernel, at 16-20 GB/s, took the sparse loss's vocabulary from 3.5-4.2 to
+  1.7-2.0 ms.
   """
 
   def __init__(self, n_modules: int, d_out: int, mode: Optional[str] = None):
