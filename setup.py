@@ -15,8 +15,10 @@ def _xla_ffi_include_dir():
 # it does not build, sparse_trax runs its pure-JAX paths (the same results).
 cpu_kernels = Extension(
     'sparse_trax.kernels._cpu_kernels',
-    sources=['sparse_trax/kernels/cpu_kernels.cc'],
-    include_dirs=[_xla_ffi_include_dir()],
+    sources=[f'sparse_trax/kernels/cc/{name}.cc' for name in (
+        'module', 'stored_products', 'sparse_ff', 'sparse_qkv', 'attention', 'layer_norm')],
+    depends=['sparse_trax/kernels/cc/simd.h', 'sparse_trax/kernels/cc/handlers.h'],
+    include_dirs=[_xla_ffi_include_dir(), 'sparse_trax/kernels/cc'],
     extra_compile_args=['-std=c++17', '-O3', '-march=native', '-fvisibility=hidden'],
     language='c++',
     optional=True)

@@ -186,7 +186,7 @@ def test_cached_attention_kernel_equals_the_windowed_softmax(batch, slots, heads
     probs /= probs.sum(axis=1, keepdims=True)
     return np.einsum('bkh,bkhd->bhd', probs, v[:, first:position + 1])
 
-  fused = jax.jit(lambda q, f, p: kernels.cached_attention(q, keys, values, f, p, jnp.zeros_like))
+  fused = jax.jit(lambda q, f, p: kernels.cached_attention(q, keys, values, f, p, reference=jnp.zeros_like))
   for first, position in [(0, 0), (0, 31), (0, 32), (3, slots // 2), (0, slots - 1),
                           (slots - 5, slots - 1), (7, 6), (0, slots + 10)]:
     got = fused(query, jnp.int32(first), jnp.int32(position))

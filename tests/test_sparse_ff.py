@@ -175,7 +175,7 @@ def test_sparse_ff_kernel_equals_the_pure_jax_gather(shape, d_ff, n):
   np.testing.assert_allclose(fused.apply(w, state, x)[0], y_pure, rtol=1e-5, atol=1e-5)
   # The kernel is one custom call: no gathers or products left in the program.
   text = jax.jit(lambda w, x: fused.apply(w, state, x)[0]).lower(w, x).as_text()
-  assert 'sparse_trax_sparse_ff_decode' in text and 'gather' not in text
+  assert 'sparse_trax_sparse_ff' in text and 'gather' not in text
 
 
 def test_gathered_ff_fused_loop_equals_the_einsums():

@@ -49,10 +49,10 @@ def test_predict_mode_multiplicative_dense_runs_the_float32_kernel(n_modules, d_
                    np.asarray(weights['units'], np.float64)).reshape(1, positions, d_out)
   np.testing.assert_allclose(apply(weights, x), want + np.asarray(weights['b']),
                              rtol=1e-5, atol=1e-5)
-  assert 'sparse_trax_float32_vecmat' in apply.lower(weights, x).as_text()
+  assert 'sparse_trax_stored_vecmat' in apply.lower(weights, x).as_text()
   # Outside 'predict' mode XLA computes it (and it has a gradient).
   train = tl.MultiplicativeDense(n_modules, d_out)
-  assert 'sparse_trax_float32_vecmat' not in jax.jit(
+  assert 'sparse_trax_stored_vecmat' not in jax.jit(
       lambda w, x: train.apply(w, {}, x)[0]).lower(weights, x).as_text()
   grads = jax.grad(lambda w: jnp.sum(train.apply(w, {}, x)[0] ** 2))(weights)
   assert np.all(np.isfinite(grads['units']))
@@ -200,26 +200,33 @@ def test_locally_conv_qkv_equals_a_branch_of_three_convolutions(causal):
 
 
 @pytest.mark.skipif(not kernels.available(), reason='the fused CPU kernels were not built')
-@pytest.mark.parametrize('d, s, batch, length_kernel', [
-    (64, 4, 1, 3), (48, 4, 2, 3), (128, 2, 2, 3), (96, 6, 1, 3), (512, 8, 1, 3),
-    (64, 4, 2, 1), (64, 4, 1, 2)])
-def test_fused_sparse_qkv_decoding_equals_the_serial(d, s, batch, length_kernel):
+@pytest.mark.parametrize('d, s, batch, length_kernel, storage', [
+    (64, 4, 1, 3, 'float32'), (48, 4, 2, 3, 'float32'), (128, 2, 2, 3, 'float32'),
+    (96, 6, 1, 3, 'float32'), (512, 8, 1, 3, 'float32'), (64, 4, 2, 1, 'float32'),
+    (64, 4, 1, 2, 'float32'), (48, 4, 2, 3, 'int8'), (512, 8, 1, 3, 'int8'),
+    (96, 6, 1, 3, 'bfloat16'), (512, 8, 1, 3, 'bfloat16')])
+def test_fused_sparse_qkv_decoding_equals_the_serial(d, s, batch, length_kernel, storage):
   """The kernel (multiplicative layer + three convolutions) against the same
   sublayers run as a plain Serial: outputs and carried history, over a padded
   3-position call (2 valid), then single tokens; widths that fill whole
   register panels, leave a tail of columns (48 / 4 = 12) and of rows (2, 6 modules),
   and one large enough to split over two threads (512 / 8); length kernels 3, 1
-  (no history) and 2."""
+  (no history) and 2; float32, int8 and bfloat16 weights (the kernel converts
+  them in registers, the plain layer in XLA)."""
   fused = tl.MultiplicativeConvCausalAttention(d, 2, sparsity=s, max_len=16,
                                                length_kernel_size=length_kernel, mode='predict')
-  plain = tl.Serial(*fused.sublayers)
+  qkv = fused.sublayers[0]
+  plain = tl.Serial(tl.SparseQKV(s, d, d // s, qkv.kernel_sizes, length_kernel, mode='predict',
+                                 decode_kernel=False), *fused.sublayers[1:])
   w, state = fused.init(sig(batch, 1, d), rng=jax.random.key(0))
   w = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(a.size), a.shape), w)
+  if storage != 'float32':
+    w = tl.quantize_weights(w, storage)
   x = jax.random.normal(jax.random.key(1), (batch, 6, d))
   fused_step = jax.jit(lambda w, s_, x, n: fused.apply(w, s_, x, valid_length=n))
   plain_step = jax.jit(lambda w, s_, x, n: plain.apply(w, s_, x, valid_length=n))
   text = jax.jit(lambda w, s_, x: fused.apply(w, s_, x)).lower(w, state, x[:, :1]).as_text()
-  assert 'sparse_trax_sparse_qkv_decode' in text
+  assert 'sparse_trax_sparse_qkv' in text
   fused_state = plain_state = state
   for start, stop, valid in [(0, 3, 2), (2, 3, 1), (3, 4, 1), (4, 6, 2)]:
     y_fused, fused_state = fused_step(w, fused_state, x[:, start:stop], valid)
@@ -230,9 +237,9 @@ def test_fused_sparse_qkv_decoding_equals_the_serial(d, s, batch, length_kernel)
 
 
 def test_sparse_qkv_decoding_names_a_bad_input():
-  """A width the weights do not take leaves the fused path to the Serial, whose
-  error names the layer and the shapes."""
+  """A width the weights do not take is refused before the kernel, naming the layer
+  and the shapes."""
   layer = tl.MultiplicativeConvCausalAttention(64, 2, sparsity=4, max_len=8, mode='predict')
   w, state = layer.init(sig(1, 1, 64), rng=jax.random.key(0))
-  with pytest.raises(tl.LayerError, match=r'MultiplicativeDense[\s\S]*\(1, 1, 32\)'):
+  with pytest.raises(tl.LayerError, match=r'SparseQKV[\s\S]*\(1, 1, 32\)'):
     layer.apply(w, state, jnp.zeros((1, 1, 32)))

@@ -120,12 +120,13 @@ def multiplicative_dense(trax: FlatWeights, ours: OurWeights, at: tuple, what: s
 
 def multiplicative_conv_attention(trax: FlatWeights, ours: OurWeights, at: tuple, what: str):
   """Trax's MultiplicativeConvCausalAttention: FactoredDense, then the Q, K and V
-  convolutions (HWIO kernels, biases), as ours ([0] and [1][0..2])."""
-  multiplicative_dense(trax, ours, at + (0,), f'{what} multiplicative layer')
-  for index, part in enumerate(('query', 'key', 'value')):
-    ours.put(path(*at, 1, index, 'kernel'), trax.take(f'{what} {part} convolution kernel'),
+  convolutions (HWIO kernels, biases), as our SparseQKV ([0]: `multiplicative`,
+  `query`, `key`, `value`)."""
+  multiplicative_dense(trax, ours, at + (0, 'multiplicative'), f'{what} multiplicative layer')
+  for part in ('query', 'key', 'value'):
+    ours.put(path(*at, 0, part, 'kernel'), trax.take(f'{what} {part} convolution kernel'),
              trax, f'{what} {part} convolution kernel')
-    ours.put(path(*at, 1, index, 'b'), trax.take(f'{what} {part} convolution bias'),
+    ours.put(path(*at, 0, part, 'b'), trax.take(f'{what} {part} convolution bias'),
              trax, f'{what} {part} convolution bias')
 
 

@@ -78,6 +78,7 @@ from sparse_trax.layers.sparse_qkv import LocallyConvQKV
 from sparse_trax.layers.sparse_qkv import MultiplicativeConvAttention
 from sparse_trax.layers.sparse_qkv import MultiplicativeConvCausalAttention
 from sparse_trax.layers.sparse_qkv import MultiplicativeDense
+from sparse_trax.layers.sparse_qkv import SparseQKV
 from sparse_trax.layers.summary import count_parameters
 from sparse_trax.layers.summary import decode_cost
 from sparse_trax.layers.summary import named_weights

@@ -235,9 +235,8 @@ def _one_query_attention(q, keys, values, position, *, first_visible=None, query
   def switch(query):
     return jax.lax.switch(choice, [window(size) for size in sizes], query)
 
-  if (query_buckets is None and not mask_self and keys.dtype == values.dtype == jnp.float32
-      and kernels.available()):
-    out = kernels.cached_attention(query, keys, values, first, position, switch)
+  if query_buckets is None and not mask_self:
+    out = kernels.cached_attention(query, keys, values, first, position, reference=switch)
   else:
     out = switch(query)
   return out[:, None].astype(values.dtype)

@@ -13,7 +13,7 @@ import numpy as np
 from sparse_trax import kernels
 from sparse_trax.layers.base import Layer
 from sparse_trax.layers.combinators import Fn
-from sparse_trax.layers.linear import FUSED_UP_TO, linear, positions
+from sparse_trax.layers.linear import linear, positions
 from sparse_trax.layers.quantize import row_nbytes, take_rows
 from sparse_trax.layers.state import check_bound, poison_if
 
@@ -104,8 +104,9 @@ class LayerNorm(Layer):
     if x.shape[-1] != weights['scale'].shape[0]:
       raise ValueError(f'last input dimension must be {weights["scale"].shape[0]}, '
                        f'got input shape {tuple(x.shape)}')
-    if (x.dtype == weights['scale'].dtype == weights['bias'].dtype == jnp.float32 and
-        positions(x) <= FUSED_UP_TO and kernels.available()):
+    if (weights['scale'].dtype == weights['bias'].dtype == jnp.float32 and
+        kernels.POLICY.runs_kernel('layer_norm', storage=jnp.dtype(x.dtype).name,
+                                   positions=positions(x), mode=self.mode)):
       # Decoding: one kernel call where XLA:CPU runs five operations.
       return self._fused(weights, x), state
     return self._normalize(weights, x), state
@@ -115,7 +116,7 @@ class LayerNorm(Layer):
     @jax.custom_vjp
     def normalize(weights, x):
       return kernels.layer_norm(x, weights['scale'], weights['bias'], self.epsilon,
-                                lambda rows: self._normalize(weights, rows))
+                                reference=lambda rows: self._normalize(weights, rows))
 
     def forward(weights, x):
       return normalize(weights, x), (weights, x)

@@ -13,66 +13,19 @@ The arithmetic is symmetric per-slice quantization, as in qwix's and AQT's
 "int8 weight-only" modes: scale = max |w| / 127 over the slice, values =
 round(w / scale) clipped to [-127, 127], so |w - values * scale| <= scale / 2.
 Layers read such weights through `as_float`, `take_rows` and `linear`
-(`layers/linear.py`), which dequantize only what they read.
+(`layers/linear.py`), and the kernel layer (`sparse_trax.kernels`, where the
+`QuantizedArray` record lives), which dequantize only what they read: a
+product never widens a stored matrix whole.
 """
 
-import dataclasses
 from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
 
+from sparse_trax.kernels.storage import QuantizedArray  # pylint: disable=unused-import
+
 STORAGE_DTYPES = ('int8', 'bfloat16')
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class QuantizedArray:
-  """A weight stored in low precision: int8 values with float32 scales, or bfloat16 values.
-
-  w ~= values * scale (the scales broadcast along `axis`); bfloat16 storage
-  has no scales. Layers compute with it in their activations' dtype (float32
-  when decoding), dequantizing only what they read.
-
-  Attributes:
-    values: int8 or bfloat16 array, the weight's shape.
-    scale: float32 [values.shape[axis]] for int8; None for bfloat16.
-    axis: the axis the scales index (static).
-  """
-  values: jax.Array
-  scale: Optional[jax.Array]
-  axis: int = dataclasses.field(default=0, metadata={'static': True})
-
-  @property
-  def shape(self):
-    return self.values.shape
-
-  @property
-  def ndim(self):
-    return self.values.ndim
-
-  @property
-  def dtype(self):
-    """The dtype the array stands for (what `as_float` returns)."""
-    return jnp.dtype(jnp.float32)
-
-  @property
-  def nbytes(self) -> int:
-    scale = 0 if self.scale is None else self.scale.size * self.scale.dtype.itemsize
-    return int(self.values.size * self.values.dtype.itemsize + scale)
-
-  def broadcast_scale(self, ndim: int):
-    """The scales shaped to broadcast against an array of rank `ndim` ending like values."""
-    shape = [1] * ndim
-    shape[ndim - self.values.ndim + self.axis % self.values.ndim] = self.scale.shape[0]
-    return self.scale.reshape(shape)
-
-  def dequantize(self, dtype=jnp.float32) -> jax.Array:
-    """values * scale as a `dtype` array of the full shape."""
-    values = self.values.astype(dtype)
-    if self.scale is None:
-      return values
-    return values * self.broadcast_scale(values.ndim).astype(dtype)
 
 
 def _scale_axis(w) -> int:

@@ -14,9 +14,10 @@ import jax
 import jax.numpy as jnp
 
 from sparse_trax import kernels
+from sparse_trax.kernels.policy import FUSED_GATHER_ABOVE, XLA_POSITIONS
 from sparse_trax.layers.base import Layer
 from sparse_trax.layers.linear import linear, positions as _positions
-from sparse_trax.layers.quantize import QuantizedArray, as_float, row_nbytes, take_rows, weight_nbytes
+from sparse_trax.layers.quantize import QuantizedArray, row_nbytes, take_rows, weight_nbytes
 from sparse_trax.layers.state import Decisions, replayed_choices
 
 _glorot = jax.nn.initializers.glorot_uniform()
@@ -50,20 +51,17 @@ def _gumbel_one_hot_mask(log_probs, rng, temperature, quant_prob, index=None):
   return straight_through_mask(log_probs, index, rng, quant_prob), index
 
 
-# A predict-mode call of at most this many positions gathers the chosen rows; a longer one
-# (a prompt's prefill) computes the masked product of the whole matrices, reading them once.
-GATHER_UP_TO = 4
-
-
-# Above this many gathered int8 weights (rows x d_model) a decoded token's FF runs as one
-# fused multiply-and-sum loop instead of einsums (see `_gathered_ff`).
-FUSED_LOOP_ABOVE = 1 << 21
-
-
 def _fused_loop_pays(w, n_rows: int) -> bool:
   """Whether rows gathered from `w` should be reduced in one fused loop (int8, large)."""
   return (isinstance(w, QuantizedArray) and w.values.dtype == jnp.int8 and
-          n_rows * w.shape[-1] > FUSED_LOOP_ABOVE)
+          n_rows * w.shape[-1] > FUSED_GATHER_ABOVE)
+
+
+def _gathers(x) -> bool:
+  """Whether a predict-mode call of x's positions gathers the chosen rows (in XLA); a
+  longer one (a prompt's prefill) computes the masked product of the whole matrices,
+  reading them once."""
+  return _positions(x) <= XLA_POSITIONS['gather']
 
 
 def _gathered_ff(x, w1, b1, w2, b2, fused_loop: bool):
@@ -108,9 +106,12 @@ class SparseFF(Layer):
       the straight-through one-hot with probability quant_prob, else softmax;
     'eval': the argmax unit, applied as a mask on the full product;
     'predict': the argmax unit, and only its column of W1 and row of W2 are
-      gathered and multiplied (B columns instead of d_ff); a call of more
-      than a few positions (a prompt's prefill) takes the eval path, which
-      reads every weight once instead of B rows per position.
+      gathered and multiplied (B columns instead of d_ff). On CPU one kernel
+      does it for up to N positions (a decoded token or a prompt's prefill),
+      from float32, bfloat16 or int8 weights, each block's candidate rows read
+      once for all positions (`kernels.sparse_ff`); in XLA a call of more than
+      a few positions takes the eval path, which reads every weight once
+      instead of B rows per position.
   y = (relu(x @ W1.T + b1) * mask) @ W2 + b2.
 
   Weights: w1 [d_ff, d_model] and w2 [d_ff, d_model] (one contiguous row per
@@ -126,10 +127,10 @@ class SparseFF(Layer):
     quant_prob: probability of training with the hard (one-hot) mask.
     dropout: dropout rate on the hidden units in 'train'.
     mode: 'train', 'eval' or 'predict'.
-    decode_kernel: in 'predict' mode on CPU, run a decoding step (up to
-      GATHER_UP_TO positions) as one fused C++ kernel (`sparse_trax.kernels`)
-      where it was built; False keeps the pure-JAX gather path (the same
-      result; the kernel's sums may differ in rounding).
+    decode_kernel: in 'predict' mode on CPU, let the kernel layer run the
+      step as one fused C++ kernel where its policy allows (`kernels.POLICY`);
+      False keeps the pure-JAX path (the same result; the kernel's sums may
+      differ in rounding).
     mask_before_activation: in 'train', apply the mask before the ReLU,
       relu(mask * h), as Trax does: a unit the hard mask leaves out then
       sends no gradient to the controller. False (default): relu(h) * mask,
@@ -195,12 +196,6 @@ class SparseFF(Layer):
       state = Decisions.made(units)
     return y, state
 
-  def _use_kernel(self, weights, x) -> bool:
-    """The fused C++ decoding kernel: built, wanted, and float32 throughout."""
-    return (self.decode_kernel and kernels.available() and x.dtype == jnp.float32 and
-            all(not isinstance(w, QuantizedArray) and w.dtype == jnp.float32
-                for w in weights.values()))
-
   def forward_with_units(self, weights, x, rng, units=None, state=None, pure_jax=False):
     """Like `apply`, also returning the chosen units [..., n_blocks] (int32).
 
@@ -212,14 +207,13 @@ class SparseFF(Layer):
     if x.shape[-1] != weights['w1'].shape[1]:
       raise ValueError(f'last input dimension must be {weights["w1"].shape[1]}, '
                        f'got input shape {tuple(x.shape)}')
-    if self.mode == 'predict' and units is None and not pure_jax and \
-        _positions(x) <= GATHER_UP_TO and self._use_kernel(weights, x):
-      return kernels.sparse_ff_decode(
-          x, weights, self.n_elements_in_block,
-          lambda flat: self.forward_with_units(weights, flat, None, pure_jax=True))
+    if self.mode == 'predict' and units is None and not pure_jax and self.decode_kernel:
+      return kernels.sparse_ff(
+          x, kernels.SparseFFWeights(**weights), self.n_elements_in_block, mode=self.mode,
+          reference=lambda flat: self.forward_with_units(weights, flat, None, pure_jax=True))
     if self.mode != 'train' and units is None:   # an argmax needs no normalization
       units = jnp.argmax(self.controller_logits(weights, x), axis=-1).astype(jnp.int32)
-    if self.mode == 'predict' and _positions(x) <= GATHER_UP_TO:
+    if self.mode == 'predict' and _gathers(x):
       return self._gathered(weights, x, units), units
     if self.mode == 'train':
       log_probs = self.controller_log_probs(weights, x)
@@ -238,7 +232,7 @@ class SparseFF(Layer):
     if self.mode == 'train' and self.dropout > 0.0:
       keep = jax.random.bernoulli(dropout_rng, 1.0 - self.dropout, hidden.shape)
       hidden = jnp.where(keep, hidden / (1.0 - self.dropout), 0.0)
-    return (jnp.dot(hidden, as_float(weights['w2'], hidden.dtype)) +
+    return (kernels.vecmat(hidden, weights['w2'], mode=self.mode) +     # W2 widened in tiles
             weights['b2'].astype(hidden.dtype)), chosen
 
   def _gathered(self, weights, x, units):
@@ -294,7 +288,7 @@ class BlockSparseFF(Layer):
                        f'got input shape {tuple(x.shape)}')
     log_probs = jax.nn.log_softmax(
         (linear(x, weights['router']) + weights['router_bias']).astype(jnp.float32))
-    if self.mode == 'predict' and _positions(x) <= GATHER_UP_TO:
+    if self.mode == 'predict' and _gathers(x):
       return self._gathered(weights, x, jnp.argmax(log_probs, axis=-1)), state
     if self.mode == 'train':
       if rng is None:
@@ -312,7 +306,7 @@ class BlockSparseFF(Layer):
     if self.mode == 'train' and self.dropout > 0.0:
       keep = jax.random.bernoulli(dropout_rng, 1.0 - self.dropout, hidden.shape)
       hidden = jnp.where(keep, hidden / (1.0 - self.dropout), 0.0)
-    return (jnp.dot(hidden, as_float(weights['w2'], hidden.dtype)) +
+    return (kernels.vecmat(hidden, weights['w2'], mode=self.mode) +     # W2 widened in tiles
             weights['b2'].astype(hidden.dtype)), state
 
   def decode_weight_bytes(self, weights) -> int:

@@ -17,14 +17,11 @@ from sparse_trax.layers import combinators as cb
 from sparse_trax.layers import core
 from sparse_trax.layers.base import Layer
 from sparse_trax import kernels
-from sparse_trax.layers.linear import FUSED_UP_TO, positions
-from sparse_trax.layers.quantize import QuantizedArray, as_float
+from sparse_trax.kernels.policy import XLA_POSITIONS
+from sparse_trax.layers.quantize import as_float
 from sparse_trax.layers.state import Carry
 
 _glorot = jax.nn.initializers.glorot_uniform()
-# Decoding calls of up to this many positions use the patches product; a prefill uses XLA's
-# convolution (the same sums).
-_PATCHES_UP_TO = 4
 
 
 class MultiplicativeDense(Layer):
@@ -35,12 +32,12 @@ class MultiplicativeDense(Layer):
   Parameters: d_in * n_modules + d_in * d_out / n_modules + d_out.
 
   `mode` ('predict', or None for a layer that behaves the same in every mode):
-  in 'predict' mode on CPU, a few positions with float32 units run the product
-  with E in a C++ kernel (`kernels.stored_vecmat`, which also serves int8 and
-  bfloat16 units in any mode). On a 2-vCPU Xeon, XLA's product of n_modules
-  rows with E read it at 8-16 GB/s where a matrix-vector product read 22 GB/s;
-  the kernel, at 16-20 GB/s, took the sparse loss's vocabulary from 3.5-4.2 to
-  1.7-2.0 ms.
+  the product with E goes through the kernel layer (`kernels.vecmat`): on CPU,
+  int8 and bfloat16 units in any mode, and float32 units for a few positions
+  in 'predict' mode, run a C++ kernel that streams E once per group of rows
+  (on a 2-vCPU Xeon XLA's product of n_modules rows with E read it at 8-16
+  GB/s, the kernel at 16-20 GB/s: the sparse loss's vocabulary went from
+  3.5-4.2 to 1.7-2.0 ms); stored units are never widened whole.
   """
 
   def __init__(self, n_modules: int, d_out: int, mode: Optional[str] = None):
@@ -67,25 +64,9 @@ class MultiplicativeDense(Layer):
     if x.ndim < 1 or x.shape[-1] != d_in:
       raise ValueError(f'last input dimension must be {d_in}, got input shape {tuple(x.shape)}')
     scaled = x[..., :, None] * as_float(weights['modules'], x.dtype)     # [..., d_in, S]
-    units = weights['units']
-
-    def reference(rows):                                                 # [n, d_in] -> [n, M]
-      return jnp.dot(rows, as_float(units, rows.dtype))
-
-    if self._use_kernel(units, x):     # a decoded position: E streamed once, in registers
-      stored = (units.values, units.scale) if isinstance(units, QuantizedArray) else (units, None)
-      y = kernels.stored_vecmat(jnp.swapaxes(scaled, -1, -2), *stored, reference)  # [..., S, M]
-    else:
-      y = jnp.einsum('...is,im->...sm', scaled, as_float(units, x.dtype))  # [..., S, M]
+    y = kernels.vecmat(jnp.swapaxes(scaled, -1, -2), weights['units'],
+                       mode=self.mode)                                   # [..., S, M]
     return y.reshape(x.shape[:-1] + (self.d_out,)) + weights['b'].astype(x.dtype), state
-
-  def _use_kernel(self, units, x) -> bool:
-    if isinstance(units, QuantizedArray):
-      stored = units.axis == 0 and units.ndim == 2
-    else:   # float32 units: only while decoding (the kernel has no gradient)
-      stored = self.mode == 'predict' and units.dtype == jnp.float32 and units.ndim == 2
-    return (stored and x.dtype == jnp.float32 and positions(x) <= FUSED_UP_TO and
-            kernels.available())
 
 
 class _ConvolutionOverModules(Layer):
@@ -195,7 +176,7 @@ class _ConvolutionOverModules(Layer):
       length_padding = (k_len - 1, 0)
     else:
       length_padding = ((k_len - 1) // 2, k_len // 2)
-    if self.mode == 'predict' and x.shape[1] <= _PATCHES_UP_TO:
+    if self.mode == 'predict' and x.shape[1] <= XLA_POSITIONS['patches']:
       outputs = self._patches_times_kernels(viewed, parts, x.shape[1])
     else:
       kernel, bias = self._stacked_kernel(parts)
@@ -269,50 +250,92 @@ class LocallyConvQKV(_ConvolutionOverModules):
     return tuple(outputs), state
 
 
-class _SparseQKVSerial(cb.Serial):
-  """Serial(MultiplicativeDense, LocallyConvQKV, attention, ...) whose first two
-  layers decode in one kernel call.
+class SparseQKV(_ConvolutionOverModules):
+  """Sparse QKV as one layer: x -> (q, k, v), a MultiplicativeDense then three convolutions.
 
-  The same weights, state and outputs as the Serial; when decoding a few
-  positions ('predict' mode) with float32 weights on CPU, the multiplicative
-  layer and the three convolutions run as one fused kernel
-  (`kernels.sparse_qkv_decode`), where XLA runs four small products and
-  about six operations cutting patches. Otherwise it is the Serial.
+  x: [batch, length, d_in]; q, k, v: [batch, length, n_modules * d_out_per_module].
+  m = MultiplicativeDense(n_modules, d_model)(x) ([batch, length, d_model]), viewed as
+  [batch, length, n_modules, d_model / n_modules] and convolved over (length,
+  module) as `LocallyConvQKV` does (kernel_sizes (3, 3, 1) over modules,
+  length_kernel_size along length, causal unless causal=False; in 'predict'
+  mode the last length_kernel_size - 1 inputs of the convolutions live in one
+  `Carry`).
+
+  Weights: `multiplicative` (MultiplicativeDense's `modules` [d_in, S], `units`
+  [d_in, d_model / S], `b` [d_model]), and `query`, `key`, `value`, each a
+  convolution's `kernel` [length_kernel_size, kernel_size, d_model / S,
+  d_out_per_module] and `b` [d_out_per_module].
+
+  Decoding a few positions ('predict' mode), the kernel layer runs the
+  multiplicative layer and the three convolutions as one C++ kernel call
+  (`kernels.sparse_qkv`, from float32, bfloat16 or int8 weights) where its
+  policy allows, where XLA runs four small products and about six operations
+  cutting patches; otherwise, and as the kernel's reference, the plain
+  computation below (the same numbers). `decode_kernel=False` keeps the plain
+  computation.
   """
 
-  def _decodes_fused(self, weights, state, inputs) -> bool:
-    convolution = self.sublayers[1]
-    if (convolution.mode != 'predict' or not kernels.available()
-        or not isinstance(inputs, jax.Array) or not isinstance(state[1], Carry)
-        or inputs.ndim != 3 or inputs.dtype != jnp.float32 or inputs.shape[1] > _PATCHES_UP_TO
-        or inputs.shape[-1] != weights[0]['modules'].shape[0]
-        or len(convolution.kernel_sizes) != 3):
-      return False   # the Serial runs (and names any bad input)
-    return all(isinstance(leaf, jax.Array) and leaf.dtype == jnp.float32
-               for leaf in jax.tree.leaves(weights[:2]))
+  _PARTS = ('query', 'key', 'value')
 
-  def forward(self, weights, state, inputs, rng, position):
-    if not self._decodes_fused(weights, state, inputs):
-      return super().forward(weights, state, inputs, rng, position)
-    multiplicative, convolution = self.sublayers[:2]
-    x, history = inputs, state[1].value                     # [b, l, d], [b, K - 1, S, C]
-    modules_shape = convolution._modules_shape(  # pylint: disable=protected-access
-        x.shape[:2] + (multiplicative.d_out,))
+  def __init__(self, n_modules: int, d_model: int, d_out_per_module: int,
+               kernel_sizes=(3, 3, 1), length_kernel_size: int = 3, causal: bool = True,
+               mode: str = 'train', decode_kernel: bool = True):
+    if len(tuple(kernel_sizes)) != 3:
+      raise ValueError(f'SparseQKV needs three kernel sizes (query, key, value), '
+                       f'got {tuple(kernel_sizes)}')
+    super().__init__(n_modules, d_out_per_module, kernel_sizes, length_kernel_size, causal,
+                     mode, n_out=3)
+    self.d_model = d_model
+    self.decode_kernel = decode_kernel
+    self.multiplicative = MultiplicativeDense(n_modules, d_model, mode=mode)
 
-    def reference(x, history):
-      m, _ = multiplicative.forward(weights[0], {}, x, None)
-      viewed = jnp.concatenate([history, m.reshape(modules_shape)], axis=1)
-      outputs = convolution._patches_times_kernels(  # pylint: disable=protected-access
-          viewed, list(weights[1]), x.shape[1])
+  def _multiplied_signature(self, input_signature):
+    return jax.ShapeDtypeStruct(tuple(input_signature.shape[:-1]) + (self.d_model,),
+                                input_signature.dtype)
+
+  def init_weights_and_state(self, input_signature, rng):
+    if len(input_signature.shape) != 3:
+      raise ValueError(f'input must be [batch, length, d], got shape '
+                       f'{tuple(input_signature.shape)}')
+    multiplied = self._multiplied_signature(input_signature)
+    d_in_per_module = self._modules_shape(multiplied.shape)[-1]
+    multiplicative, _ = self.multiplicative.init_weights_and_state(input_signature,
+                                                                   jax.random.fold_in(rng, 0))
+    weights = {'multiplicative': multiplicative}
+    for i, (name, size) in enumerate(zip(self._PARTS, self.kernel_sizes)):
+      weights[name] = self._init_kernel(size, d_in_per_module, jax.random.fold_in(rng, i + 1))
+    return weights, self._initial_state(multiplied)
+
+  def _multiply(self, weights, x):
+    """MultiplicativeDense: [b, l, d_in] -> [b, l, d_model]."""
+    return self.multiplicative.forward(weights['multiplicative'], {}, x, None)[0]
+
+  def forward(self, weights, state, x, rng, position):
+    d_in = weights['multiplicative']['modules'].shape[0]
+    if x.ndim != 3 or x.shape[-1] != d_in:
+      raise ValueError(f'input must be [batch, length, {d_in}], got shape {tuple(x.shape)}')
+    parts = [weights[name] for name in self._PARTS]
+    if self.mode != 'predict' or x.shape[1] > XLA_POSITIONS['patches']:
+      outputs, state = self._convolve(parts, state, self._multiply(weights, x), position)
+      return tuple(outputs), state
+    history = state.value                                          # [b, K - 1, S, C]
+    modules_shape = self._modules_shape(x.shape[:2] + (self.d_model,))
+
+    def reference(x, history):                                     # -> q, k, v, m
+      m = self._multiply(weights, x)
+      viewed = jnp.concatenate([history, m.reshape(modules_shape).astype(history.dtype)], axis=1)
+      outputs = self._patches_times_kernels(viewed, parts, x.shape[1])
       return tuple(out.reshape(out.shape[:2] + (-1,)) for out in outputs) + (m,)
 
-    q, k, v, m = kernels.sparse_qkv_decode(x, history, weights[0], weights[1], reference)
-    carried = convolution._next_history(  # pylint: disable=protected-access
-        jnp.concatenate([history, m.reshape(modules_shape)], axis=1), position)
-    rest = range(2, len(self.sublayers))
-    outputs, rest_state = cb.run_serial(self, rest, weights[2:], state[2:], (q, k, v), rng,
-                                        n_in=3, position=position)   # q k v -> y
-    return outputs, (state[0], carried) + rest_state
+    if self.decode_kernel:
+      record = kernels.SparseQKVWeights(
+          kernels.MultiplicativeWeights(**weights['multiplicative']),
+          tuple(kernels.ConvolutionWeights(**part) for part in parts))
+      q, k, v, m = kernels.sparse_qkv(x, history, record, mode=self.mode, reference=reference)
+    else:
+      q, k, v, m = reference(x, history)
+    viewed = jnp.concatenate([history, m.reshape(modules_shape).astype(history.dtype)], axis=1)
+    return (q, k, v), self._next_history(viewed, position)
 
 
 def _output_layer(output_layer_type: str, d_model: int, sparsity: int):
@@ -338,21 +361,20 @@ def MultiplicativeConvCausalAttention(  # pylint: disable=invalid-name
     mode: str = 'train') -> Layer:
   """Causal self-attention with sparse QKV: [batch, length, d_model] -> same.
 
-  One MultiplicativeDense(sparsity, d_model) shared by Q, K and V, then
-  LocallyConvQKV: convolutions with kernel 3 over modules for Q and K, 1 for
-  V (one product, one decoding history), and
-  `length_kernel_size` along length (causal); causal attention with the
-  predict-mode cache; an optional output layer ('none' | 'mult' | 'dense').
-  Decoding a few positions with float32 weights on CPU, the multiplicative
-  layer and the convolutions run as one fused kernel (the same numbers).
+  `SparseQKV`: one MultiplicativeDense(sparsity, d_model) shared by Q, K and
+  V, then convolutions with kernel 3 over modules for Q and K, 1 for V (one
+  product, one decoding history), and `length_kernel_size` along length
+  (causal); causal attention with the predict-mode cache; an optional output
+  layer ('none' | 'mult' | 'dense'). Decoding a few positions on CPU, the
+  multiplicative layer and the convolutions run as one fused kernel (the same
+  numbers) from float32, bfloat16 or int8 weights.
   """
   _check_sparsity(d_model, n_heads, sparsity)
   d_module = d_model // sparsity
 
-  return _SparseQKVSerial(
-      MultiplicativeDense(sparsity, d_model),                      # x -> m
-      LocallyConvQKV(sparsity, d_module, (3, 3, 1), length_kernel_size,
-                     mode=mode),                                   # m -> q k v
+  return cb.Serial(
+      SparseQKV(sparsity, d_model, d_module, (3, 3, 1), length_kernel_size,
+                mode=mode),                                        # x -> q k v
       attention.DotProductCausalAttention(n_heads, dropout, max_len, mode=mode),  # -> y
       _output_layer(output_layer_type, d_model, sparsity),
       name='MultiplicativeConvCausalAttention')
@@ -370,9 +392,8 @@ def MultiplicativeConvAttention(  # pylint: disable=invalid-name
   d_module = d_model // sparsity
 
   return cb.Serial(
-      MultiplicativeDense(sparsity, d_model),                      # x mask -> m mask
-      LocallyConvQKV(sparsity, d_module, (3, 3, 1), length_kernel_size, causal=False,
-                     mode=mode),                                   # -> q k v mask
+      SparseQKV(sparsity, d_model, d_module, (3, 3, 1), length_kernel_size, causal=False,
+                mode=mode),                                        # x mask -> q k v mask
       attention.DotProductAttention(n_heads, dropout, mode=mode),  # -> y mask
       _output_layer(output_layer_type, d_model, sparsity),
       name='MultiplicativeConvAttention')

@@ -1,0 +1,204 @@
+"""The kernel layer: its policy, every kernel against its pure-JAX reference on every
+storage, the references' tiles, and a prefill that never widens stored weights whole."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import sparse_trax.layers as tl
+from sparse_trax import decoding, kernels, models
+from sparse_trax.kernels import policy as policy_lib
+from conftest import prefill_then_steps, sig
+
+BUILT = pytest.mark.skipif(not kernels.available(), reason='the fused CPU kernels were not built')
+STORAGES = ['float32', 'bfloat16', 'int8']
+
+
+def stored(w, storage):
+  """w in `storage` ('float32': as it is), through the library's own conversion."""
+  return w if storage == 'float32' else tl.quantize_weights({'w': w}, storage)['w']
+
+
+def exact(w):
+  """The float64 values a stored weight stands for."""
+  return np.asarray(tl.dequantize_weights({'w': w})['w'], np.float64)
+
+
+def test_policy_table_decides_by_storage_positions_and_mode():
+  policy = kernels.KernelPolicy(kernels_built=True)
+  assert policy.runs_kernel('matvec', storage='int8', positions=5000, mode='eval')
+  assert policy.runs_kernel('matvec', storage='bfloat16', positions=1, mode='train')
+  assert not policy.runs_kernel('matvec', storage='float32', positions=1, mode='predict')
+  assert policy.runs_kernel('vecmat', storage='float32', positions=64, mode='predict')
+  assert not policy.runs_kernel('vecmat', storage='float32', positions=65, mode='predict')
+  assert not policy.runs_kernel('vecmat', storage='float32', positions=1, mode='train')
+  assert policy.runs_kernel('sparse_ff', storage='int8', positions=64, mode='predict',
+                            units_per_block=64)
+  assert not policy.runs_kernel('sparse_ff', storage='int8', positions=65, mode='predict',
+                                units_per_block=64)
+  assert not policy.runs_kernel('sparse_qkv', storage='int8', positions=5, mode='predict')
+  assert policy.runs_kernel('layer_norm', storage='float32', positions=2, mode='train')
+  assert not kernels.KernelPolicy(kernels_built=False).runs_kernel(
+      'matvec', storage='int8', positions=1, mode=None)
+  assert not kernels.KernelPolicy(kernels_built=True, enabled=False).runs_kernel(
+      'matvec', storage='int8', positions=1, mode=None)
+  with pytest.raises(KeyError, match="no kernel policy for 'conv'"):
+    policy.runs_kernel('conv', storage='int8', positions=1, mode=None)
+
+
+@BUILT
+@pytest.mark.parametrize('storage', ['bfloat16', 'int8'])
+@pytest.mark.parametrize('positions, d_out, d_in', [(1, 7, 33), (3, 64, 512), (8, 130, 40),
+                                                     (13, 61, 300)])
+def test_matvec_kernel_equals_its_reference(storage, positions, d_out, d_in):
+  """Stored rows [d_out, d_in] times 1..13 positions: row groups with tails (7, 61, 130
+  rows), odd widths (33, 300), a split over two threads (64 x 512)."""
+  w = stored(jax.random.normal(jax.random.key(0), (d_out, d_in)), storage)
+  x = jax.random.normal(jax.random.key(1), (1, positions, d_in))
+  want = np.asarray(x, np.float64) @ exact(w).T
+  got = jax.jit(kernels.matvec)(x, w)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+  np.testing.assert_allclose(jax.jit(kernels.matvec_reference)(x, w), want, rtol=1e-5, atol=1e-4)
+  assert 'sparse_trax_stored_matvec' in jax.jit(kernels.matvec).lower(x, w).as_text()
+
+
+@BUILT
+@pytest.mark.parametrize('storage', STORAGES)
+@pytest.mark.parametrize('positions, d_in, d_out', [(1, 33, 70), (3, 40, 150), (8, 16, 256),
+                                                     (12, 300, 1248)])
+def test_vecmat_kernel_equals_its_reference(storage, positions, d_in, d_out):
+  """In-major weights [d_in, d_out] (scales per contracted row): groups of 8, 4, 2, 1
+  rows; column tiles with single-column tails; 16-row blocks with a tail (300)."""
+  w = stored(jax.random.normal(jax.random.key(0), (d_in, d_out)), storage)
+  a = jax.random.normal(jax.random.key(1), (positions, d_in))
+  want = np.asarray(a, np.float64) @ exact(w)
+  vecmat = jax.jit(lambda a, w: kernels.vecmat(a, w, mode='predict'))
+  np.testing.assert_allclose(vecmat(a, w), want, rtol=1e-5, atol=1e-4)
+  np.testing.assert_allclose(jax.jit(kernels.vecmat_reference)(a, w), want, rtol=1e-5, atol=1e-4)
+  assert 'sparse_trax_stored_vecmat' in vecmat.lower(a, w).as_text()
+
+
+@pytest.mark.parametrize('storage', ['bfloat16', 'int8'])
+@pytest.mark.parametrize('rows', [4096, 4099])       # whole tiles; a last tile that overlaps
+def test_references_widen_stored_weights_one_tile_at_a_time(storage, rows):
+  """The pure-JAX products (what runs off CPU, or without a compiler) equal the dense
+  product and hold at most one tile of widened weights (bfloat16 on CPU: and one copy
+  of its bits), never the float32 matrix."""
+  d = 1024                                              # rows x d: 4M values = 4 tiles and more
+  w = stored(jax.random.normal(jax.random.key(0), (rows, d)), storage)
+  x = jax.random.normal(jax.random.key(1), (5, d))
+  want = np.asarray(x, np.float64) @ exact(w).T
+  matvec = jax.jit(kernels.matvec_reference)
+  np.testing.assert_allclose(matvec(x, w), want, rtol=1e-4, atol=1e-3)
+  a = jax.random.normal(jax.random.key(2), (5, rows))
+  vecmat = jax.jit(kernels.vecmat_reference)
+  np.testing.assert_allclose(vecmat(a, w), np.asarray(a, np.float64) @ exact(w),
+                             rtol=1e-4, atol=1e-3)
+  whole = rows * d * 4
+  tile = policy_lib.TILE_VALUES * 4
+  bits = rows * d * 2 if storage == 'bfloat16' else 0
+  for product, args in ((matvec, (x, w)), (vecmat, (a, w))):
+    temp = product.lower(*args).compile().memory_analysis().temp_size_in_bytes
+    assert temp <= bits + tile + 256 * 1024 < whole, (temp, tile, whole)   # + activations
+
+
+@BUILT
+@pytest.mark.parametrize('storage', STORAGES)
+@pytest.mark.parametrize('shape, d_ff, n', [((1, 1, 24), 96, 8), ((2, 2, 33), 64, 4),
+                                            ((1, 7, 40), 512, 16), ((1, 16, 24), 256, 16),
+                                            ((1, 2, 64), 1360, 16)])
+def test_sparse_ff_kernel_equals_the_masked_dense_computation(storage, shape, d_ff, n):
+  """The kernel on float32 / bfloat16 / int8 weights, 1..16 positions (up to N: a
+  prefill), odd widths, a split over two threads with a tail in the controller
+  rank (1360 / 16 = 85), against the eval layer (the one-hot mask on the whole
+  product) on the same weights."""
+  fused = tl.SparseFF(d_ff, n_elements_in_block=n, mode='predict')
+  masked = tl.SparseFF(d_ff, n_elements_in_block=n, mode='eval')
+  x = jax.random.normal(jax.random.key(1), shape)
+  w, state = fused.init(x, rng=jax.random.key(0))
+  w = dict(w, controller_bias=jax.random.normal(jax.random.key(2), (d_ff,)),
+           b1=jax.random.normal(jax.random.key(3), (d_ff,)) * 0.1)
+  if storage != 'float32':
+    w = tl.quantize_weights(w, storage)
+  kernel = jax.jit(lambda w, x: fused.forward_with_units(w, x, None))
+  y, units = kernel(w, x)
+  y_masked, units_masked = jax.jit(lambda w, x: masked.forward_with_units(w, x, None))(w, x)
+  np.testing.assert_array_equal(units, units_masked)
+  np.testing.assert_allclose(y, y_masked, rtol=1e-5, atol=1e-5)
+  text = kernel.lower(w, x).as_text()
+  assert 'sparse_trax_sparse_ff' in text and 'gather' not in text
+
+
+@BUILT
+def test_sparse_ff_past_n_positions_takes_the_masked_product():
+  """More positions than units per block: gathering would read more than the matrices,
+  so the policy leaves it to the masked product."""
+  layer = tl.SparseFF(64, n_elements_in_block=4, mode='predict')
+  x = jax.random.normal(jax.random.key(1), (1, 5, 16))
+  w, _ = layer.init(x, rng=jax.random.key(0))
+  text = jax.jit(lambda w, x: layer.forward_with_units(w, x, None)).lower(w, x).as_text()
+  assert 'sparse_trax_sparse_ff' not in text
+
+
+ALL_SPARSE = dict(vocab_size=300, d_model=64, d_ff=256, n_layers=2, n_heads=4, max_len=32,
+                  dropout=0.0, ff_sparsity=16, attention_type='multconv', attention_sparsity=4,
+                  loss_sparsity=4)
+
+
+@pytest.mark.parametrize('storage', ['int8', 'bfloat16'])
+def test_prefill_of_stored_weights_equals_token_by_token_decoding(storage):
+  """One call feeding 12 positions (kernels for up to N = 16 positions) gives the logits
+  that feeding them one by one gives, and those equal the eval pass on the same weights."""
+  tokens = jax.random.randint(jax.random.key(1), (1, 12), 1, 300)
+  evaluate = models.ScalingTransformerLM(**ALL_SPARSE, mode='eval')
+  predict = models.ScalingTransformerLM(**ALL_SPARSE, mode='predict')
+  weights, state = evaluate.init(tokens, rng=jax.random.key(0))
+  low = tl.quantize_weights(weights, storage)
+  full = np.asarray(evaluate.apply(low, state, tokens)[0])
+  at_once = prefill_then_steps(predict, low, tokens, 12)
+  one_by_one = prefill_then_steps(predict, low, tokens, 1)
+  np.testing.assert_allclose(at_once, one_by_one, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(at_once, full, rtol=1e-4, atol=1e-4)
+
+
+PREFILL_CHECK = textwrap.dedent('''
+    import jax, jax.numpy as jnp
+    from sparse_trax import decoding, kernels, models
+    from sparse_trax.kernels.policy import TILE_VALUES
+    model = models.ScalingTransformerLM(32000, 512, 8192, 2, 8, max_len=64, dropout=0.0,
+                                        ff_sparsity=64, attention_type='multconv',
+                                        attention_sparsity=8, loss_sparsity=4, mode='predict')
+    signature = jax.ShapeDtypeStruct((1, 1), jnp.int32)
+    prompt = jax.ShapeDtypeStruct((1, 32), jnp.int32)
+    lengths = jax.ShapeDtypeStruct((1,), jnp.int32)
+    temps = {}
+    for storage in ('float32', 'int8'):
+      weights = jax.eval_shape(lambda: model.init(
+          signature, rng=jax.random.key(0),
+          weight_dtype=None if storage == 'float32' else storage)[0])
+      state = jax.eval_shape(lambda: decoding.initial_state(model, signature))
+      compiled = decoding.prefill.lower(model, weights, state, prompt, lengths).compile()
+      temps[storage] = compiled.memory_analysis().temp_size_in_bytes
+    print(kernels.available(), temps['float32'], temps['int8'], TILE_VALUES * 4)
+''')
+
+
+@pytest.mark.parametrize('kernels_on', [True, False])
+def test_compiled_int8_prefill_never_holds_a_widened_matrix(kernels_on):
+  """The 32-token prefill of an all-sparse int8 model (d 512, d_ff 8192: W1 alone is
+  16 MB in float32; vocab 32000) holds temporaries under 2x those of the same
+  prefill with float32 weights (its activations) plus one tile, with the kernels
+  and with every pure-JAX reference (SPARSE_TRAX_KERNELS=0, as without a compiler)."""
+  environment = dict(os.environ, SPARSE_TRAX_KERNELS='1' if kernels_on else '0')
+  out = subprocess.run([sys.executable, '-c', PREFILL_CHECK], env=environment, check=True,
+                       capture_output=True, text=True, timeout=300).stdout.split()
+  available, float32_temp, int8_temp, tile = out[0] == 'True', *map(int, out[1:])
+  assert available == (kernels_on and kernels.POLICY.kernels_built)
+  assert int8_temp < 2 * float32_temp + tile, (int8_temp, float32_temp, tile)
+  assert int8_temp < 8192 * 512 * 4      # less than one widened W1
