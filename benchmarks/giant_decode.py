@@ -9,12 +9,17 @@ a. (--part block) One decoder block at 17B width (d_model 6144, d_ff 49152,
 b. (--part model) The whole all-sparse decoder at that width (24 layers, N 64,
    multiplicative-conv attention S 16, loss sparsity 4, vocab 32k: about 16B
    parameters), its weights made by `model.init(..., weight_dtype='int8')`
-   (each matrix drawn in float32 and converted at once), decoding
-   --tokens tokens after an 8-token prompt: ms per token, tokens/s, peak
-   resident memory, the floor.
+   (each matrix drawn in float32 and converted at once), decoded as users call
+   it: `decoding.autoregressive_sample(model, weights, prompt, max_length=n)`
+   with a --prompt-token prompt (64) in one call. The prefill is the call with
+   max_length=1; ms per generated token = (the call with max_length=1+tokens -
+   that) / tokens. --runs times (3), each with the bandwidth measured before
+   it: prefill, ms/token, tokens/s, the floor (bytes a token reads / that
+   bandwidth), then min / median, peak resident memory, and each layer
+   family's share of a token (the family timed alone at this width, int8).
 
-  python benchmarks/giant_decode.py --part block
-  python benchmarks/giant_decode.py --part model [--layers 24] [--tokens 64]
+  python benchmarks/giant_decode.py --part block [--tokens 16]
+  python benchmarks/giant_decode.py --part model [--layers 24] [--tokens 64] [--prompt 64]
 """
 
 import argparse
@@ -77,58 +82,130 @@ def time_block(variant: str, tokens: int, warmup: int = 4) -> dict:
           'params': params}
 
 
-def run_model(layers: int, tokens: int):
-  model = models.ScalingTransformerLM(VOCAB, D_MODEL, D_FF, layers, N_HEADS, max_len=128,
+def time_family(layer: tl.Layer, copies: int, position: int, repeats: int = 12) -> float:
+  """Median ms of one token through `layer` (a Serial of `copies` stacked copies with
+  their own int8 weights, so that they come from memory), per copy."""
+  signature = jax.ShapeDtypeStruct((1, 1, D_MODEL), jnp.float32)
+  weights, _ = layer.init(signature, rng=jax.random.key(1), weight_dtype='int8')
+  state = decoding.initial_state(layer, signature)
+  if isinstance(state, tl.DecodeState):
+    state = tl.DecodeState(jnp.int32(position), state.layers)
+  apply = jax.jit(lambda w, s, x: layer.apply(w, s, x), donate_argnums=1)
+  x = jax.random.normal(jax.random.key(3), (1, 1, D_MODEL))
+  out, state = apply(weights, state, x)
+  out.block_until_ready()
+  times = []
+  for _ in range(repeats):
+    if isinstance(state, tl.DecodeState):
+      state = tl.DecodeState(jnp.int32(position), state.layers)
+    start = time.perf_counter()
+    out, state = apply(weights, state, x)
+    out.block_until_ready()
+    times.append(time.perf_counter() - start)
+  del weights, state
+  gc.collect()
+  return 1e3 * statistics.median(times) / copies
+
+
+def family_shares(layers: int, position: int) -> dict:
+  """ms per token of each layer family at this width (int8), timed alone and scaled to
+  the model: `layers` sparse FFs, `layers` sparse-QKV attentions, one vocabulary."""
+  attention = scaling.causal_attention_factory(D_MODEL, N_HEADS, 'multconv', 16, 0.0, 128)
+  feed_forward = scaling.feed_forward_factory(D_MODEL, D_FF, 64, '1inN', 0.0)
+  copies = 4
+  return {
+      'sparse FF': layers * time_family(
+          tl.Serial([feed_forward('predict') for _ in range(copies)]), copies, position),
+      'sparse QKV attention': layers * time_family(
+          tl.Serial([attention('predict') for _ in range(copies)]), copies, position),
+      'vocabulary (multiplicative)': time_family(
+          scaling.logits_layer(VOCAB, 4, 'predict'), 1, position),
+  }
+
+
+def run_model(layers: int, tokens: int, prompt_length: int, runs: int):
+  """The whole all-sparse int8 decoder through `decoding.autoregressive_sample`."""
+  model = models.ScalingTransformerLM(VOCAB, D_MODEL, D_FF, layers, N_HEADS, max_len=256,
                                       dropout=0.0, ff_sparsity=64, attention_type='multconv',
                                       attention_sparsity=16, loss_sparsity=4, mode='predict')
   signature = jax.ShapeDtypeStruct((1, 1), jnp.int32)
   start = time.perf_counter()
   weights, _ = model.init(signature, rng=jax.random.key(1), weight_dtype='int8')
-  print(f'  weights made; peak RSS {peak_rss_gib():.1f} GiB', flush=True)
   made_seconds = time.perf_counter() - start
+  print(f'  weights made in {made_seconds:.0f} s; peak RSS {peak_rss_gib():.1f} GiB', flush=True)
   params = sum(x.size for x in jax.tree_util.tree_leaves(weights))
-  # The 8-token prompt is fed one token per step: a one-call prefill of int8 weights makes
-  # XLA convert every matrix to float32 at once (it asked for 63 GB here).
-  state_after = decoding.initial_state(model, signature)
-  token = jnp.zeros((1,), jnp.int32)
-  for t in range(8):
-    _, _, state_after = decoding.decode_step(model, weights, state_after, token, None,
-                                             jax.random.key(0), temperature=0.0, top_k=None)
-    token = jnp.full((1,), t + 1, jnp.int32)
-  position = int(state_after.position)   # read before the state is donated
-  times = []
-  for t in range(tokens):
+  prompt = jax.random.randint(jax.random.key(7), (1, prompt_length), 2, VOCAB)
+
+  def sample(n: int) -> float:
     begin = time.perf_counter()
-    token, _, state_after = decoding.decode_step(model, weights, state_after, token, None,
-                                                 jax.random.key(0), temperature=0.0, top_k=None)
-    token.block_until_ready()
-    if t >= 2:
-      times.append(time.perf_counter() - begin)
-  cost = tl.decode_cost(model, weights, state_after, position=8 + tokens // 2)
-  ms = 1e3 * statistics.median(times)
+    out = decoding.autoregressive_sample(model, weights, prompt, max_length=n)
+    assert out.shape == (1, n), out.shape
+    return time.perf_counter() - begin
+
+  for n in (1, 1 + tokens):          # compile both programs first
+    begin = time.perf_counter()
+    sample(n)
+    print(f'  compiled and ran max_length={n} in {time.perf_counter() - begin:.0f} s', flush=True)
+  rows = []
+  for run in range(runs):
+    bandwidth = memory_bandwidth(n=8192)
+    prefill_s = min(sample(1) for _ in range(2))     # the prefill and one sampled token
+    total_s = sample(1 + tokens)
+    token_ms = 1e3 * (total_s - prefill_s) / tokens
+    rows.append({'bandwidth': bandwidth, 'prefill_ms': 1e3 * prefill_s, 'token_ms': token_ms})
+    print(f'  run {run + 1}: bandwidth {bandwidth / 1e9:.1f} GB/s, prefill {1e3 * prefill_s:.0f} '
+          f'ms, {token_ms:.1f} ms/token', flush=True)
+  state = decoding.initial_state(model, signature)
+  cost = tl.decode_cost(model, weights, state, position=prompt_length + tokens // 2)
   peak = peak_rss_gib()
-  bandwidth = memory_bandwidth(n=8192)
-  print(f'memory bandwidth (8192x8192 float32 matvec, median): {bandwidth / 1e9:.1f} GB/s')
-  floor = 1e3 * cost['total'] / bandwidth
+  del weights, state
+  gc.collect()
+  shares = family_shares(layers, prompt_length + tokens // 2)
   print(f'\nall-sparse decoder, {layers} layers at d_model {D_MODEL}, d_ff {D_FF}, N 64, '
-        f'multconv S 16, loss sparsity 4, vocab {VOCAB}; int8 weights (model.init, made in '
-        f'{made_seconds:.0f} s); {tokens} tokens after an 8-token prompt (position {position})')
-  print('| parameters | int8 weights GB | ms/token | tokens/s | MB read/token | floor ms | '
-        'floor / measured | peak RSS GiB |')
-  print('|---|---|---|---|---|---|---|---|')
-  print(f'| {params / 1e9:.2f}B | {cost["all_weights"] / 1e9:.1f} | {ms:.1f} | {1e3 / ms:.2f} | '
-        f'{cost["total"] / 1e6:.0f} | {floor:.1f} | {floor / ms:.0%} | {peak:.1f} |')
+        f'multconv S 16, loss sparsity 4, vocab {VOCAB}: {params / 1e9:.2f}B parameters, int8 '
+        f'weights {cost["all_weights"] / 1e9:.1f} GB (model.init in {made_seconds:.0f} s). '
+        f'decoding.autoregressive_sample with a {prompt_length}-token prompt: prefill = the call '
+        f'with max_length=1 (best of 2), ms/token = (max_length={1 + tokens} call - that) / '
+        f'{tokens}. Peak RSS {peak:.1f} GiB.')
+  print('| run | bandwidth GB/s | prefill ms | prefill / 10 tokens | ms/token | tokens/s | '
+        'MB read/token | floor ms | floor / measured |')
+  print('|---|---|---|---|---|---|---|---|---|')
+  for i, row in enumerate(rows):
+    floor = 1e3 * cost['total'] / row['bandwidth']
+    print(f'| {i + 1} | {row["bandwidth"] / 1e9:.1f} | {row["prefill_ms"]:.0f} | '
+          f'{row["prefill_ms"] / (10 * row["token_ms"]):.2f} | {row["token_ms"]:.1f} | '
+          f'{1e3 / row["token_ms"]:.2f} | {cost["total"] / 1e6:.0f} | {floor:.1f} | '
+          f'{floor / row["token_ms"]:.0%} |')
+  token_ms = [row['token_ms'] for row in rows]
+  prefill_ms = [row['prefill_ms'] for row in rows]
+  print(f'| min / median | | {min(prefill_ms):.0f} / {statistics.median(prefill_ms):.0f} | | '
+        f'{min(token_ms):.1f} / {statistics.median(token_ms):.1f} | '
+        f'{1e3 / min(token_ms):.2f} / {1e3 / statistics.median(token_ms):.2f} | | | |')
+  median_ms = statistics.median(token_ms)
+  print('\nshare of a token by layer family (each timed alone at this width, int8, four '
+        'stacked copies; scaled to the model; the rest is embedding, LayerNorms, residuals '
+        'and the sampling loop):')
+  print('| family | ms/token (alone) | share of the median token |')
+  print('|---|---|---|')
+  for name, ms in shares.items():
+    print(f'| {name} | {ms:.1f} | {ms / median_ms:.0%} |')
+  rest = median_ms - sum(shares.values())
+  print(f'| the rest | {rest:.1f} | {rest / median_ms:.0%} |')
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--part', choices=['block', 'model'], default='block')
-  parser.add_argument('--tokens', type=int, default=16)
+  parser.add_argument('--tokens', type=int, default=None,
+                      help='tokens timed (block: 16; model: generated after the prompt, 64)')
   parser.add_argument('--layers', type=int, default=24)
+  parser.add_argument('--prompt', type=int, default=64, help='prompt tokens (model)')
+  parser.add_argument('--runs', type=int, default=3, help='timed runs (model)')
   args = parser.parse_args()
   if args.part == 'model':   # the bandwidth is measured after the weights are made (memory)
-    run_model(args.layers, args.tokens)
+    run_model(args.layers, args.tokens or 64, args.prompt, args.runs)
     return
+  args.tokens = args.tokens or 16
   bandwidth = memory_bandwidth()
   print(f'memory bandwidth (16384x16384 float32 matvec, median): {bandwidth / 1e9:.1f} GB/s')
   rows = []

@@ -38,10 +38,8 @@ def test_policy_table_decides_by_storage_positions_and_mode():
   assert policy.runs_kernel('vecmat', storage='float32', positions=64, mode='predict')
   assert not policy.runs_kernel('vecmat', storage='float32', positions=65, mode='predict')
   assert not policy.runs_kernel('vecmat', storage='float32', positions=1, mode='train')
-  assert policy.runs_kernel('sparse_ff', storage='int8', positions=64, mode='predict',
-                            units_per_block=64)
-  assert not policy.runs_kernel('sparse_ff', storage='int8', positions=65, mode='predict',
-                                units_per_block=64)
+  assert policy.runs_kernel('sparse_ff', storage='int8', positions=65, mode='predict')
+  assert not policy.runs_kernel('sparse_ff', storage='float32', positions=1, mode='eval')
   assert not policy.runs_kernel('sparse_qkv', storage='int8', positions=5, mode='predict')
   assert policy.runs_kernel('layer_norm', storage='float32', positions=2, mode='train')
   assert not kernels.KernelPolicy(kernels_built=False).runs_kernel(
@@ -111,13 +109,13 @@ def test_references_widen_stored_weights_one_tile_at_a_time(storage, rows):
 @BUILT
 @pytest.mark.parametrize('storage', STORAGES)
 @pytest.mark.parametrize('shape, d_ff, n', [((1, 1, 24), 96, 8), ((2, 2, 33), 64, 4),
-                                            ((1, 7, 40), 512, 16), ((1, 16, 24), 256, 16),
+                                            ((1, 7, 40), 512, 16), ((1, 21, 24), 256, 16),
                                             ((1, 2, 64), 1360, 16)])
 def test_sparse_ff_kernel_equals_the_masked_dense_computation(storage, shape, d_ff, n):
-  """The kernel on float32 / bfloat16 / int8 weights, 1..16 positions (up to N: a
-  prefill), odd widths, a split over two threads with a tail in the controller
-  rank (1360 / 16 = 85), against the eval layer (the one-hot mask on the whole
-  product) on the same weights."""
+  """The kernel on float32 / bfloat16 / int8 weights, 1..21 positions (a prefill,
+  more positions than units per block), odd widths, a split over two threads with a
+  tail in the controller rank (1360 / 16 = 85), against the eval layer (the one-hot
+  mask on the whole product) on the same weights."""
   fused = tl.SparseFF(d_ff, n_elements_in_block=n, mode='predict')
   masked = tl.SparseFF(d_ff, n_elements_in_block=n, mode='eval')
   x = jax.random.normal(jax.random.key(1), shape)
@@ -135,17 +133,6 @@ def test_sparse_ff_kernel_equals_the_masked_dense_computation(storage, shape, d_
   assert 'sparse_trax_sparse_ff' in text and 'gather' not in text
 
 
-@BUILT
-def test_sparse_ff_past_n_positions_takes_the_masked_product():
-  """More positions than units per block: gathering would read more than the matrices,
-  so the policy leaves it to the masked product."""
-  layer = tl.SparseFF(64, n_elements_in_block=4, mode='predict')
-  x = jax.random.normal(jax.random.key(1), (1, 5, 16))
-  w, _ = layer.init(x, rng=jax.random.key(0))
-  text = jax.jit(lambda w, x: layer.forward_with_units(w, x, None)).lower(w, x).as_text()
-  assert 'sparse_trax_sparse_ff' not in text
-
-
 ALL_SPARSE = dict(vocab_size=300, d_model=64, d_ff=256, n_layers=2, n_heads=4, max_len=32,
                   dropout=0.0, ff_sparsity=16, attention_type='multconv', attention_sparsity=4,
                   loss_sparsity=4)
@@ -153,7 +140,7 @@ ALL_SPARSE = dict(vocab_size=300, d_model=64, d_ff=256, n_layers=2, n_heads=4, m
 
 @pytest.mark.parametrize('storage', ['int8', 'bfloat16'])
 def test_prefill_of_stored_weights_equals_token_by_token_decoding(storage):
-  """One call feeding 12 positions (kernels for up to N = 16 positions) gives the logits
+  """One call feeding 12 positions (the sparse FF kernel, XLA's sparse QKV) gives the logits
   that feeding them one by one gives, and those equal the eval pass on the same weights."""
   tokens = jax.random.randint(jax.random.key(1), (1, 12), 1, 300)
   evaluate = models.ScalingTransformerLM(**ALL_SPARSE, mode='eval')

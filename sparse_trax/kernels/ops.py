@@ -200,7 +200,7 @@ def sparse_ff(x, weights: SparseFFWeights, n_per_block: int, *, mode: Optional[s
 
   One kernel call for the controller, each block's argmax and the chosen rows
   of W1 and W2, from float32, bfloat16 or int8 storage (`SparseFFWeights`, all
-  four matrices stored alike), for up to N positions; `reference` (x ->
+  four matrices stored alike), for any number of positions; `reference` (x ->
   (y, units), the layer's own pure-JAX path) otherwise.
   """
   policy = policy or _default_policy()
@@ -210,7 +210,7 @@ def sparse_ff(x, weights: SparseFFWeights, n_per_block: int, *, mode: Optional[s
       _kernel_takes(w, x) for w in (weights.w1, weights.w2, weights.controller_in,
                                     weights.controller_out)) or
       not policy.runs_kernel('sparse_ff', storage=storages.pop(), positions=positions(x),
-                             mode=mode, units_per_block=n_per_block)):
+                             mode=mode)):
     return reference(x)
   leading, d_model = x.shape[:-1], x.shape[-1]
   n_blocks = weights.w1.shape[0] // n_per_block

@@ -107,11 +107,11 @@ class SparseFF(Layer):
     'eval': the argmax unit, applied as a mask on the full product;
     'predict': the argmax unit, and only its column of W1 and row of W2 are
       gathered and multiplied (B columns instead of d_ff). On CPU one kernel
-      does it for up to N positions (a decoded token or a prompt's prefill),
-      from float32, bfloat16 or int8 weights, each block's candidate rows read
-      once for all positions (`kernels.sparse_ff`); in XLA a call of more than
-      a few positions takes the eval path, which reads every weight once
-      instead of B rows per position.
+      does it for any number of positions (a decoded token or a prompt's
+      prefill), from float32, bfloat16 or int8 weights, each block's
+      candidate rows read once for all positions (`kernels.sparse_ff`); in
+      XLA a call of more than a few positions takes the eval path, which
+      reads every weight once instead of B rows per position.
   y = (relu(x @ W1.T + b1) * mask) @ W2 + b2.
 
   Weights: w1 [d_ff, d_model] and w2 [d_ff, d_model] (one contiguous row per
