@@ -189,3 +189,44 @@ def test_compiled_int8_prefill_never_holds_a_widened_matrix(kernels_on):
   assert available == (kernels_on and kernels.POLICY.kernels_built)
   assert int8_temp < 2 * float32_temp + tile, (int8_temp, float32_temp, tile)
   assert int8_temp < 8192 * 512 * 4      # less than one widened W1
+
+
+SMALL = dict(d_model=32, d_ff=64, n_heads=2, max_len=32, dropout=0.0)
+INT8_MODELS = {
+    'TransformerLM': lambda mode: models.TransformerLM(40, n_layers=2, mode=mode, **SMALL),
+    'ScalingTransformerLM all-sparse': lambda mode: models.ScalingTransformerLM(
+        40, n_layers=2, ff_sparsity=8, attention_type='multconv', attention_sparsity=4,
+        loss_sparsity=4, mode=mode, **SMALL),
+    'ScalingTransformerLM MoE': lambda mode: models.ScalingTransformerLM(
+        40, n_layers=2, ff_sparsity=4, ff_sparsity_type='block', mode=mode, **SMALL),
+    'TerraformerLM': lambda mode: models.TerraformerLM(
+        40, n_layers=2, attention_type='multconv', attention_sparsity=4, ff_sparsity=8,
+        ff_use_sru=8, loss_sparsity=4, attention_chunk_len=4, mode=mode, **SMALL),
+    'Transformer': lambda mode: models.Transformer(
+        30, 36, n_encoder_layers=1, n_decoder_layers=2, mode=mode, **SMALL),
+    'ScalingTransformer': lambda mode: models.ScalingTransformer(
+        30, 36, n_encoder_layers=1, n_decoder_layers=2, ff_sparsity=8,
+        attention_type='multconv', attention_sparsity=4, mode=mode, **SMALL),
+    'Terraformer': lambda mode: models.Terraformer(
+        30, 36, n_encoder_layers=1, n_decoder_layers=2, encoder_attention_type='multconv',
+        decoder_attention_type='multconv', attention_sparsity=4, ff_sparsity=8,
+        ff_use_sru=8, loss_sparsity=4, mode=mode, **SMALL),
+}
+
+
+@pytest.mark.parametrize('name', sorted(INT8_MODELS))
+def test_every_model_on_int8_weights_decodes_as_it_evaluates(name):
+  """With int8 weights, token-by-token decoding and a prefill give the eval pass's
+  logits on the same weights (the kernels and XLA's tiles read the same values)."""
+  build = INT8_MODELS[name]
+  evaluate, predict = build('eval'), build('predict')
+  target = jax.random.randint(jax.random.key(2), (2, 7), 1, 30)
+  source = jax.random.randint(jax.random.key(1), (2, 6), 1, 30) if 'LM' not in name else None
+  inputs = target if source is None else (source, target)
+  weights, state = evaluate.init(inputs, rng=jax.random.key(0))
+  low = tl.quantize_weights(weights, 'int8')
+  full = np.asarray(evaluate.apply(low, state, inputs)[0])
+  np.testing.assert_allclose(prefill_then_steps(predict, low, target, 1, inputs=source), full,
+                             rtol=2e-4, atol=2e-4)
+  np.testing.assert_allclose(prefill_then_steps(predict, low, target, 5, inputs=source), full,
+                             rtol=2e-4, atol=2e-4)
