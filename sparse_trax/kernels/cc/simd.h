@@ -164,7 +164,8 @@ inline Lanes16 WeightLanes(const typename W::Type* p) {
 // matrix then ran 1.5x faster (2.4 vs 3.5-3.8 ms, interleaved), bfloat16 ones 6%.
 template <typename W, int C>
 inline void DotRowsFixed(const typename W::Type* rows, const float* b, int64_t n, float* out) {
-  constexpr int64_t kSize = sizeof(typename W::Type);
+  constexpr int64_t kSize = sizeof(typename W::Type);   // (unused without AVX2)
+  (void)kSize;
   int64_t i = 0;
   float head[C];
   for (int r = 0; r < C; ++r) head[r] = 0.0f;
@@ -291,6 +292,25 @@ inline void RunSplit(ffi::ThreadPool& pool, int n_parts, std::function<void(int)
 // and float32 storage pass an empty one).
 inline const float* ScalesOrNull(const ffi::AnyBuffer& scale) {
   return scale.element_count() == 0 ? nullptr : static_cast<const float*>(scale.untyped_data());
+}
+
+// Whether `scale` holds one float32 scale per row of `rows` rows, or none.
+inline bool ScalesFit(const ffi::AnyBuffer& scale, int64_t rows) {
+  return scale.element_count() == 0 || static_cast<int64_t>(scale.element_count()) == rows;
+}
+
+// Runs body(W()) for the storage type W of `values` (Int8Weights, Bfloat16Weights or
+// Float32Weights) and returns its error; fails naming `kernel` for any other dtype.
+template <typename Body>
+ffi::Error ForStorage(ffi::DataType storage, const char* kernel, Body body) {
+  switch (storage) {
+    case ffi::DataType::S8: return body(Int8Weights());
+    case ffi::DataType::BF16: return body(Bfloat16Weights());
+    case ffi::DataType::F32: return body(Float32Weights());
+    default:
+      return ffi::Error::InvalidArgument(std::string(kernel) +
+                                         ": weights must be int8, bfloat16 or float32");
+  }
 }
 
 }  // namespace sparse_trax_kernels

@@ -113,9 +113,6 @@ bool IsMatrix(const ffi::AnyBuffer& b, int64_t rows, int64_t cols) {
   return dims.size() == 2 && dims[0] == rows && dims[1] == cols;
 }
 
-bool ScalesFit(const ffi::AnyBuffer& scale, int64_t rows) {
-  return scale.element_count() == 0 || static_cast<int64_t>(scale.element_count()) == rows;
-}
 
 ffi::Error SparseFFImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::AnyBuffer c_in,
                         ffi::AnyBuffer c_in_scale, ffi::AnyBuffer c_out,
@@ -156,12 +153,7 @@ ffi::Error SparseFFImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::AnyB
                 n_per_block, y->typed_data(), units->typed_data());
     return ffi::Error::Success();
   };
-  switch (storage) {
-    case ffi::DataType::S8: return run(Int8Weights());
-    case ffi::DataType::BF16: return run(Bfloat16Weights());
-    case ffi::DataType::F32: return run(Float32Weights());
-    default: return ffi::Error::InvalidArgument("sparse_ff: weights must be int8, bfloat16 or float32");
-  }
+  return ForStorage(storage, "sparse_ff", run);
 }
 
 }  // namespace

@@ -183,9 +183,6 @@ void SparseQKV(ffi::ThreadPool& pool, const SparseQKVMatrices<W>& w, const float
   RunSplit(pool, n_parts, convolve);
 }
 
-bool ScalesFit(const ffi::AnyBuffer& scale, int64_t count) {
-  return scale.element_count() == 0 || static_cast<int64_t>(scale.element_count()) == count;
-}
 
 ffi::Error SparseQKVImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                          ffi::Buffer<ffi::F32> history, ffi::AnyBuffer modules,
@@ -253,12 +250,7 @@ ffi::Error SparseQKVImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                  sizes, batch, length, d, carried, n_modules, c_in, c_out, outs, m->typed_data());
     return ffi::Error::Success();
   };
-  switch (storage) {
-    case ffi::DataType::S8: return run(Int8Weights());
-    case ffi::DataType::BF16: return run(Bfloat16Weights());
-    case ffi::DataType::F32: return run(Float32Weights());
-    default: return ffi::Error::InvalidArgument("sparse_qkv: weights must be int8, bfloat16 or float32");
-  }
+  return ForStorage(storage, "sparse_qkv", run);
 }
 
 }  // namespace

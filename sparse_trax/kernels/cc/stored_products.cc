@@ -123,19 +123,6 @@ void StoredVecmat(ffi::ThreadPool& pool, const float* a, StoredRows<W> w, int64_
   RunSplit(pool, n_parts, work);
 }
 
-// Calls body.template operator()<W>() for the storage type of `values`, or fails.
-template <typename Body>
-ffi::Error ForStorage(const ffi::AnyBuffer& values, const char* kernel, Body body) {
-  switch (values.element_type()) {
-    case ffi::DataType::S8: return body(Int8Weights());
-    case ffi::DataType::BF16: return body(Bfloat16Weights());
-    case ffi::DataType::F32: return body(Float32Weights());
-    default:
-      return ffi::Error::InvalidArgument(std::string(kernel) +
-                                         ": weights must be int8, bfloat16 or float32");
-  }
-}
-
 ffi::Error StoredMatvecImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::AnyBuffer values,
                             ffi::AnyBuffer scale, ffi::ResultBuffer<ffi::F32> y) {
   auto x_dims = x.dimensions();
@@ -143,10 +130,10 @@ ffi::Error StoredMatvecImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::
   if (x_dims.size() != 2 || w_dims.size() != 2 || x_dims[1] != w_dims[1]) {
     return ffi::Error::InvalidArgument("stored_matvec: need x [p, d_in] and weights [d_out, d_in]");
   }
-  if (scale.element_count() != 0 && static_cast<int64_t>(scale.element_count()) != w_dims[0]) {
+  if (!ScalesFit(scale, w_dims[0])) {
     return ffi::Error::InvalidArgument("stored_matvec: need one scale per row (or none)");
   }
-  return ForStorage(values, "stored_matvec", [&](auto storage) {
+  return ForStorage(values.element_type(), "stored_matvec", [&](auto storage) {
     using W = decltype(storage);
     StoredRows<W> w{static_cast<const typename W::Type*>(values.untyped_data()),
                     ScalesOrNull(scale), w_dims[1]};
@@ -162,10 +149,10 @@ ffi::Error StoredVecmatImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::
   if (a_dims.size() != 2 || w_dims.size() != 2 || a_dims[1] != w_dims[0]) {
     return ffi::Error::InvalidArgument("stored_vecmat: need a [p, d_in] and weights [d_in, d_out]");
   }
-  if (scale.element_count() != 0 && static_cast<int64_t>(scale.element_count()) != w_dims[0]) {
+  if (!ScalesFit(scale, w_dims[0])) {
     return ffi::Error::InvalidArgument("stored_vecmat: need one scale per row (or none)");
   }
-  return ForStorage(values, "stored_vecmat", [&](auto storage) {
+  return ForStorage(values.element_type(), "stored_vecmat", [&](auto storage) {
     using W = decltype(storage);
     StoredRows<W> w{static_cast<const typename W::Type*>(values.untyped_data()),
                     ScalesOrNull(scale), w_dims[1]};
