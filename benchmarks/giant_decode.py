@@ -82,6 +82,36 @@ def time_block(variant: str, tokens: int, warmup: int = 4) -> dict:
           'params': params}
 
 
+def macs_per_token(layers: int, position: int) -> dict:
+  """Multiply-adds one decoded token of the all-sparse model costs, by family (the
+  kernels' arithmetic, counted from the shapes)."""
+  n_blocks = D_FF // 64
+  rank = n_blocks                                    # SparseFF's default controller rank
+  modules, channels = 16, D_MODEL // 16
+  feed_forward = rank * D_MODEL + D_FF * rank + 2 * n_blocks * D_MODEL
+  multiplicative = modules * D_MODEL * channels
+  convolutions = modules * 3 * (3 + 3 + 1) * channels * channels   # length 3, kernels 3, 3, 1
+  attention = 2 * D_MODEL * (position + 1)
+  vocabulary = 4 * D_MODEL * (VOCAB // 4)
+  return {'sparse FF': layers * feed_forward,
+          'sparse QKV attention': layers * (multiplicative + convolutions + attention),
+          'vocabulary (multiplicative)': vocabulary}
+
+
+def gemm_macs_per_second(n: int = 2048, repeats: int = 7) -> float:
+  """Multiply-adds per second of a float32 [n, n] x [n, n] product in XLA (this
+  machine's arithmetic rate, both cores)."""
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  product = jax.jit(lambda a: a @ a)
+  product(a).block_until_ready()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    product(a).block_until_ready()
+    times.append(time.perf_counter() - start)
+  return n ** 3 / min(times)
+
+
 def time_family(layer: tl.Layer, copies: int, position: int, repeats: int = 12) -> float:
   """Median ms of one token through `layer` (a Serial of `copies` stacked copies with
   their own int8 weights, so that they come from memory), per copy."""
@@ -161,6 +191,8 @@ def run_model(layers: int, tokens: int, prompt_length: int, runs: int):
   del weights, state
   gc.collect()
   shares = family_shares(layers, prompt_length + tokens // 2)
+  macs = macs_per_token(layers, prompt_length + tokens // 2)
+  rate = gemm_macs_per_second()
   print(f'\nall-sparse decoder, {layers} layers at d_model {D_MODEL}, d_ff {D_FF}, N 64, '
         f'multconv S 16, loss sparsity 4, vocab {VOCAB}: {params / 1e9:.2f}B parameters, int8 '
         f'weights {cost["all_weights"] / 1e9:.1f} GB (model.init in {made_seconds:.0f} s). '
@@ -185,12 +217,17 @@ def run_model(layers: int, tokens: int, prompt_length: int, runs: int):
   print('\nshare of a token by layer family (each timed alone at this width, int8, four '
         'stacked copies; scaled to the model; the rest is embedding, LayerNorms, residuals '
         'and the sampling loop):')
-  print('| family | ms/token (alone) | share of the median token |')
-  print('|---|---|---|')
+  print(f'(arithmetic: {sum(macs.values()) / 1e9:.2f} G multiply-adds per token; an XLA '
+        f'float32 GEMM ran {rate / 1e9:.0f} G/s here, so the arithmetic alone takes '
+        f'{1e3 * sum(macs.values()) / rate:.1f} ms at that rate, beside the bytes\' floor)')
+  print('| family | ms/token (alone) | share of the median token | G multiply-adds | '
+        'ms at the GEMM rate |')
+  print('|---|---|---|---|---|')
   for name, ms in shares.items():
-    print(f'| {name} | {ms:.1f} | {ms / median_ms:.0%} |')
+    print(f'| {name} | {ms:.1f} | {ms / median_ms:.0%} | {macs[name] / 1e9:.2f} | '
+          f'{1e3 * macs[name] / rate:.1f} |')
   rest = median_ms - sum(shares.values())
-  print(f'| the rest | {rest:.1f} | {rest / median_ms:.0%} |')
+  print(f'| the rest | {rest:.1f} | {rest / median_ms:.0%} | | |')
 
 
 def main():
