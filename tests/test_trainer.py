@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -77,8 +78,12 @@ def test_end_to_end_tiny_run(tmp_path, text_files, capsys):
   config = tiny_config(str(tmp_path), text_files)
   out = str(tmp_path / 'run')
   result = run_trainer('--config_file', config, '--output_dir', out)
-  printed = capsys.readouterr().out
+  captured = capsys.readouterr()
+  printed = captured.out
   assert 'Decoded sample' in printed and 'unigram baseline' in printed
+  # Not a terminal: plain progress lines, no tqdm bar redrawn with carriage returns.
+  assert re.search(r'^step 12: loss \d+\.\d{4}, [\d,]+ tokens/s$', printed, re.M), printed
+  assert '\r' not in captured.err and 'training:' not in captured.err
   assert np.isfinite(result['eval_log_perplexity']) and 'sample' in result
   records = read_metrics(out)
   assert sorted(train_losses(out)) == list(range(1, 13))

@@ -14,6 +14,7 @@ so the resumed steps compute exactly what an uninterrupted run would.
 import inspect
 import json
 import os
+import sys
 import time
 from typing import Callable, Optional
 
@@ -285,7 +286,9 @@ def train(output_dir: str, model: Callable, inputs, optimizer: Callable = optimi
     seed: seeds the weights and the per-step rngs.
     decode_length: tokens decoded for the sample printed at the end (0: none).
     decode_temperature: 0 for greedy.
-    progress_bar: show a tqdm bar (step, loss, tokens/s).
+    progress_bar: show a tqdm bar (step, loss, tokens/s) when stderr is a
+      terminal; otherwise (a log file, a pipe) and with False, one plain line
+      per `log_every` steps (`step N: loss L, R tokens/s`).
     n_devices: devices to train on, data-parallel (default: all local and,
       after `jax.distributed.initialize()`, remote ones); the batch size must
       be a multiple of it.
@@ -416,7 +419,10 @@ def train(output_dir: str, model: Callable, inputs, optimizer: Callable = optimi
                        if 'eval_rouge1' in record else ''))
     return record
 
-  bar = tqdm.tqdm(total=n_steps, initial=start_step, disable=not (progress_bar and main_process),
+  # The bar rewrites its line with carriage returns: on a terminal only (in a log file it
+  # left thousands of updates); elsewhere a plain line every log_every steps.
+  show_bar = progress_bar and main_process and sys.stderr.isatty()
+  bar = tqdm.tqdm(total=n_steps, initial=start_step, disable=not show_bar,
                   desc='training', unit='step', dynamic_ncols=True)
   record, tokens, clock = None, 0, time.perf_counter()
   try:   # the bar ends its line before any error message
@@ -436,6 +442,8 @@ def train(output_dir: str, model: Callable, inputs, optimizer: Callable = optimi
       if step % log_every == 0 or step == n_steps:
         rate = tokens / max(time.perf_counter() - clock, 1e-9)
         bar.set_postfix(loss=f'{loss:.3f}', tokens_per_s=f'{rate:,.0f}')
+        if main_process and not show_bar:
+          print(f'step {step}: loss {loss:.4f}, {rate:,.0f} tokens/s', flush=True)
         if main_process:
           _append_jsonl(metrics_path, {'step': step, 'loss': loss, 'tokens_per_s': rate,
                                        'accuracy': float(metrics['accuracy']),
