@@ -17,31 +17,12 @@ reference, which computes the same thing (tested side by side).
   (`matvec_reference`, `vecmat_reference`), which never widen a stored matrix whole.
 """
 
-import importlib.util
-
-import jax
-
 from sparse_trax.kernels.ops import (cached_attention, layer_norm, matvec, matvec_reference,
                                      positions, sparse_ff, sparse_qkv, vecmat, vecmat_reference)
-from sparse_trax.kernels.policy import KernelPolicy, make_policy
+from sparse_trax.kernels.policy import POLICY, KernelPolicy
 from sparse_trax.kernels.records import (ConvolutionWeights, MultiplicativeWeights,
                                          SparseFFWeights, SparseQKVWeights)
 from sparse_trax.kernels.storage import QuantizedArray, storage_of
-
-
-def _register() -> bool:
-  if importlib.util.find_spec('sparse_trax.kernels._cpu_kernels') is None:
-    return False
-  from sparse_trax.kernels import _cpu_kernels  # pylint: disable=import-outside-toplevel,no-name-in-module
-  for name, handler in _cpu_kernels.registrations().items():
-    jax.ffi.register_ffi_target(name, handler, platform='cpu')
-  return True
-
-
-_BUILT = _register()
-
-# Decided once per process: the kernels where built, unless SPARSE_TRAX_KERNELS=0.
-POLICY: KernelPolicy = make_policy(_BUILT)
 
 
 def available() -> bool:

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sparse_trax.kernels.policy import KernelPolicy, TILE_VALUES, XLA_POSITIONS
+from sparse_trax.kernels.policy import POLICY, KernelPolicy, TILE_VALUES, XLA_POSITIONS
 from sparse_trax.kernels.records import SparseFFWeights, SparseQKVWeights
 from sparse_trax.kernels.storage import QuantizedArray, storage_of, values_and_scales
 
@@ -173,7 +173,7 @@ def matvec(x, w, *, mode: Optional[str] = None, policy: Optional[KernelPolicy] =
   positions) converts each row in registers and reads every row once for all
   positions; `matvec_reference` elsewhere.
   """
-  policy = policy or _default_policy()
+  policy = policy or POLICY
   if _kernel_takes(w, x) and policy.runs_kernel('matvec', storage=storage_of(w),
                                                 positions=positions(x), mode=mode):
     return _stored_kernel('matvec', x, w, w.shape[0], matvec_reference)
@@ -187,7 +187,7 @@ def vecmat(a, w, *, mode: Optional[str] = None, policy: Optional[KernelPolicy] =
   The kernel walks w in blocks of 16 rows, summing tiles of columns in
   registers for up to 8 rows of a at a time; `vecmat_reference` elsewhere.
   """
-  policy = policy or _default_policy()
+  policy = policy or POLICY
   if _kernel_takes(w, a) and policy.runs_kernel('vecmat', storage=storage_of(w),
                                                 positions=positions(a), mode=mode):
     return _stored_kernel('vecmat', a, w, w.shape[1], vecmat_reference)
@@ -203,7 +203,7 @@ def sparse_ff(x, weights: SparseFFWeights, n_per_block: int, *, mode: Optional[s
   four matrices stored alike), for any number of positions; `reference` (x ->
   (y, units), the layer's own pure-JAX path) otherwise.
   """
-  policy = policy or _default_policy()
+  policy = policy or POLICY
   storages = {storage_of(w) for w in (weights.w1, weights.w2, weights.controller_in,
                                       weights.controller_out)}
   if (x.dtype != jnp.float32 or len(storages) != 1 or not all(
@@ -253,7 +253,7 @@ def sparse_qkv(x, history, weights: SparseQKVWeights, *, mode: Optional[str],
     (q, k, v) each float32 [batch, length, S * O], and m [batch, length, S * C],
     the multiplicative layer's output (the next history's source).
   """
-  policy = policy or _default_policy()
+  policy = policy or POLICY
   mult = weights.multiplicative
   matrices = (mult.modules, mult.units) + tuple(c.kernel for c in weights.convolutions)
   storages = {storage_of(w) for w in matrices}
@@ -291,7 +291,7 @@ def layer_norm(x, scale, bias, epsilon: float, *, reference: Callable,
 
   scale, bias: float32 [d]. `reference` (x -> y, pure JAX) runs otherwise.
   """
-  policy = policy or _default_policy()
+  policy = policy or POLICY
   if (x.dtype != jnp.float32 or scale.dtype != jnp.float32 or bias.dtype != jnp.float32 or
       not policy.runs_kernel('layer_norm', storage='float32', positions=positions(x),
                              mode=None)):
@@ -319,7 +319,7 @@ def cached_attention(query, keys, values, first, position, *, reference: Callabl
   Returns:
     float32 [batch, heads, d_head].
   """
-  policy = policy or _default_policy()
+  policy = policy or POLICY
   if (keys.dtype != jnp.float32 or values.dtype != jnp.float32 or
       not policy.runs_kernel('cached_attention', storage='float32', positions=1,
                              mode='predict')):
@@ -329,8 +329,3 @@ def cached_attention(query, keys, values, first, position, *, reference: Callabl
                           jax.ShapeDtypeStruct(query.shape, jnp.float32))
   return _on_cpu(query, lambda q: call(q, keys, values, bounds),
                  lambda q: reference(q).astype(jnp.float32))
-
-
-def _default_policy() -> KernelPolicy:
-  from sparse_trax.kernels import POLICY  # pylint: disable=import-outside-toplevel
-  return POLICY

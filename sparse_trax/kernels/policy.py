@@ -24,6 +24,8 @@ import dataclasses
 import os
 from typing import Mapping, Optional
 
+from sparse_trax.kernels import registry
+
 ANY = None          # any number of positions
 FEW = 4             # a decoding step: one token, or a few of a batch
 
@@ -120,3 +122,7 @@ def _enabled_by_environment() -> bool:
 def make_policy(kernels_built: bool) -> KernelPolicy:
   """The policy for this process: kernels where built, unless SPARSE_TRAX_KERNELS=0."""
   return KernelPolicy(kernels_built=kernels_built, enabled=_enabled_by_environment())
+
+
+# Decided once per process: the kernels where built, unless SPARSE_TRAX_KERNELS=0.
+POLICY: KernelPolicy = make_policy(registry.BUILT)
