@@ -15,7 +15,8 @@ import numpy as np
 
 from sparse_trax.kernels.policy import POLICY, KernelPolicy, TILE_VALUES, XLA_POSITIONS
 from sparse_trax.kernels.records import SparseFFWeights, SparseQKVWeights
-from sparse_trax.kernels.storage import QuantizedArray, storage_of, values_and_scales
+from sparse_trax.kernels.storage import (QuantizedArray, kernel_operands, storage_of,
+                                         values_and_scales)
 
 _TARGETS = {
     'matvec': 'sparse_trax_stored_matvec',
@@ -55,16 +56,6 @@ def _widen(values, dtype):
   return values.astype(dtype)
 
 
-def _stored_parts(w):
-  """(values, scales or None) of a weight as the references read them."""
-  if isinstance(w, QuantizedArray):
-    if w.scale is not None and w.axis % w.ndim != 0:
-      raise ValueError('a product with an int8 matrix needs per-row (axis 0) scales, got '
-                       f'scales along axis {w.axis} of shape {tuple(w.shape)}')
-    return w.values, w.scale
-  return w, None
-
-
 def _product_dtype(x, w):
   """Quantized weights compute in x's dtype; plain arrays in the wider of the two."""
   return x.dtype if isinstance(w, QuantizedArray) else jnp.result_type(x.dtype, w.dtype)
@@ -98,12 +89,12 @@ def matvec_reference(x, w):
   scales) -> [..., d_out], in plain XLA operations.
 
   Weights stored narrower than the product's dtype are widened one tile of rows
-  at a time (at most TILE_VALUES values), never whole, and only once x exists;
-  for a few positions, bfloat16 rows are multiplied and summed in one loop,
+  at a time (at most TILE_VALUES values) inside a loop, never whole; for a few
+  positions, bfloat16 rows are multiplied and summed in one loop,
   into which XLA fuses the conversion.
   """
   dtype = _product_dtype(x, w)
-  values, scale = _stored_parts(w)
+  values, scale = values_and_scales(w)
   x = x.astype(dtype)
   if values.dtype == dtype:
     y = jax.lax.dot_general(x, values, (((x.ndim - 1,), (1,)), ((), ())))
@@ -129,10 +120,10 @@ def vecmat_reference(a, w):
   scales: rows index the contracted axis) -> [..., d_out], in plain XLA operations.
 
   Weights stored narrower than the product's dtype are widened one tile of
-  columns at a time, never the whole matrix, and only once a exists.
+  columns at a time inside a loop, never the whole matrix.
   """
   dtype = _product_dtype(a, w)
-  values, scale = _stored_parts(w)
+  values, scale = values_and_scales(w)
   a = a.astype(dtype)
   if scale is not None:
     a = a * scale.astype(dtype)                                   # the row scales, on a
@@ -152,7 +143,7 @@ def _stored_kernel(op: str, x, w, d_out: int, reference: Callable):
   """The stored-product kernel `op` on x [..., d_in] (float32), reference elsewhere."""
   leading, d_in = x.shape[:-1], x.shape[-1]
   flat = x.reshape(-1, d_in)
-  values, scales = values_and_scales(w)
+  values, scales = kernel_operands(w)
   call = jax.ffi.ffi_call(_TARGETS[op], jax.ShapeDtypeStruct((flat.shape[0], d_out), jnp.float32))
   y = _on_cpu(flat, lambda f: call(f, values, scales),
               lambda f: reference(f, w).astype(jnp.float32))
@@ -221,11 +212,11 @@ def sparse_ff(x, weights: SparseFFWeights, n_per_block: int, *, mode: Optional[s
        jax.ShapeDtypeStruct((flat.shape[0], n_blocks), jnp.int32)))
 
   def kernel(flat):
-    return call(flat, *values_and_scales(weights.controller_in),
-                *values_and_scales(weights.controller_out),
+    return call(flat, *kernel_operands(weights.controller_in),
+                *kernel_operands(weights.controller_out),
                 weights.controller_bias.astype(jnp.float32),
-                *values_and_scales(weights.w1), weights.b1.astype(jnp.float32),
-                *values_and_scales(weights.w2), weights.b2.astype(jnp.float32),
+                *kernel_operands(weights.w1), weights.b1.astype(jnp.float32),
+                *kernel_operands(weights.w2), weights.b2.astype(jnp.float32),
                 n_per_block=np.int64(n_per_block))
 
   def fallback(flat):
@@ -275,8 +266,8 @@ def sparse_qkv(x, history, weights: SparseQKVWeights, *, mode: Optional[str],
   def kernel(x):
     convolutions = []
     for part in weights.convolutions:
-      convolutions += [*values_and_scales(part.kernel, scale_axis=-1), part.b.astype(jnp.float32)]
-    return call(x, history, *values_and_scales(mult.modules), *values_and_scales(mult.units),
+      convolutions += [*kernel_operands(part.kernel, scale_axis=-1), part.b.astype(jnp.float32)]
+    return call(x, history, *kernel_operands(mult.modules), *kernel_operands(mult.units),
                 mult.b.astype(jnp.float32), *convolutions)
 
   def fallback(x):

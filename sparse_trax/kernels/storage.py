@@ -77,16 +77,18 @@ def storage_of(w) -> str:
 
 
 def values_and_scales(w, scale_axis: int = 0):
-  """(values, scales) as a kernel takes them: scales float32 [values.shape[scale_axis]],
-  or an empty float32 [0] where there are none (bfloat16 and float32 storage).
-
-  Raises ValueError when int8 scales run along another axis than `scale_axis`.
-  """
+  """(values, scales or None) of an array or QuantizedArray; int8 scales must run along
+  `scale_axis` (raises ValueError naming the shape otherwise)."""
   if not isinstance(w, QuantizedArray):
-    return w, jnp.zeros((0,), jnp.float32)
-  if w.scale is None:
-    return w.values, jnp.zeros((0,), jnp.float32)
-  if w.axis % w.ndim != scale_axis % w.ndim:
-    raise ValueError(f'a kernel needs int8 scales along axis {scale_axis}, these run along '
-                     f'axis {w.axis} of shape {tuple(w.shape)}')
-  return w.values, w.scale.astype(jnp.float32)
+    return w, None
+  if w.scale is not None and w.axis % w.ndim != scale_axis % w.ndim:
+    raise ValueError(f'a product with an int8 matrix needs scales along axis {scale_axis}, '
+                     f'these run along axis {w.axis} of shape {tuple(w.shape)}')
+  return w.values, w.scale
+
+
+def kernel_operands(w, scale_axis: int = 0):
+  """(values, scales) as a kernel takes them: scales float32 [values.shape[scale_axis]],
+  or an empty float32 [0] where there are none (bfloat16 and float32 storage)."""
+  values, scale = values_and_scales(w, scale_axis)
+  return values, (jnp.zeros((0,), jnp.float32) if scale is None else scale.astype(jnp.float32))
