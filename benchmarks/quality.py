@@ -46,7 +46,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def parameter_count(config_file: str, bindings=()) -> int:
   gin.clear_config()
   trainer.parse_gin_config([config_file], list(bindings), finalize_config=False)
-  from sparse_trax.train.loop import build_model  # pylint: disable=import-outside-toplevel
+  from sparse_trax.train.steps import build_model  # pylint: disable=import-outside-toplevel
   model = build_model(gin.query_parameter('train.model').scoped_configurable_fn, 'eval',
                       gin.query_parameter('SentencePieceTokenizer.vocab_size'))
   shapes = jax.eval_shape(lambda: model.init(jax.ShapeDtypeStruct((1, 8), jnp.int32),

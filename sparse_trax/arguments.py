@@ -48,35 +48,48 @@ def check_choice(owner: str, name: str, value: Any, choices: Iterable) -> None:
     raise ValueError(f'{owner}: {name} must be one of {choices}, got {_describe(value)}')
 
 
-# Model arguments that may be 0 (0 turns the feature off); other ints must be >= 1.
+# Arguments that may be 0 (0 turns the feature off); other ints must be >= 1.
 _MAY_BE_ZERO = frozenset({'ff_sparsity', 'loss_sparsity', 'ff_use_sru', 'n_encoder_layers',
-                          'n_chunks_before'})
+                          'n_chunks_before', 'n_carry', 'n_chunks_after', 'input_length',
+                          'position', 'pad_id', 'n_in', 'n_out', 'seed', 'hash_seed'})
+# Ints and floats of any sign (an axis counts from the end; a bias may be negative).
+_ANY_SIGN = frozenset({'axis', 'forget_bias'})
+# Floats that are probabilities of dropping: in [0, 1).
+_RATES = frozenset({'rate'})
 
 
-def check_model_arguments(model_fn, arguments: dict) -> None:
-  """Checks a model function's arguments against its annotations.
+def check_annotated(owner: str, fn, arguments: dict) -> None:
+  """Checks arguments against a function's annotations, failing with one line.
 
-  int -> an int >= 1 (>= 0 for the switches in `_MAY_BE_ZERO`); float -> a
-  number ('dropout' in [0, 1)); str -> a str ('mode' one of the modes);
-  bool -> a bool; Optional[...] may also be None.
+  int -> an int >= 1 (>= 0 for the switches in `_MAY_BE_ZERO`, any for
+  `_ANY_SIGN`); float -> a number >= 0 ('dropout' and 'rate' in [0, 1));
+  str -> a str ('mode' one of the modes); bool -> a bool; Optional[...] may
+  also be None. Arguments without an annotation are not checked.
 
   Args:
-    model_fn: the model function (its annotations and name are read).
+    owner: what the message names (a model function or a layer class).
+    fn: the function whose annotations are read (`__init__` of a layer).
     arguments: its arguments, e.g. `locals()` at the top of its body.
   """
-  owner = model_fn.__name__
-  hints = typing.get_type_hints(model_fn)
+  hints = typing.get_type_hints(fn)
   for name, value in arguments.items():
     hint = hints.get(name)
+    if hint is None or name == 'return':
+      continue
     optional = typing.get_origin(hint) is typing.Union and type(None) in typing.get_args(hint)
     if optional:
       if value is None:
         continue
       hint = next(a for a in typing.get_args(hint) if a is not type(None))
     if hint is int:
-      check_int(owner, name, value, 0 if name in _MAY_BE_ZERO else 1)
+      minimum = None if name in _ANY_SIGN else 0 if name in _MAY_BE_ZERO else 1
+      check_int(owner, name, value, minimum)
     elif hint is float:
-      check_number(owner, name, value, 0.0, 1.0 if 'dropout' in name else None)
+      if name in _ANY_SIGN:
+        check_number(owner, name, value)
+      else:
+        check_number(owner, name, value, 0.0,
+                     1.0 if 'dropout' in name or name in _RATES else None)
     elif hint is bool and not isinstance(value, bool):
       raise ValueError(f'{owner}: {name} must be True or False, got {_describe(value)}')
     elif hint is str:
@@ -84,6 +97,26 @@ def check_model_arguments(model_fn, arguments: dict) -> None:
         raise ValueError(f'{owner}: {name} must be a str, got {_describe(value)}')
       if name == 'mode':
         check_choice(owner, name, value, ('train', 'eval', 'predict'))
+
+
+def check_model_arguments(model_fn, arguments: dict) -> None:
+  """Checks a model function's arguments against its annotations (`check_annotated`).
+
+  Args:
+    model_fn: the model function (its annotations and name are read).
+    arguments: its arguments, e.g. `locals()` at the top of its body.
+  """
+  check_annotated(model_fn.__name__, model_fn, arguments)
+
+
+def check_layer_arguments(layer, init, arguments: dict) -> None:
+  """Checks a layer constructor's arguments against its annotations (`check_annotated`).
+
+  Call first thing in `__init__`:
+  `arguments.check_layer_arguments(self, Dense.__init__, locals())`; the
+  message names the layer's class.
+  """
+  check_annotated(type(layer).__name__, init, arguments)
 
 
 def first_out_of_range(ids, size: int) -> Optional[Tuple[Tuple[int, ...], int]]:

@@ -216,11 +216,20 @@ def _prompts(prefix, prefix_lengths, batch: int) -> Tuple[np.ndarray, np.ndarray
   """(right-padded prompt [batch, width] int32, lengths [batch] int32, given as a list)."""
   if prefix is None:
     return np.zeros((batch, 0), np.int32), np.zeros((batch,), np.int32), False
+  if _holds_text(prefix):
+    raise ValueError(f'prefix is text ({_short(prefix)}); decoding takes token ids: tokenize '
+                     'it first, e.g. ids = tokenizer.encode(text).numpy() (the trainer\'s '
+                     'Inputs(...).tokenizer), and pass [ids]')
   if isinstance(prefix, (list, tuple)):
     if not prefix:
       raise ValueError('prefix is an empty list: give one token list per prompt '
                        '(an empty prompt is [])')
-    rows = [np.asarray(row, np.int64).reshape(-1) for row in prefix]
+    rows = [np.asarray(row).reshape(-1) for row in prefix]
+    for i, row in enumerate(rows):
+      if row.size and not np.issubdtype(row.dtype, np.integer):
+        raise ValueError(f'prefix[{i}] must hold integer token ids, got dtype {row.dtype} '
+                         f'({_short(prefix[i])})')
+    rows = [row.astype(np.int64) for row in rows]
     width = max(len(row) for row in rows)
     prompt = np.zeros((len(rows), width), np.int64)
     for i, row in enumerate(rows):
@@ -245,6 +254,51 @@ def _prompts(prefix, prefix_lengths, batch: int) -> Tuple[np.ndarray, np.ndarray
   return prompt, lengths, False
 
 
+def _holds_text(prefix) -> bool:
+  """Whether a prompt was given as text (a str, bytes, or a list holding them)."""
+  if isinstance(prefix, (str, bytes)):
+    return True
+  if isinstance(prefix, (list, tuple)):
+    return any(_holds_text(row) for row in prefix)
+  return isinstance(prefix, np.ndarray) and prefix.dtype.kind in 'USO' and any(
+      isinstance(x, (str, bytes)) for x in prefix.reshape(-1)[:16])
+
+
+def _short(value) -> str:
+  text = repr(value)
+  return text if len(text) <= 60 else text[:57] + '...'
+
+
+def output_vocab_size(model: Layer) -> Optional[int]:
+  """The vocabulary a model decodes into (its last embedding's), if it has one."""
+  embeddings = _embeddings(model)
+  return embeddings[-1].vocab_size if embeddings else None
+
+
+def check_sampling(model: Layer, temperature, top_k, eos_id, rng) -> None:
+  """One-line errors for bad sampling arguments, before any work is done."""
+  arguments.check_number('autoregressive_sample', 'temperature', temperature, minimum=0.0)
+  vocab_size = output_vocab_size(model)
+  if top_k is not None:
+    arguments.check_int('autoregressive_sample', 'top_k', top_k)
+    if vocab_size is not None and top_k > vocab_size:
+      raise ValueError(f'autoregressive_sample: top_k must be <= the vocabulary size '
+                       f'{vocab_size}, got {top_k}')
+  check_eos_id(model, eos_id, 'autoregressive_sample')
+  if temperature > 0.0 and rng is None:
+    raise ValueError('sampling with temperature > 0 needs an rng')
+
+
+def check_eos_id(model: Layer, eos_id, owner: str) -> None:
+  if eos_id is None:
+    return
+  arguments.check_int(owner, 'eos_id', eos_id, minimum=0)
+  vocab_size = output_vocab_size(model)
+  if vocab_size is not None and eos_id >= vocab_size:
+    raise ValueError(f'{owner}: eos_id must be < the vocabulary size {vocab_size}, '
+                     f'got {eos_id}')
+
+
 def _checked_request(model: Layer, prefix, prefix_lengths, inputs, max_length, batch_size):
   """Validates a decoding request on the host; returns (prompt, lengths, as_list, inputs)."""
   if model.mode != 'predict':
@@ -262,7 +316,8 @@ def _checked_request(model: Layer, prefix, prefix_lengths, inputs, max_length, b
     batch = inputs.shape[0]
   else:
     batch = batch_size
-  if prefix is not None:
+  if prefix is not None and not _holds_text(prefix) and (
+      isinstance(prefix, (list, tuple)) or np.ndim(prefix) >= 1):
     batch = len(prefix) if isinstance(prefix, (list, tuple)) else np.shape(prefix)[0]
   prompt, lengths, as_list = _prompts(prefix, prefix_lengths, batch)
   check_ids(prompt, embeddings[-1].vocab_size if embeddings else None, 'prefix')
@@ -321,12 +376,7 @@ def autoregressive_sample(model: Layer, weights, prefix: Optional[Prompts] = Non
   """
   prompt, lengths, as_list, inputs = _checked_request(model, prefix, prefix_lengths, inputs,
                                                       max_length, batch_size)
-  if temperature < 0:
-    raise ValueError(f'temperature must be >= 0, got {temperature}')
-  if top_k is not None and (not isinstance(top_k, (int, np.integer)) or top_k < 1):
-    raise ValueError(f'top_k must be a positive int, got {top_k!r}')
-  if temperature > 0.0 and rng is None:
-    raise ValueError('sampling with temperature > 0 needs an rng')
+  check_sampling(model, temperature, top_k, eos_id, rng)
   rng = jax.random.key(0) if rng is None else rng
   batch = prompt.shape[0]
   state = initial_state(model, _signature(batch, inputs))
@@ -474,6 +524,7 @@ def beam_search(model: Layer, weights, prefix: Optional[Prompts] = None, *, inpu
     raise ValueError(f'beam_size must be a positive int, got {beam_size!r}')
   prompt, lengths, _, inputs = _checked_request(model, prefix, prefix_lengths, inputs,
                                                 max_length, batch_size)
+  check_eos_id(model, eos_id, 'beam_search')
   batch = prompt.shape[0]
   tile = lambda x: np.repeat(x, beam_size, axis=0)
   tiled_inputs = None if inputs is None else jnp.asarray(tile(inputs), jnp.int32)

@@ -7,7 +7,8 @@ plain Python. Names in gin files:
   data         Inputs, ShippedCorpus, TFDSSource, TextFiles, AdditionTask, CopyTask,
                SentencePieceTokenizer, ByteTokenizer, SpanCorruption
   optimizers   Adam, Adafactor, SGD; schedules Constant, WarmupRsqrtDecay
-  training     train (the loop's settings: n_steps, eval_every, ...)
+  training     train (the trainer's settings: n_steps, eval_every, ...), and
+               TrainConfig (the same settings, for a `train.Loop` built in Python)
 """
 
 import inspect
@@ -40,4 +41,6 @@ for _name in ('Inputs', 'ShippedCorpus', 'TFDSSource', 'TextFiles', 'AdditionTas
   gin.external_configurable(getattr(data, _name), name=_name)
 for _name in ('Adam', 'Adafactor', 'SGD', 'Constant', 'WarmupRsqrtDecay'):
   gin.external_configurable(getattr(optimizers, _name), name=_name)
-gin.external_configurable(loop.train, name='train', denylist=['output_dir', 'on_start'])
+gin.external_configurable(loop.train, name='train',
+                          denylist=['output_dir', 'on_start', 'on_resume'])
+gin.external_configurable(loop.TrainConfig, name='TrainConfig')

@@ -8,10 +8,13 @@ fails at once with gin's message naming the binding and the file; a macro
 bound on the command line or in a given file but never used (a misspelt
 `D_MODLE = 64`) is an error too (in an included file, a warning). Includes
 resolve from the including file's folder first (`gin_files`). The operative
-config is written to <output_dir>/config.gin once training starts.
+config is written to <output_dir>/config.gin before the first step; a rerun
+on the same folder resumes only if its config changes nothing but schedule
+settings (`config_changes`), recorded in config.<step>.gin.
 
 Errors print one message (`trainer: error: ...`) and exit with status 1;
-`--debug` shows the traceback.
+`--debug` shows the traceback. Ctrl-C (SIGINT) or SIGTERM saves a checkpoint
+at the step reached (when training) and exits with 130 / 143 after one line.
 
 Several hosts: run the same command in one process per host with
 `--distributed` (the cluster is detected: Cloud TPU, Slurm, Open MPI) or with
@@ -25,6 +28,7 @@ fail at their next collective or after `--heartbeat_timeout` seconds.
 import argparse
 import logging
 import os
+import signal
 import sys
 import traceback
 import warnings
@@ -33,9 +37,10 @@ from typing import Optional, Sequence
 import gin
 import jax
 
+from sparse_trax import config_changes
 from sparse_trax import gin_config  # registers every configurable
 from sparse_trax import gin_files
-from sparse_trax.train import loop
+from sparse_trax.train import interrupts
 
 
 def _gin_search_paths(config_files: Sequence[str]):
@@ -143,18 +148,22 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
       raise SystemExit(f'trainer: gin file {config_file!r} does not exist')
   parse_gin_config(args.config_file, args.config)
   connect_hosts(args)
-  os.makedirs(args.output_dir, exist_ok=True)
-  config_path = os.path.join(args.output_dir, 'config.gin')
 
-  def write_operative_config():
-    if jax.process_index() == 0:
-      with open(config_path, 'w', encoding='utf-8') as f:
-        f.write(gin.operative_config_str())
+  def check_and_record_config(resume_step):
+    # Everything configurable has been called by now: the operative config is whole.
+    config_changes.record_config(args.output_dir, resume_step, gin.operative_config_str(),
+                                 write=jax.process_index() == 0)
 
   train = gin.get_configurable('train')
-  result = train(output_dir=args.output_dir, on_start=write_operative_config)
-  write_operative_config()
-  return result
+  return train(output_dir=args.output_dir, on_resume=check_and_record_config)
+
+
+def _report_interrupt(error: KeyboardInterrupt) -> int:
+  """One line for an interruption; returns the exit status (130 SIGINT, 143 SIGTERM)."""
+  if not isinstance(error, interrupts.Interrupted):
+    error = interrupts.Interrupted(signal.SIGINT)
+  print(f'trainer: {error.message}', file=sys.stderr)
+  return error.exit_status
 
 
 def console_main(argv: Optional[Sequence[str]] = None) -> int:
@@ -163,12 +172,16 @@ def console_main(argv: Optional[Sequence[str]] = None) -> int:
   Returns the exit status (0: trained and decoded).
   """
   argv = sys.argv[1:] if argv is None else list(argv)
+  signals = interrupts.RaiseOnSignal()
   try:
-    main(argv)
-  except KeyboardInterrupt:
-    print('trainer: interrupted', file=sys.stderr)
-    return 130
+    with signals:
+      main(argv)
+  except KeyboardInterrupt as e:
+    return _report_interrupt(e)
   except Exception as e:  # pylint: disable=broad-except
+    if signals.received is not None:
+      # A library turned the signal into its own error (tf.data: "INTERNAL: KeyboardInterrupt").
+      return _report_interrupt(interrupts.Interrupted(signals.received))
     if '--debug' in argv:
       traceback.print_exc()
     # gin appends "  In call to configurable 'train' (<function ...>)" lines: the message

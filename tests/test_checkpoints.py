@@ -130,6 +130,7 @@ def test_checkpoints_with_the_earlier_checksum_still_restore(tmp_path):
   checkpointer = checkpoints.Checkpointer(directory)
   state = train_state(3)
   checkpointer.save(3, state, {'data_position': 3})
+  os.remove(os.path.join(directory, '3', checkpoints.FILE_RECORD))   # not written back then
   meta_file = os.path.join(directory, '3', 'meta', 'metadata')
   with open(meta_file, encoding='utf-8') as f:
     meta = json.load(f)

@@ -64,6 +64,40 @@ def test_sentencepiece_model_is_cached_and_reused(text_files, tmp_path):
   assert first.model_sha256 == second.model_sha256
 
 
+def test_sentencepiece_cache_is_keyed_by_the_training_text(text_files, tmp_path):
+  """Other files with the same settings get their own tokenizer (the stale-tokenizer
+  bug: keyed by source name and size only, a second corpus reused the first's pieces);
+  the same text under another file name reuses the cached one."""
+  config = data.SentencePieceTokenizer(200, cache_dir=str(tmp_path / 'cache'))
+  first_source = data.TextFiles([text_files[0]], [text_files[1]])
+  other_text = tmp_path / 'other.txt'
+  other_text.write_text('\n'.join(f'{n} plus {n} makes {2 * n}; the sum is even.'
+                                  for n in range(400)), encoding='utf-8')
+  other_source = data.TextFiles([str(other_text)], [text_files[1]])
+  first, other = config.build(first_source), config.build(other_source)
+  assert config.model_path(first_source) != config.model_path(other_source)
+  assert first.digest != other.digest
+  assert 'makes' in other.decode(other.encode('3 plus 3 makes 6').numpy())   # no ' ⁇ '
+  copy = tmp_path / 'copy.txt'
+  copy.write_bytes(open(text_files[0], 'rb').read())
+  copied_source = data.TextFiles([str(copy)], [text_files[1]])
+  assert config.model_path(copied_source) == config.model_path(first_source)
+  assert config.build(copied_source).digest == first.digest
+  # Every setting is in the key too.
+  assert data.SentencePieceTokenizer(200, model_type='bpe', cache_dir=str(tmp_path)).model_path(
+      first_source) != config.model_path(first_source)
+
+
+@pytest.mark.parametrize('content', ['', '   \n\n  \n'])
+def test_sentencepiece_on_empty_text_says_so(tmp_path, content):
+  empty = tmp_path / 'empty.txt'
+  empty.write_text(content, encoding='utf-8')
+  source = data.TextFiles([str(empty)], [str(empty)])
+  with pytest.raises(ValueError, match=r"SentencePieceTokenizer: the train split of "
+                                       r"'text_files' has no text to train a tokenizer on"):
+    data.SentencePieceTokenizer(200, cache_dir=str(tmp_path)).build(source)
+
+
 def test_byte_tokenizer_round_trip():
   tokenizer = data.ByteTokenizer().build(None)
   text = 'héllo, 123+45='

@@ -12,7 +12,7 @@ import sparse_trax.layers as tl
 from sparse_trax import gin_config  # noqa: F401  (registers the configurables)
 from sparse_trax import gin_files
 from sparse_trax import trainer
-from sparse_trax.train.loop import build_model
+from sparse_trax.train.steps import build_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GIN_FILES = sorted(glob.glob(os.path.join(REPO, 'gin', '**', '*.gin'), recursive=True))

@@ -64,7 +64,7 @@ def test_every_layer_on_low_precision_weights_equals_its_dequantized_weights(var
 
 
 def test_terraformer_on_int8_weights_and_in_bfloat16():
-  from sparse_trax.train import loop  # pylint: disable=import-outside-toplevel
+  from sparse_trax.train import steps as loop  # pylint: disable=import-outside-toplevel
   kwargs = dict(vocab_size=40, d_model=16, d_ff=32, n_layers=1, n_heads=2, max_len=32,
                 attention_type='chunked', attention_chunk_len=4, ff_sparsity=8, ff_use_sru=8,
                 dropout=0.0)
@@ -98,7 +98,7 @@ def test_summary_and_decode_cost_count_the_real_bytes():
 
 @pytest.mark.parametrize('variant', sorted(VARIANTS))
 def test_bfloat16_forward_computes_in_bfloat16(variant):
-  from sparse_trax.train import loop  # pylint: disable=import-outside-toplevel
+  from sparse_trax.train import steps as loop  # pylint: disable=import-outside-toplevel
   model = models.ScalingTransformerLM(40, 16, 32, 1, 2, max_len=16, dropout=0.1,
                                       **VARIANTS[variant])
   tokens = jax.random.randint(jax.random.key(1), (2, 8), 1, 40)
@@ -111,7 +111,7 @@ def test_bfloat16_forward_computes_in_bfloat16(variant):
 def test_bfloat16_training_steps_keep_float32_weights_and_finite_losses():
   variant = 'sparse_ff_qkv_loss'   # sparse FF, sparse QKV and the sparse loss in one model
   import optax  # pylint: disable=import-outside-toplevel
-  from sparse_trax.train import loop  # pylint: disable=import-outside-toplevel
+  from sparse_trax.train import steps as loop  # pylint: disable=import-outside-toplevel
   model = models.ScalingTransformerLM(40, 16, 32, 2, 2, max_len=16, dropout=0.1,
                                       **VARIANTS[variant])
   batch = {'targets': jax.random.randint(jax.random.key(1), (2, 8), 1, 40),
@@ -202,7 +202,7 @@ def test_int8_weights_keep_a_trained_sparse_models_greedy_tokens_and_loss():
   # A small all-sparse LM trained briefly on a patterned stream; int8 weights must give the
   # same greedy token as float32 on >= 95% of 200 positions and an eval loss within 1%.
   import optax  # pylint: disable=import-outside-toplevel
-  from sparse_trax.train import loop  # pylint: disable=import-outside-toplevel
+  from sparse_trax.train import steps as loop  # pylint: disable=import-outside-toplevel
   config = dict(vocab_size=32, d_model=64, d_ff=256, n_layers=2, n_heads=4, max_len=64,
                 dropout=0.0, ff_sparsity=16, attention_type='multconv', attention_sparsity=4,
                 loss_sparsity=2)

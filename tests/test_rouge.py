@@ -47,11 +47,11 @@ def test_batched_rouge_decoding_equals_one_source_at_a_time():
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from sparse_trax import models  # pylint: disable=import-outside-toplevel
-  from sparse_trax.train import loop  # pylint: disable=import-outside-toplevel
+  from sparse_trax.train import decode_eval, steps  # pylint: disable=import-outside-toplevel
   model_fn = functools.partial(models.Transformer, d_model=16, d_ff=32, n_encoder_layers=1,
                                n_decoder_layers=1, n_heads=2, max_len=32, dropout=0.0)
   vocab = 12
-  weights, _ = loop.build_model(model_fn, 'eval', vocab).init(
+  weights, _ = steps.build_model(model_fn, 'eval', vocab).init(
       (jax.ShapeDtypeStruct((1, 8), jnp.int32), jax.ShapeDtypeStruct((1, 6), jnp.int32)),
       rng=jax.random.key(0))
   rng = np.random.default_rng(0)
@@ -61,6 +61,7 @@ def test_batched_rouge_decoding_equals_one_source_at_a_time():
   targets = rng.integers(2, vocab, (5, 6)).astype(np.int32)
   batch = {'inputs': sources, 'targets': targets,
            'weights': np.ones((5, 6), np.float32) * (np.arange(5) < 4)[:, None]}  # row 4: padding
-  one, batched = (loop.decode_rouge(model_fn, vocab, weights, [batch], _DigitsTokenizer(), 6,
-                                    1, batch_size) for batch_size in (1, 3))
+  predict = steps.build_model(model_fn, 'predict', vocab)
+  one, batched = (decode_eval.decode_rouge(predict, weights, [batch], _DigitsTokenizer(), 6,
+                                           1, batch_size) for batch_size in (1, 3))
   assert one == batched and one['eval_rouge_examples'] == 4

@@ -117,37 +117,100 @@ def test_rerun_after_finish_resumes_and_trains_further(tmp_path, text_files):
                                 [straight[s] for s in range(1, 13)])
 
 
+def _loss_records(output_dir):
+  path = os.path.join(output_dir, 'metrics.jsonl')
+  if not os.path.exists(path):
+    return 0
+  with open(path, encoding='utf-8') as f:
+    return sum('"loss"' in line for line in f)
+
+
+def _signal_when(process, output_dir, records, signum):
+  """Sends `signum` once metrics.jsonl holds `records` loss records; returns the exit status."""
+  deadline = time.time() + 120
+  while time.time() < deadline and process.poll() is None:
+    if _loss_records(output_dir) >= records:
+      break
+    time.sleep(0.02)
+  process.send_signal(signum)
+  return process.wait(timeout=120)
+
+
+def _log_lines(stderr):
+  """stderr without TensorFlow's start-up lines (#26 is about those)."""
+  return [line for line in stderr.splitlines()
+          if line.strip() and not line.startswith(('I0000', 'E0000', 'W0000', 'WARNING: All log'))]
+
+
 @pytest.mark.slow
-def test_sigkill_mid_training_then_resume_equals_uninterrupted(tmp_path, text_files):
+def test_killed_interrupted_damaged_run_resumes_equal_to_uninterrupted(tmp_path, text_files,
+                                                                       capsys):
+  """One run, against an uninterrupted reference: SIGKILL (resumes from the last
+  checkpoint), a second trainer refused while the first runs, Ctrl-C (SIGINT: saves at
+  the step reached, exit 130, one line), SIGTERM (143), a truncated file in the newest
+  checkpoint (a few lines, the older one used): every step's loss equals the reference."""
   steps = 60
   config = tiny_config(str(tmp_path), text_files, n_steps=steps, eval_every=1000,
                        checkpoint_every=7, decode_length=0, progress_bar=False)
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   command = [sys.executable, '-m', 'sparse_trax.trainer', '--config_file', config,
              '--output_dir']
-  killed_dir = str(tmp_path / 'killed')
+  run_dir = str(tmp_path / 'run')
   reference_dir = str(tmp_path / 'reference')
+  start = lambda: subprocess.Popen(command + [run_dir], env=env, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE, text=True)
   # The uninterrupted reference runs meanwhile, in its own process.
   reference = subprocess.Popen(command + [reference_dir], env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
-  process = subprocess.Popen(command + [killed_dir], env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
-  metrics = os.path.join(killed_dir, 'metrics.jsonl')
+  process = start()
+  _signal_when(process, run_dir, 15, signal.SIGKILL)
+  killed_at = max(train_losses(run_dir))
+  assert 15 <= killed_at < steps, 'the kill must land mid-training'
+
+  process = start()
   deadline = time.time() + 120
-  while time.time() < deadline:
-    if os.path.exists(metrics) and len(open(metrics).read().splitlines()) >= 18:
-      break
-    time.sleep(0.02)
-  process.send_signal(signal.SIGKILL)
-  process.wait()
-  killed_at = max(train_losses(killed_dir))
-  assert 18 <= killed_at < steps, 'the kill must land mid-training'
-  subprocess.run(command + [killed_dir], env=env, check=True, stdout=subprocess.DEVNULL,
-                 stderr=subprocess.DEVNULL)
+  while _loss_records(run_dir) <= killed_at and time.time() < deadline:
+    time.sleep(0.02)           # (the resumed run truncated metrics.jsonl and goes on)
+  gin.clear_config()
+  refused = trainer.console_main(['--config_file', config, '--output_dir', run_dir])
+  gin.clear_config()
+  assert refused == 1
+  assert f'is in use by another trainer: pid {process.pid} on host' in capsys.readouterr().err
+  assert _signal_when(process, run_dir, 30, signal.SIGINT) == 130
+  last = _log_lines(process.stderr.read())[-1]
+  match = re.fullmatch(r'trainer: interrupted \(SIGINT\) at step (\d+); checkpoint saved: '
+                       r'(\S+); rerun the same command to resume', last)
+  assert match, last
+  interrupted_at = int(match.group(1))
+  assert 30 <= interrupted_at < steps
+  assert match.group(2) == os.path.join(run_dir, 'checkpoints', str(interrupted_at))
+  assert max(train_losses(run_dir)) == interrupted_at      # nothing lost, nothing past it
+
+  process = start()
+  assert _signal_when(process, run_dir, 45, signal.SIGTERM) == 143
+  last = _log_lines(process.stderr.read())[-1]
+  terminated_at = int(re.fullmatch(r'trainer: interrupted \(SIGTERM\) at step (\d+);.*',
+                                   last).group(1))
+  assert 45 <= terminated_at < steps
+  checkpoints_dir = os.path.join(run_dir, 'checkpoints')
+  assert str(terminated_at) in os.listdir(checkpoints_dir)
+
+  # Damage the newest checkpoint: the rerun says so in a few lines and uses the one before.
+  newest = os.path.join(checkpoints_dir, str(terminated_at))
+  victim = max((os.path.join(root, name) for root, _, names in os.walk(newest)
+                for name in names), key=os.path.getsize)
+  with open(victim, 'r+b') as f:
+    f.truncate(os.path.getsize(victim) // 2)
+  finished = subprocess.run(command + [run_dir], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, check=True)
+  lines = _log_lines(finished.stderr)
+  assert len(lines) <= 10, lines
+  assert any(f'checkpoints/{terminated_at}: ' in line and 'truncated' in line and
+             'checkpoints_corrupt' in line and 'using step ' in line for line in lines), lines
   assert reference.wait(timeout=300) == 0
-  resumed, straight = train_losses(killed_dir), train_losses(reference_dir)
+  resumed, straight = train_losses(run_dir), train_losses(reference_dir)
   # One record per step: the records after the restored checkpoint were dropped on resume.
-  assert [r['step'] for r in read_metrics(killed_dir) if 'loss' in r] == list(range(1, steps + 1))
+  assert [r['step'] for r in read_metrics(run_dir) if 'loss' in r] == list(range(1, steps + 1))
   np.testing.assert_array_equal([resumed[s] for s in range(1, steps + 1)],
                                 [straight[s] for s in range(1, steps + 1)])
 

@@ -124,10 +124,21 @@ class TraxCheckpoint:
   path: str
 
 
+def _read_gzip(path: str, what: str) -> bytes:
+  """A gzipped file's contents; ValueError naming the file if it is not whole gzip."""
+  try:
+    with gzip.open(path, 'rb') as f:
+      return f.read()
+  except EOFError as e:
+    raise ValueError(f'{path} is truncated ({what}; {e})') from None
+  except OSError as e:
+    raise ValueError(f'{path} is not {what} ({e})') from None
+
+
 def _read_npy_records(path: str) -> List[np.ndarray]:
   """The arrays of a `.npy.gz` file written by Trax's `np_to_file` (no pickle)."""
   arrays = []
-  with gzip.open(path, 'rb') as f:
+  with io.BytesIO(_read_gzip(path, 'a gzipped Trax weights file')) as f:
     while True:
       try:
         arrays.append(np.load(f, allow_pickle=False))
@@ -152,12 +163,14 @@ def read_checkpoint(path: str) -> TraxCheckpoint:
   """
   if not os.path.isfile(path):
     raise FileNotFoundError(f'no Trax checkpoint at {path}')
-  with gzip.open(path, 'rb') as f:
-    try:
-      data = f.read()
-    except OSError as e:
-      raise ValueError(f'{path} is not a gzipped Trax checkpoint ({e})') from e
-  contents = restricted_loads(data)
+  data = _read_gzip(path, 'a gzipped Trax checkpoint')
+  try:
+    contents = restricted_loads(data)
+  except UnsafeCheckpointError:
+    raise
+  except (pickle.UnpicklingError, EOFError, ValueError) as e:
+    raise ValueError(f'{path} is not a whole Trax checkpoint: its pickle cannot be read '
+                     f'({type(e).__name__}: {e})') from None
   if not isinstance(contents, dict) or 'flat_weights' not in contents:
     raise ValueError(f'{path} is not a Trax checkpoint: expected a dict with '
                      f"'flat_weights', got {type(contents).__name__}")

@@ -1,11 +1,15 @@
 """Data sources: text examples as a `tf.data.Dataset` of {'inputs'?, 'targets'} strings.
 
 A source has a `name`, says whether its examples have `inputs` (a
-sequence-to-sequence task) or only `targets` (plain text), and gives a
-dataset per split ('train' or 'eval'). Nothing here downloads: TFDS datasets
+sequence-to-sequence task) or only `targets` (plain text), gives a dataset
+per split ('train' or 'eval'), and a `fingerprint()` of its training split:
+a string that changes when the training text does (files' contents, a TFDS
+dataset's name and version, a task's settings), so that caches built from
+the text (tokenizers) are keyed by it. Nothing here downloads: TFDS datasets
 must already be prepared in `data_dir`.
 """
 
+import hashlib
 import os
 import sys
 from typing import Optional, Sequence
@@ -23,6 +27,17 @@ def default_data_dir() -> str:
                         os.path.join(os.path.expanduser('~'), '.cache', 'sparse_trax'))
 
 
+def file_digest(paths: Sequence[str]) -> str:
+  """SHA-256 (hex) of files' contents in order, each prefixed by its length."""
+  digest = hashlib.sha256()
+  for path in paths:
+    digest.update(str(os.path.getsize(path)).encode() + b'\0')
+    with open(path, 'rb') as f:
+      for chunk in iter(lambda f=f: f.read(1 << 20), b''):
+        digest.update(chunk)
+  return digest.hexdigest()
+
+
 class ShippedCorpus:
   """The King James Bible (shipped with the install), built offline with tfds."""
 
@@ -31,6 +46,11 @@ class ShippedCorpus:
   def __init__(self, data_dir: Optional[str] = None):
     self.data_dir = data_dir or default_data_dir()
     self.name = 'king_james_bible'
+
+  def fingerprint(self) -> str:
+    """The builder's version and the shipped text file's SHA-256."""
+    return (f'{self.name}:{corpus.KingJamesBible.VERSION}:'
+            f'{file_digest([corpus.kjv_module_path()])}')
 
   def dataset(self, split: str) -> tf.data.Dataset:
     builder = corpus.KingJamesBible(data_dir=self.data_dir)
@@ -67,6 +87,18 @@ class TFDSSource:
     self.input_key = input_key
     self.has_inputs = input_key is not None
     self.splits = {'train': train_split, 'eval': eval_split}
+
+  def fingerprint(self) -> str:
+    """The dataset's name, prepared version, train split and features."""
+    return (f'tfds:{self.tfds_name}:{self._builder().version}:{self.splits["train"]}:'
+            f'{self.input_key}:{self.target_key}')
+
+  def _builder(self):
+    try:
+      return tfds.builder(self.tfds_name, data_dir=self.data_dir)
+    except tfds.core.registered.DatasetNotFoundError as e:
+      first_line = str(e).strip().splitlines()[0]
+      raise ValueError(f'unknown TFDS dataset {self.tfds_name!r}: {first_line}') from e
 
   def dataset(self, split: str) -> tf.data.Dataset:
     try:
@@ -111,6 +143,10 @@ class TextFiles:
       if not os.path.isfile(path):
         raise FileNotFoundError(f'TextFiles: data file {path!r} does not exist')
 
+  def fingerprint(self) -> str:
+    """The SHA-256 of the training files' contents, in order."""
+    return f'text_files:{file_digest(self.files["train"])}'
+
   def dataset(self, split: str) -> tf.data.Dataset:
     lines = tf.data.TextLineDataset(self.files[split])
     lines = lines.filter(lambda line: tf.strings.length(tf.strings.strip(line)) > 0)
@@ -137,6 +173,10 @@ class _DigitTask:
 
   def example(self, rng: np.random.Generator, min_digits: int, max_digits: int):
     raise NotImplementedError
+
+  def fingerprint(self) -> str:
+    """The task and the settings of its (generated) training split."""
+    return f'{type(self).__name__}:{self.lengths["train"]}:{self.seed}'
 
   def examples(self, split: str):
     """Yields (inputs, targets) strings; endless for 'train', finite for 'eval'."""

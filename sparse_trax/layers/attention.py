@@ -8,6 +8,7 @@ is allowed. Softmax runs in float32.
 import jax
 import jax.numpy as jnp
 
+from sparse_trax import arguments
 from sparse_trax import kernels
 from sparse_trax.layers.base import Layer
 from sparse_trax.layers.linear import linear
@@ -282,6 +283,7 @@ class _MultiHeadAttention(Layer):
 
   def __init__(self, d_model: int, n_heads: int, dropout: float, mode: str,
                n_in: int, n_out: int, qkv_bias: bool = False):
+    arguments.check_layer_arguments(self, _MultiHeadAttention.__init__, locals())
     if d_model % n_heads:
       raise ValueError(f'd_model {d_model} is not divisible by n_heads {n_heads}')
     super().__init__(n_in, n_out, mode=mode)
@@ -353,6 +355,7 @@ class CausalAttention(_MultiHeadAttention):
 
   def __init__(self, d_model: int, n_heads: int = 1, dropout: float = 0.0,
                max_len: int = 2048, mode: str = 'train', qkv_bias: bool = False):
+    arguments.check_layer_arguments(self, CausalAttention.__init__, locals())
     super().__init__(d_model, n_heads, dropout, mode, n_in=1, n_out=1, qkv_bias=qkv_bias)
     self.max_len = max_len
 
@@ -387,6 +390,7 @@ class Attention(_MultiHeadAttention):
 
   def __init__(self, d_model: int, n_heads: int = 1, dropout: float = 0.0,
                mode: str = 'train', qkv_bias: bool = False):
+    arguments.check_layer_arguments(self, Attention.__init__, locals())
     super().__init__(d_model, n_heads, dropout, mode, n_in=2, n_out=2, qkv_bias=qkv_bias)
 
   def init_weights_and_state(self, input_signature, rng):
@@ -417,6 +421,7 @@ class EncDecAttention(_MultiHeadAttention):
 
   def __init__(self, d_model: int, n_heads: int = 1, dropout: float = 0.0,
                mode: str = 'train', qkv_bias: bool = False):
+    arguments.check_layer_arguments(self, EncDecAttention.__init__, locals())
     super().__init__(d_model, n_heads, dropout, mode, n_in=3, n_out=3, qkv_bias=qkv_bias)
 
   def init_weights_and_state(self, input_signature, rng):
@@ -461,6 +466,7 @@ class DotProductCausalAttention(Layer):
 
   def __init__(self, n_heads: int = 1, dropout: float = 0.0, max_len: int = 2048,
                mode: str = 'train'):
+    arguments.check_layer_arguments(self, DotProductCausalAttention.__init__, locals())
     super().__init__(3, 1, mode=mode)
     self.n_heads = n_heads
     self.dropout = dropout
@@ -502,6 +508,7 @@ class DotProductAttention(Layer):
   """
 
   def __init__(self, n_heads: int = 1, dropout: float = 0.0, mode: str = 'train'):
+    arguments.check_layer_arguments(self, DotProductAttention.__init__, locals())
     super().__init__(4, 2, mode=mode)
     self.n_heads = n_heads
     self.dropout = dropout

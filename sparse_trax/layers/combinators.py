@@ -14,6 +14,7 @@ from typing import Callable, Optional, Sequence
 
 import jax.numpy as jnp
 
+from sparse_trax import arguments
 from sparse_trax.layers.base import Layer
 
 
@@ -87,6 +88,7 @@ class Serial(Layer):
   passes_extra_items = True
 
   def __init__(self, *layers, name: Optional[str] = None):
+    arguments.check_layer_arguments(self, Serial.__init__, locals())
     layers = flatten_layers(layers)
     n_in, n_out = _serial_arity(layers)
     super().__init__(n_in, n_out, name=name, sublayers=layers)
@@ -152,6 +154,7 @@ class Parallel(Layer):
   passes_extra_items = True
 
   def __init__(self, *layers, name: Optional[str] = None):
+    arguments.check_layer_arguments(self, Parallel.__init__, locals())
     layers = tuple(as_layer(l) for l in layers)
     super().__init__(sum(l.n_in for l in layers), sum(l.n_out for l in layers),
                      name=name, sublayers=layers)
@@ -214,6 +217,7 @@ class Branch(Layer):
   passes_extra_items = True
 
   def __init__(self, *layers, name: Optional[str] = None):
+    arguments.check_layer_arguments(self, Branch.__init__, locals())
     layers = tuple(as_layer(l) for l in layers)
     super().__init__(max(l.n_in for l in layers), sum(l.n_out for l in layers),
                      name=name, sublayers=layers)
@@ -256,6 +260,7 @@ class Residual(Layer):
   passes_extra_items = True
 
   def __init__(self, *layers, shortcut=None, name: Optional[str] = None):
+    arguments.check_layer_arguments(self, Residual.__init__, locals())
     layers = flatten_layers(layers)
     shortcut = None if shortcut is None else as_layer(shortcut)
     n_in, n_out = _serial_arity(layers)
@@ -305,6 +310,7 @@ class Select(Layer):
 
   def __init__(self, indices: Sequence[int], n_in: Optional[int] = None,
                name: Optional[str] = None):
+    arguments.check_layer_arguments(self, Select.__init__, locals())
     indices = tuple(int(i) for i in indices)
     if n_in is None:
       n_in = max(indices) + 1 if indices else 0
@@ -344,6 +350,7 @@ class Fn(Layer):
   """
 
   def __init__(self, name: str, f: Callable, n_out: int = 1):
+    arguments.check_layer_arguments(self, Fn.__init__, locals())
     parameters = inspect.signature(f).parameters.values()
     bad = [p.name for p in parameters
            if p.default is not inspect.Parameter.empty
@@ -370,6 +377,7 @@ class Concatenate(Layer):
   """Concatenates `n_items` stack items along `axis`: [..., d_i, ...] each -> [..., sum d_i, ...]."""
 
   def __init__(self, n_items: int = 2, axis: int = -1):
+    arguments.check_layer_arguments(self, Concatenate.__init__, locals())
     super().__init__(n_items, 1)
     self.axis = axis
 

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sparse_trax import arguments
 from sparse_trax import kernels
 from sparse_trax.layers.base import Layer
 from sparse_trax.layers.combinators import Fn
@@ -30,6 +31,7 @@ class Dense(Layer):
   def __init__(self, n_units: int, use_bias: bool = True,
                kernel_initializer: Initializer = jax.nn.initializers.glorot_uniform(),
                bias_initializer: Initializer = jax.nn.initializers.zeros):
+    arguments.check_layer_arguments(self, Dense.__init__, locals())
     super().__init__(1, 1)
     self.n_units = n_units
     self.use_bias = use_bias
@@ -64,6 +66,7 @@ class Embedding(Layer):
   """
 
   def __init__(self, vocab_size: int, d_feature: int):
+    arguments.check_layer_arguments(self, Embedding.__init__, locals())
     super().__init__(1, 1)
     self.vocab_size = vocab_size
     self.d_feature = d_feature
@@ -93,6 +96,7 @@ class LayerNorm(Layer):
   """
 
   def __init__(self, epsilon: float = 1e-6):
+    arguments.check_layer_arguments(self, LayerNorm.__init__, locals())
     super().__init__(1, 1)
     self.epsilon = epsilon
 
@@ -144,6 +148,7 @@ class Dropout(Layer):
   """
 
   def __init__(self, rate: float = 0.0, mode: str = 'train'):
+    arguments.check_layer_arguments(self, Dropout.__init__, locals())
     if not 0.0 <= rate < 1.0:
       raise ValueError(f'dropout rate must be in [0, 1), got {rate}')
     super().__init__(1, 1, mode=mode)
@@ -223,6 +228,7 @@ class PositionalEncoding(Layer):
   takes_position = True
 
   def __init__(self, max_len: int = 2048, mode: str = 'train', trainable: bool = False):
+    arguments.check_layer_arguments(self, PositionalEncoding.__init__, locals())
     super().__init__(1, 1, mode=mode)
     self.max_len = max_len
     self.trainable = trainable
@@ -257,6 +263,7 @@ class ShiftRight(Layer):
   """
 
   def __init__(self, n_positions: int = 1, mode: str = 'train'):
+    arguments.check_layer_arguments(self, ShiftRight.__init__, locals())
     super().__init__(1, 1, mode=mode)
     self.n_positions = n_positions
 

@@ -7,6 +7,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from sparse_trax import arguments
 from sparse_trax.layers.base import Layer
 from sparse_trax.layers.combinators import as_items, as_layer, from_items, init_each_on_top
 from sparse_trax.layers.state import Position, RunOnce, run_once
@@ -28,6 +29,7 @@ class Scan(Layer):
 
   def __init__(self, layer: Layer, axis: int = 0, n_carry: int = 1,
                mode: str = 'train'):
+    arguments.check_layer_arguments(self, Scan.__init__, locals())
     layer = as_layer(layer)
     if layer.n_in != layer.n_out:
       raise ValueError(f'Scan needs a layer with n_in == n_out, got {layer}')
@@ -92,6 +94,7 @@ class Chunk(Layer):
   """
 
   def __init__(self, layer: Layer, size: int):
+    arguments.check_layer_arguments(self, Chunk.__init__, locals())
     layer = as_layer(layer)
     if layer.n_in != 1 or layer.n_out != 1:
       raise ValueError('Chunk needs a layer with one input and one output')
@@ -133,6 +136,7 @@ class Cond(Layer):
   """
 
   def __init__(self, cond: Layer, true: Layer, false: Optional[Layer] = None):
+    arguments.check_layer_arguments(self, Cond.__init__, locals())
     cond, true, false = as_layer(cond), as_layer(true), as_layer(false)
     if true.n_in != false.n_in or true.n_out != false.n_out:
       raise ValueError('Cond branches must have the same n_in and n_out')
@@ -184,6 +188,7 @@ class Cache(Layer):
   runs_sublayers_whole = True
 
   def __init__(self, layer: Layer, mode: str = 'train'):
+    arguments.check_layer_arguments(self, Cache.__init__, locals())
     layer = as_layer(layer)
     if mode == 'predict' and layer.given_modes - {'eval'}:
       raise ValueError(f"Cache in 'predict' mode runs {layer.name} on the whole source: build "

@@ -10,6 +10,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from sparse_trax import arguments
 from sparse_trax.layers import attention
 from sparse_trax.layers.base import Layer
 from sparse_trax.layers.linear import linear
@@ -44,6 +45,7 @@ class _LongAttention(Layer):
 
   def __init__(self, n_heads: int, chunk_len: int, n_chunks_before: int, dropout: float,
                max_len: int, mode: str):
+    arguments.check_layer_arguments(self, _LongAttention.__init__, locals())
     super().__init__(1, 1, mode=mode)
     self.n_heads = n_heads
     self.chunk_len = chunk_len
@@ -97,6 +99,7 @@ class ChunkedCausalAttention(_LongAttention):
 
   def __init__(self, n_heads: int = 1, chunk_len: int = 128, n_chunks_before: int = 1,
                dropout: float = 0.0, max_len: int = 2048, mode: str = 'train'):
+    arguments.check_layer_arguments(self, ChunkedCausalAttention.__init__, locals())
     super().__init__(n_heads, chunk_len, n_chunks_before, dropout, max_len, mode)
 
   def init_weights_and_state(self, input_signature, rng):
@@ -181,6 +184,7 @@ class LSHSelfAttention(_LongAttention):
                n_buckets: Optional[int] = None, n_chunks_before: int = 1, causal: bool = True,
                dropout: float = 0.0, max_len: int = 2048, mode: str = 'train',
                hash_seed: int = 0):
+    arguments.check_layer_arguments(self, LSHSelfAttention.__init__, locals())
     super().__init__(n_heads, chunk_len, n_chunks_before, dropout, max_len, mode)
     if n_buckets is not None and n_buckets != 1 and n_buckets % 2:
       raise ValueError(f'n_buckets must be 1 or even, got {n_buckets}')

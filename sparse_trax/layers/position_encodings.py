@@ -20,6 +20,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
+from sparse_trax import arguments
 from sparse_trax.layers.base import Layer
 from sparse_trax.layers.state import check_bound
 
@@ -48,6 +49,7 @@ class FixedBasePositionalEncoding(Layer):
   def __init__(self, bases: Sequence[int] = (11, 13, 14, 15), n_digits: int = 8,
                start_from_zero_one_in: int = 2, base_dropout_one_in: int = 100,
                mode: str = 'train'):
+    arguments.check_layer_arguments(self, FixedBasePositionalEncoding.__init__, locals())
     super().__init__(1, 1, mode=mode)
     if not bases or min(bases) < 2:
       raise ValueError(f'FixedBasePositionalEncoding: bases must be integers >= 2, got {bases}')

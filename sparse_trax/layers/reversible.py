@@ -22,6 +22,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
+from sparse_trax import arguments
 from sparse_trax.layers.base import Layer
 from sparse_trax.layers.combinators import Serial, as_items, flatten_layers, from_items
 from sparse_trax.layers.state import with_replay
@@ -125,6 +126,7 @@ class ReversibleHalfResidual(ReversibleLayer):
   takes_position = True
 
   def __init__(self, *layers: Layer, name=None):
+    arguments.check_layer_arguments(self, ReversibleHalfResidual.__init__, locals())
     residual = layers[0] if len(layers) == 1 and isinstance(layers[0], Layer) else Serial(*layers)
     if residual.n_out < 1:
       raise ValueError('ReversibleHalfResidual needs a layer with an output')
@@ -176,6 +178,7 @@ class ReversibleSerial(Layer):
   takes_position = True
 
   def __init__(self, *layers: ReversibleLayer, memory_saving: bool = True, name=None):
+    arguments.check_layer_arguments(self, ReversibleSerial.__init__, locals())
     layers = flatten_layers(layers)    # nested lists flattened, Nones dropped, as in Trax
     for layer in layers:
       if not isinstance(layer, ReversibleLayer):

@@ -10,6 +10,7 @@ linear in c, runs as an associative scan over the length.
 import jax
 import jax.numpy as jnp
 
+from sparse_trax import arguments
 from sparse_trax.layers.base import Layer
 from sparse_trax.layers.linear import linear
 from sparse_trax.layers.state import Carry
@@ -52,6 +53,7 @@ class SRU(Layer):
 
   def __init__(self, n_units: int, forget_bias: float = 1.0, mode: str = 'train',
                highway_scale: float = 1.0, candidate_bias: bool = False):
+    arguments.check_layer_arguments(self, SRU.__init__, locals())
     super().__init__(1, 1, mode=mode)
     self.n_units = n_units
     self.forget_bias = forget_bias

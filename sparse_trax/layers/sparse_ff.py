@@ -13,6 +13,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from sparse_trax import arguments
 from sparse_trax import kernels
 from sparse_trax.kernels.policy import FUSED_GATHER_ABOVE, XLA_POSITIONS
 from sparse_trax.layers.base import Layer
@@ -142,6 +143,7 @@ class SparseFF(Layer):
                temperature: float = 0.1, quant_prob: float = 0.3, dropout: float = 0.0,
                mode: str = 'train', decode_kernel: bool = True,
                mask_before_activation: bool = False):
+    arguments.check_layer_arguments(self, SparseFF.__init__, locals())
     if d_ff % n_elements_in_block:
       raise ValueError(f'd_ff {d_ff} is not a multiple of n_elements_in_block '
                        f'{n_elements_in_block}')
@@ -260,6 +262,7 @@ class BlockSparseFF(Layer):
 
   def __init__(self, d_ff: int, n_experts: int = 16, temperature: float = 0.1,
                quant_prob: float = 0.3, dropout: float = 0.0, mode: str = 'train'):
+    arguments.check_layer_arguments(self, BlockSparseFF.__init__, locals())
     if d_ff % n_experts:
       raise ValueError(f'd_ff {d_ff} is not a multiple of n_experts {n_experts}')
     super().__init__(1, 1, mode=mode)

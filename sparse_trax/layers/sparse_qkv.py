@@ -12,6 +12,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from sparse_trax import arguments
 from sparse_trax.layers import attention
 from sparse_trax.layers import combinators as cb
 from sparse_trax.layers import core
@@ -41,6 +42,7 @@ class MultiplicativeDense(Layer):
   """
 
   def __init__(self, n_modules: int, d_out: int, mode: Optional[str] = None):
+    arguments.check_layer_arguments(self, MultiplicativeDense.__init__, locals())
     if d_out % n_modules:
       raise ValueError(f'd_out {d_out} is not a multiple of n_modules {n_modules}')
     super().__init__(1, 1, mode=mode)
@@ -88,6 +90,7 @@ class _ConvolutionOverModules(Layer):
 
   def __init__(self, n_modules: int, d_out_per_module: int, kernel_sizes, length_kernel_size: int,
                causal: bool, mode: str, n_out: int):
+    arguments.check_layer_arguments(self, _ConvolutionOverModules.__init__, locals())
     super().__init__(1, n_out, mode=mode)
     if not causal and mode == 'predict':
       raise ValueError(f"a non-causal {type(self).__name__} cannot run in 'predict' mode")
@@ -205,6 +208,7 @@ class LocallyConvDense(_ConvolutionOverModules):
 
   def __init__(self, n_modules: int, d_out_per_module: int, kernel_size: int = 1,
                length_kernel_size: int = 1, causal: bool = True, mode: str = 'train'):
+    arguments.check_layer_arguments(self, LocallyConvDense.__init__, locals())
     super().__init__(n_modules, d_out_per_module, (kernel_size,), length_kernel_size, causal,
                      mode, n_out=1)
     self.kernel_size = kernel_size
@@ -233,6 +237,7 @@ class LocallyConvQKV(_ConvolutionOverModules):
 
   def __init__(self, n_modules: int, d_out_per_module: int, kernel_sizes=(3, 3, 1),
                length_kernel_size: int = 3, causal: bool = True, mode: str = 'train'):
+    arguments.check_layer_arguments(self, LocallyConvQKV.__init__, locals())
     super().__init__(n_modules, d_out_per_module, kernel_sizes, length_kernel_size, causal,
                      mode, n_out=len(tuple(kernel_sizes)))
 
@@ -280,6 +285,7 @@ class SparseQKV(_ConvolutionOverModules):
   def __init__(self, n_modules: int, d_model: int, d_out_per_module: int,
                kernel_sizes=(3, 3, 1), length_kernel_size: int = 3, causal: bool = True,
                mode: str = 'train', decode_kernel: bool = True):
+    arguments.check_layer_arguments(self, SparseQKV.__init__, locals())
     if len(tuple(kernel_sizes)) != 3:
       raise ValueError(f'SparseQKV needs three kernel sizes (query, key, value), '
                        f'got {tuple(kernel_sizes)}')

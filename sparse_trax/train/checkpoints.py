@@ -7,10 +7,15 @@ Orbax writes each step into a temporary directory and renames it when
 complete, so a run killed mid-write never leaves a checkpoint that looks
 whole.
 
+After a save, process 0 records every file of the step with its size and
+SHA-256 (`files.sha256.json`); restoring checks them before orbax reads
+anything, so a truncated or altered file is found in one line instead of
+inside TensorStore's readers.
+
 Restoring tells two failures apart:
-  * a damaged checkpoint (its files cannot be parsed, or its arrays fail the
-    checksum): skipped with a warning naming it, falling back to the one
-    before. Only the trainer (`set_aside_corrupt=True`) moves it to
+  * a damaged checkpoint (a file differs from the record, its files cannot
+    be parsed, or its arrays fail the checksum): skipped with one warning
+    naming it, what was wrong and the step used instead. Only the trainer (`set_aside_corrupt=True`) moves it to
     `checkpoints_corrupt/`, so that the step can be redone;
   * an incompatible one (its tree, shapes or dtypes differ from the model's):
     `IncompatibleCheckpointError`, naming the first differing path with both
@@ -20,6 +25,8 @@ Reading (`restore_latest`, `restore_weights`, `load_weights`) never moves or
 deletes anything.
 """
 
+import hashlib
+import json
 import os
 import warnings
 from typing import Any, Optional, Tuple
@@ -32,6 +39,7 @@ from sparse_trax.train import checksums
 from sparse_trax.train import parallel
 
 FORMAT = 2          # 'weights' + 'train' + 'meta' items
+FILE_RECORD = 'files.sha256.json'    # relative path -> [size, sha256] of a step's files
 
 
 class IncompatibleCheckpointError(ValueError):
@@ -111,12 +119,14 @@ class Checkpointer:
       raise FileNotFoundError(f'no checkpoint directory {self.directory}')
     if not read_only:
       os.makedirs(self.directory, exist_ok=True)
+    # Read-only is enforced here (`save` refuses); orbax's own read_only mode logs three
+    # warnings per manager, so its manager is opened without creating, cleaning up or
+    # deleting anything instead (max_to_keep None: it never deletes).
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, enable_async_checkpointing=False,
-            cleanup_tmp_directories=not read_only, read_only=read_only,
-            create=not read_only),
+            max_to_keep=None if read_only else keep, enable_async_checkpointing=False,
+            cleanup_tmp_directories=not read_only, create=not read_only),
         item_handlers={'weights': ocp.StandardCheckpointHandler(),
                        'train': ocp.StandardCheckpointHandler(),
                        'meta': ocp.JsonCheckpointHandler()})
@@ -136,15 +146,47 @@ class Checkpointer:
         meta=ocp.args.JsonSave(metadata),
         **{item: ocp.args.StandardSave(tree) for item, tree in items.items()}))
     self._manager.wait_until_finished()
+    if jax.process_index() == 0:
+      _write_file_record(self._step_dir(step))
+    parallel.barrier(f'checkpoint {step} recorded')
+
+  def check_files(self, step: int) -> None:
+    """Raises CorruptCheckpointError if a file of the step differs from its record.
+
+    Steps saved without a record (by earlier versions, or killed between
+    orbax's commit and the record) pass: their arrays' checksums still apply.
+    """
+    step_dir = self._step_dir(step)
+    record_path = os.path.join(step_dir, FILE_RECORD)
+    if not os.path.exists(record_path):
+      return
+    try:
+      with open(record_path, encoding='utf-8') as f:
+        record = json.load(f)
+    except ValueError as e:
+      raise CorruptCheckpointError(f'checkpoint {step_dir}: its file record {FILE_RECORD} '
+                                   f'cannot be parsed ({e})') from None
+    for relative, (size, digest) in sorted(record.items()):
+      path = os.path.join(step_dir, relative)
+      if not os.path.exists(path):
+        raise CorruptCheckpointError(f'checkpoint {step_dir}: {relative} is missing')
+      actual = os.path.getsize(path)
+      if actual != size:
+        raise CorruptCheckpointError(f'checkpoint {step_dir}: {relative} is {actual} bytes, '
+                                     f'{size} when saved (truncated or overwritten)')
+      if _file_sha256(path) != digest:
+        raise CorruptCheckpointError(f'checkpoint {step_dir}: {relative} differs from what '
+                                     'was saved (SHA-256 mismatch)')
 
   def metadata(self, step: int) -> dict:
     """A step's JSON metadata; CorruptCheckpointError if it cannot be read."""
+    self.check_files(step)
     try:
       metadata = self._manager.restore(step, args=ocp.args.Composite(
           meta=ocp.args.JsonRestore()))['meta']
     except Exception as e:  # pylint: disable=broad-except
       raise CorruptCheckpointError(f'checkpoint {self._step_dir(step)}: its metadata cannot '
-                                   f'be read ({type(e).__name__}: {e})') from e
+                                   f'be read ({_first_line(e)})') from e
     if metadata.get('format') != FORMAT:
       raise IncompatibleCheckpointError(
           f'checkpoint {self._step_dir(step)} was written by another sparse_trax version '
@@ -166,7 +208,7 @@ class Checkpointer:
         saved.update(_layout(stored[item].tree, item))
     except Exception as e:  # pylint: disable=broad-except
       raise CorruptCheckpointError(f'checkpoint {self._step_dir(step)}: its items cannot be '
-                                   f'parsed ({type(e).__name__}: {e})') from e
+                                   f'parsed ({_first_line(e)})') from e
     wanted = {}
     for item, tree in items.items():
       wanted.update(_layout(tree, item))
@@ -196,7 +238,7 @@ class Checkpointer:
           item: ocp.args.StandardRestore(_abstract(tree)) for item, tree in items.items()}))
     except Exception as e:  # pylint: disable=broad-except
       raise CorruptCheckpointError(f'checkpoint {self._step_dir(step)} cannot be read '
-                                   f'({type(e).__name__}: {str(e)[:300]})') from e
+                                   f'({_first_line(e)})') from e
     # Checkpoints saved before the method was recorded hashed whole arrays' bytes.
     checksum = (checksums.tree_checksum if metadata.get('checksum_method') == checksums.METHOD
                 else checksums.legacy_tree_checksum)
@@ -222,15 +264,21 @@ class Checkpointer:
       abstract_state: see `restore`.
       set_aside_corrupt: move damaged checkpoints out of the directory.
     """
+    damaged = []
+    found = None
     for step in reversed(self.steps()):
       try:
-        return self.restore(step, abstract_state)
+        found = self.restore(step, abstract_state)
+        break
       except CorruptCheckpointError as e:
         note = 'skipped'
         if set_aside_corrupt:
           note = f'moved to {self._move_aside(step)}'
-        warnings.warn(f'{e}; it is damaged and was {note}; trying an older one')
-    return None
+        damaged.append(f'{e}; it is damaged and was {note}')
+    instead = f'using step {found[1]["step"]} instead' if found else 'no checkpoint is left'
+    for message in damaged:
+      warnings.warn(f'{message}; {instead}', stacklevel=2)
+    return found
 
   def _step_dir(self, step: int) -> str:
     return os.path.join(self.directory, str(step))
@@ -256,6 +304,36 @@ class Checkpointer:
     self._manager.close()
 
 
+def _first_line(error: Exception, limit: int = 240) -> str:
+  """An exception as one short line (TensorStore's carry whole JSON specs)."""
+  text = (str(error).strip().splitlines() or [''])[0]
+  text = f'{type(error).__name__}: {text}'
+  return text if len(text) <= limit else text[:limit] + '...'
+
+
+def _file_sha256(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for chunk in iter(lambda: f.read(1 << 20), b''):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def _write_file_record(step_dir: str) -> None:
+  """Writes FILE_RECORD: every file under a saved step with its size and SHA-256."""
+  record = {}
+  for root, _, names in os.walk(step_dir):
+    for name in names:
+      path = os.path.join(root, name)
+      relative = os.path.relpath(path, step_dir)
+      if relative != FILE_RECORD:
+        record[relative] = [os.path.getsize(path), _file_sha256(path)]
+  temporary = os.path.join(step_dir, f'{FILE_RECORD}.tmp{os.getpid()}')
+  with open(temporary, 'w', encoding='utf-8') as f:
+    json.dump(record, f, sort_keys=True)
+  os.replace(temporary, os.path.join(step_dir, FILE_RECORD))
+
+
 def signature_to_json(signature) -> list:
   """A model's input signature (a ShapeDtypeStruct or a tuple of them) as JSON."""
   items = signature if isinstance(signature, (tuple, list)) else (signature,)
@@ -268,10 +346,13 @@ def signature_from_json(items: list):
   return structs[0] if len(structs) == 1 else structs
 
 
-def load_weights(output_dir: str, model, step: Optional[int] = None):
+def load_weights(output_dir: str, model, step: Optional[int] = None,
+                 return_step: bool = False):
   """The trained weights of a run, for `model` in any mode ('train', 'eval', 'predict').
 
-  Reads `<output_dir>/checkpoints` without changing anything there.
+  Reads `<output_dir>/checkpoints` without changing anything there, and
+  prints nothing when the checkpoint is sound (a damaged one gets one
+  warning naming it, what was wrong and the step used instead).
 
   Args:
     output_dir: a training run's output folder (`trainer --output_dir`).
@@ -279,16 +360,18 @@ def load_weights(output_dir: str, model, step: Optional[int] = None):
       `TransformerLM(..., mode='predict')` to decode); its weights' tree,
       shapes and dtypes must be the run's.
     step: which checkpoint (default: the latest one that passes its
-      checksums; damaged ones are skipped with a warning).
+      checksums).
+    return_step: also return the step the weights are from.
 
   Returns:
-    The weights pytree, as `model.init` would lay it out.
+    The weights pytree, as `model.init` would lay it out; with
+    `return_step`, (weights, step).
 
   Raises:
     FileNotFoundError: no checkpoint in the folder (or no such step).
     IncompatibleCheckpointError: `model` is not the run's model (names the
       first differing weight and both shapes).
-    CorruptCheckpointError: the asked-for step is damaged.
+    CorruptCheckpointError: the asked-for step is damaged, or every one is.
   """
   directory = os.path.join(output_dir, 'checkpoints')
   checkpointer = Checkpointer(directory, read_only=True)
@@ -300,6 +383,7 @@ def load_weights(output_dir: str, model, step: Optional[int] = None):
       raise FileNotFoundError(f'no checkpoint of step {step} in {directory}; '
                               f'there are steps {steps}')
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    damaged = []
     for candidate in ([step] if step is not None else reversed(steps)):
       try:
         metadata = checkpointer.metadata(candidate)
@@ -308,11 +392,16 @@ def load_weights(output_dir: str, model, step: Optional[int] = None):
         abstract = jax.eval_shape(lambda s=signature: model.init(s, rng=jax.random.key(0))[0])
         abstract = jax.tree_util.tree_map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract)
-        return checkpointer.restore(candidate, {'weights': abstract})[0]['weights']
+        weights = checkpointer.restore(candidate, {'weights': abstract})[0]['weights']
       except CorruptCheckpointError as e:
         if step is not None:
           raise
-        warnings.warn(f'{e}; it is damaged and was skipped; trying an older one')
-    raise CorruptCheckpointError(f'every checkpoint in {directory} is damaged')
+        damaged.append(f'{e}; it is damaged and was skipped')
+        continue
+      for message in damaged:
+        warnings.warn(f'{message}; using step {candidate} instead', stacklevel=2)
+      return (weights, candidate) if return_step else weights
+    raise CorruptCheckpointError(f'every checkpoint in {directory} is damaged: ' +
+                                 ' | '.join(damaged))
   finally:
     checkpointer.close()

@@ -1,0 +1,168 @@
+"""Runs that cannot silently go wrong (#25): the Loop stepped from Python, one
+trainer per folder, resumes refused across model, data or tokenizer changes.
+
+(Ctrl-C / SIGTERM saving a checkpoint and a damaged checkpoint's few log lines
+are checked with real processes in test_trainer.py's kill-and-resume test.)
+"""
+
+import functools
+import os
+import subprocess
+import sys
+
+import gin
+import numpy as np
+import pytest
+
+from sparse_trax import config_changes, data, models, trainer
+from sparse_trax.train import Loop, TrainConfig, folder_lock, loop as loop_module
+from test_trainer import run_trainer, text_files, tiny_config, train_losses  # pylint: disable=unused-import
+
+MODEL = functools.partial(models.TransformerLM, d_model=16, d_ff=32, n_layers=1, n_heads=2,
+                          max_len=64, dropout=0.1)
+
+
+def byte_inputs(text_files, tokenizer=None):
+  return data.Inputs(data.TextFiles([text_files[0]], [text_files[1]]),
+                     tokenizer or data.ByteTokenizer(), max_length=16, batch_size=4,
+                     n_eval_batches=1)
+
+
+def snapshot(folder):
+  files = {}
+  for root, _, names in os.walk(folder):
+    for name in names:
+      path = os.path.join(root, name)
+      with open(path, 'rb') as f:
+        files[os.path.relpath(path, folder)] = f.read()
+  return files
+
+
+def test_loop_run_twice_equals_one_run_of_the_sum(tmp_path, text_files):
+  settings = dict(eval_every=100, checkpoint_every=100, log_every=1, progress_bar=False)
+  stepped = str(tmp_path / 'stepped')
+  with Loop(MODEL, byte_inputs(text_files), stepped, **settings) as run:
+    assert run.step == 0
+    first = run.run(3)
+    assert run.step == 3 and first['step'] == 3            # evaluates after a run's last step
+    weights_after_3 = run.weights
+    assert np.isfinite(run.evaluate(log=False)['eval_loss'])
+    run.run(4)
+    assert run.step == 7
+    assert weights_after_3 is not run.weights
+    sample = run.decode_sample(length=3)
+    assert set(sample) == {'prompt', 'continuation'}
+  assert sorted(os.listdir(os.path.join(stepped, 'checkpoints'))) == ['3', '7']
+  straight = str(tmp_path / 'straight')
+  with Loop(MODEL, byte_inputs(text_files), straight, **settings) as run:
+    run.run(7)
+  np.testing.assert_array_equal([train_losses(stepped)[s] for s in range(1, 8)],
+                                [train_losses(straight)[s] for s in range(1, 8)])
+  # A new Loop on the folder resumes where the last one stopped; a closed one says so.
+  with Loop(MODEL, byte_inputs(text_files), stepped, **settings) as resumed:
+    assert resumed.step == 7
+  with pytest.raises(RuntimeError, match='this Loop is closed; make a new Loop'):
+    resumed.run(1)
+
+
+def test_train_config_checks_once_and_loop_takes_it_or_settings(tmp_path, text_files):
+  with pytest.raises(ValueError, match='train: eval_every must be >= 1, got 0'):
+    TrainConfig(eval_every=0)
+  with pytest.raises(ValueError, match='train: optimizer must be a function'):
+    TrainConfig(optimizer='adam')
+  with pytest.raises(TypeError, match='give either config or settings'):
+    Loop(MODEL, byte_inputs(text_files), str(tmp_path / 'x'), TrainConfig(), n_steps=3)
+  assert not os.path.exists(tmp_path / 'x')
+  # A data failure after the folder was made leaves no empty folder behind.
+  short = tmp_path / 'short.txt'
+  short.write_text('a few words\n', encoding='utf-8')
+  inputs = data.Inputs(data.TextFiles([text_files[0]], [str(short)]), data.ByteTokenizer(),
+                       max_length=16, batch_size=4)
+  with pytest.raises(ValueError, match='eval split'):
+    Loop(MODEL, inputs, str(tmp_path / 'y'))
+  assert not os.path.exists(tmp_path / 'y')
+
+
+def _holder(folder):
+  """A process holding the folder's lock (FolderLock loaded alone: no jax import)."""
+  code = (f'import importlib.util, sys, time\n'
+          f'spec = importlib.util.spec_from_file_location("fl", {folder_lock.__file__!r})\n'
+          f'fl = importlib.util.module_from_spec(spec); spec.loader.exec_module(fl)\n'
+          f'fl.FolderLock({folder!r}).acquire(); print("held", flush=True); time.sleep(60)\n')
+  process = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE, text=True)
+  assert process.stdout.readline().strip() == 'held'
+  return process
+
+
+def test_second_trainer_is_refused_and_a_killed_owner_is_taken_over(tmp_path, text_files,
+                                                                  capsys):
+  folder = str(tmp_path / 'run')
+  config = tiny_config(str(tmp_path), text_files, n_steps=2, decode_length=0)
+  holder = _holder(folder)
+  try:
+    gin.clear_config()
+    status = trainer.console_main(['--config_file', config, '--output_dir', folder])
+    gin.clear_config()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 1
+    assert err[0].startswith(f'trainer: error: the output folder {folder} is in use by another '
+                             f'trainer: pid {holder.pid} on host '), err
+    assert sorted(os.listdir(folder)) == [folder_lock.OWNER_FILE]    # nothing else written
+  finally:
+    holder.kill()
+    holder.wait()
+  # The killed owner's lock went with it; its owner file is reported and replaced.
+  run_trainer('--config_file', config, '--output_dir', folder)
+  assert 'Taking over the output folder' in capsys.readouterr().err
+  assert sorted(train_losses(folder)) == [1, 2]
+  assert not os.path.exists(os.path.join(folder, folder_lock.OWNER_FILE))   # released
+
+
+def test_changed_heads_refused_with_every_binding_and_nothing_written(tmp_path, text_files):
+  """N_HEADS 2 -> 4 keeps every weight's shape: only the configuration tells them apart."""
+  config = tiny_config(str(tmp_path), text_files, n_steps=4, decode_length=0)
+  out = str(tmp_path / 'run')
+  run_trainer('--config_file', config, '--output_dir', out)
+  before = snapshot(str(tmp_path))
+  with pytest.raises(config_changes.ConfigChangedError) as info:
+    run_trainer('--config_file', config, '--output_dir', out, '--config', 'N_HEADS = 4',
+                '--config', 'train.seed = 3', '--config', 'train.n_steps = 6')
+  message = str(info.value)
+  assert '  TransformerLM.n_heads: 2 -> 4\n' in message and '  train.seed: 0 -> 3\n' in message
+  assert 'n_steps' not in message.split('Pass another')[0]      # schedule: allowed
+  assert 'Nothing was changed' in message
+  assert snapshot(str(tmp_path)) == before
+  # A schedule-only change resumes, keeping config.gin and recording config.4.gin.
+  run_trainer('--config_file', config, '--output_dir', out, '--config', 'train.n_steps = 6',
+              '--config', 'train.eval_every = 3')
+  assert sorted(train_losses(out)) == list(range(1, 7))
+  after = snapshot(out)
+  assert after['config.gin'] == before['run/config.gin']
+  assert b'train.n_steps = 6' in after['config.4.gin'] and 'config.6.gin' not in after
+  assert [str(c) for c in config_changes.changes(after['config.gin'].decode(),
+                                                 after['config.4.gin'].decode())] == [
+                                                     'train.eval_every: 6 -> 3',
+                                                     'train.n_steps: 4 -> 6']
+
+
+def test_resume_with_another_tokenizer_is_refused(tmp_path, text_files):
+  """A run's checkpoints record its tokenizer: other training text is another tokenizer."""
+  cache = str(tmp_path / 'tokenizers')
+  out = str(tmp_path / 'run')
+  sentencepiece = lambda: data.SentencePieceTokenizer(80, cache_dir=cache)
+  settings = dict(eval_every=100, checkpoint_every=100, progress_bar=False)
+  with Loop(MODEL, byte_inputs(text_files, sentencepiece()), out, **settings) as run:
+    run.run(2)
+  before = snapshot(out)
+  other_text = tmp_path / 'other.txt'
+  other_text.write_text('\n'.join(f'{n} and {n + 1} and {n + 2}' for n in range(600)),
+                        encoding='utf-8')
+  with pytest.raises(loop_module.TokenizerMismatchError,
+                     match='was trained with tokenizer [0-9a-f]{12} but the configured data '
+                           'builds tokenizer [0-9a-f]{12}'):
+    Loop(MODEL, byte_inputs((str(other_text), text_files[1]), sentencepiece()), out,
+         **settings)
+  assert snapshot(out) == before
+  # The data it was made with resumes.
+  with Loop(MODEL, byte_inputs(text_files, sentencepiece()), out, **settings) as resumed:
+    assert resumed.step == 2
