@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import sparse_trax.layers as tl
-from sparse_trax import decoding, trainer
+from sparse_trax import decoding, experiment, trainer
 from sparse_trax.train import load_weights, loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,7 +55,7 @@ def train_run(config_file: str, output_dir: str, steps, extra=()) -> None:
 def run_pieces(output_dir: str):
   """(eval model, predict model, inputs) of a run, built from the operative config it wrote."""
   gin.clear_config()
-  trainer.parse_gin_config([os.path.join(output_dir, 'config.gin')], finalize_config=False,
+  experiment.parse_gin_config([os.path.join(output_dir, 'config.gin')], finalize_config=False,
                            check_unused_macros=False)
   try:
     model_fn = gin.query_parameter('train.model').scoped_configurable_fn

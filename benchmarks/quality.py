@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sparse_trax import trainer
+from sparse_trax import experiment, trainer
 import sparse_trax.layers as tl
 
 # name -> (gin file under gin/scaling, extra bindings)
@@ -45,7 +45,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def parameter_count(config_file: str, bindings=()) -> int:
   gin.clear_config()
-  trainer.parse_gin_config([config_file], list(bindings), finalize_config=False)
+  experiment.parse_gin_config([config_file], list(bindings), finalize_config=False)
   from sparse_trax.train.steps import build_model  # pylint: disable=import-outside-toplevel
   model = build_model(gin.query_parameter('train.model').scoped_configurable_fn, 'eval',
                       gin.query_parameter('SentencePieceTokenizer.vocab_size'))

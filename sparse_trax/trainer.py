@@ -26,73 +26,12 @@ fail at their next collective or after `--heartbeat_timeout` seconds.
 """
 
 import argparse
-import logging
-import os
 import signal
 import sys
 import traceback
-import warnings
 from typing import Optional, Sequence
 
-import gin
-import jax
-
-from sparse_trax import config_changes
-from sparse_trax import gin_config  # registers every configurable
-from sparse_trax import gin_files
-from sparse_trax.train import interrupts
-
-
-def _gin_search_paths(config_files: Sequence[str]):
-  """Each config file's folder and its nearest ancestor folder named 'gin'."""
-  paths = []
-  for config_file in config_files:
-    folder = os.path.dirname(os.path.abspath(config_file))
-    paths.append(folder)
-    while folder != os.path.dirname(folder):
-      if os.path.basename(folder) == 'gin':
-        paths.append(folder)
-        break
-      folder = os.path.dirname(folder)
-  return list(dict.fromkeys(paths))
-
-
-class _HideGinResourceMisses(logging.Filter):
-  """gin logs an ERROR for every search path that does not hold an included file
-  (its package-resource reader), even when the next path does: hide those."""
-
-  def filter(self, record):
-    return not record.getMessage().startswith('Path not found:')
-
-
-_HIDE_GIN_RESOURCE_MISSES = _HideGinResourceMisses()
-
-
-def parse_gin_config(config_files: Sequence[str], bindings: Sequence[str] = (),
-                     finalize_config: bool = True, check_unused_macros: bool = True) -> None:
-  """Parses gin files and bindings, with includes resolved as the trainer does.
-
-  An include resolves from the including file's folder, then that folder's
-  nearest ancestor named 'gin' (`gin_files.resolve_include`), then the given
-  files' folders and their 'gin' ancestors. Raises gin's error (naming the
-  binding and the file) on an unknown configurable or parameter, and a
-  ValueError for a macro bound on the command line or in a given file but
-  never referenced (one bound only in an included file gets a warning).
-  """
-  logging.getLogger().addFilter(_HIDE_GIN_RESOURCE_MISSES)
-  for path in _gin_search_paths(config_files):
-    gin.add_config_file_search_path(path)
-  gin.parse_config_files_and_bindings([gin_files.resolved_name(f) for f in config_files],
-                                      list(bindings), finalize_config=finalize_config)
-  unused = gin_files.unused_macros(config_files, bindings) if check_unused_macros else []
-  for binding in unused:
-    if not binding.top_level:
-      warnings.warn(f'gin macro {binding.name} is bound ({binding.where}) but never used')
-  mistakes = [b for b in unused if b.top_level]
-  if mistakes:
-    named = ', '.join(f'{b.name} ({b.where})' for b in mistakes)
-    raise ValueError(f'gin macro {named} is bound but never used: no %{mistakes[0].name} '
-                     'in the config; is it misspelt?')
+from sparse_trax import interrupts
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -124,38 +63,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   return args
 
 
-def connect_hosts(args: argparse.Namespace) -> None:
-  """Calls jax.distributed.initialize when the flags ask for several hosts.
-
-  A process that loses a peer fails within `--heartbeat_timeout` seconds
-  rather than waiting forever. Processes other than 0 then show only errors
-  (no warnings, no progress: process 0 reports for all).
-  """
-  if args.coordinator_address is not None:
-    jax.distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
-                               heartbeat_timeout_seconds=args.heartbeat_timeout)
-  elif args.distributed:
-    jax.distributed.initialize(heartbeat_timeout_seconds=args.heartbeat_timeout)
-  if jax.process_index() != 0:
-    warnings.simplefilter('ignore')
-    logging.getLogger().setLevel(logging.ERROR)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> dict:
+  """Parses the command line, then trains and decodes (`experiment.run`)."""
   args = parse_args(argv)
-  for config_file in args.config_file:
-    if not os.path.isfile(config_file):
-      raise SystemExit(f'trainer: gin file {config_file!r} does not exist')
-  parse_gin_config(args.config_file, args.config)
-  connect_hosts(args)
-
-  def check_and_record_config(resume_step):
-    # Everything configurable has been called by now: the operative config is whole.
-    config_changes.record_config(args.output_dir, resume_step, gin.operative_config_str(),
-                                 write=jax.process_index() == 0)
-
-  train = gin.get_configurable('train')
-  return train(output_dir=args.output_dir, on_resume=check_and_record_config)
+  # The training stack (JAX, TensorFlow) is imported only now: `--help` and argument
+  # errors answer at once.
+  from sparse_trax import experiment  # pylint: disable=import-outside-toplevel
+  return experiment.run(args)
 
 
 def _report_interrupt(error: KeyboardInterrupt) -> int:
@@ -176,6 +90,10 @@ def console_main(argv: Optional[Sequence[str]] = None) -> int:
   try:
     with signals:
       main(argv)
+    if signals.received is not None:
+      # The KeyboardInterrupt was swallowed where Python ignores exceptions (a gc
+      # callback during an import): still an interruption.
+      return _report_interrupt(interrupts.Interrupted(signals.received))
   except KeyboardInterrupt as e:
     return _report_interrupt(e)
   except Exception as e:  # pylint: disable=broad-except
@@ -188,7 +106,9 @@ def console_main(argv: Optional[Sequence[str]] = None) -> int:
     # names its owner already.
     message = '\n'.join(line for line in (str(e) or type(e).__name__).splitlines()
                         if not line.strip().startswith('In call to configurable'))
-    several = jax.distributed.is_initialized() and jax.process_count() > 1
+    jax = sys.modules.get('jax')     # (not imported when the command line was wrong)
+    several = (jax is not None and jax.distributed.is_initialized() and
+               jax.process_count() > 1)
     if several:
       message = (f'process {jax.process_index()} of {jax.process_count()}: {message}\n'
                  '(if another process of this run stopped first, its output says why)')

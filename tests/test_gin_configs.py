@@ -11,7 +11,7 @@ import pytest
 import sparse_trax.layers as tl
 from sparse_trax import gin_config  # noqa: F401  (registers the configurables)
 from sparse_trax import gin_files
-from sparse_trax import trainer
+from sparse_trax import experiment
 from sparse_trax.train.steps import build_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,7 +20,7 @@ GIN_FILES = sorted(glob.glob(os.path.join(REPO, 'gin', '**', '*.gin'), recursive
 
 def parse(config_file, check_unused_macros=True):
   gin.clear_config()
-  trainer.parse_gin_config([config_file], finalize_config=False,
+  experiment.parse_gin_config([config_file], finalize_config=False,
                            check_unused_macros=check_unused_macros)
 
 

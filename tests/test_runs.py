@@ -7,14 +7,16 @@ are checked with real processes in test_trainer.py's kill-and-resume test.)
 
 import functools
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import gin
 import numpy as np
 import pytest
 
-from sparse_trax import config_changes, data, models, trainer
+from sparse_trax import config_changes, data, interrupts, models, trainer
 from sparse_trax.train import Loop, TrainConfig, folder_lock, loop as loop_module
 from test_trainer import run_trainer, text_files, tiny_config, train_losses  # pylint: disable=unused-import
 
@@ -166,3 +168,22 @@ def test_resume_with_another_tokenizer_is_refused(tmp_path, text_files):
   # The data it was made with resumes.
   with Loop(MODEL, byte_inputs(text_files, sentencepiece()), out, **settings) as resumed:
     assert resumed.step == 2
+
+
+def test_signal_scopes_raise_defer_and_carry_a_swallowed_signal():
+  with interrupts.RaiseOnSignal() as outer:
+    with pytest.raises(interrupts.Interrupted) as info:
+      os.kill(os.getpid(), signal.SIGTERM)
+      time.sleep(1)             # (the handler runs at the next bytecode)
+    assert info.value.exit_status == 143 and outer.received == signal.SIGTERM
+    with interrupts.DeferSignals() as deferred:   # the outer one's signal counts here
+      assert deferred.received == signal.SIGTERM
+    outer.received = None
+    with interrupts.DeferSignals() as deferred:
+      os.kill(os.getpid(), signal.SIGINT)
+      time.sleep(0.1)
+      assert deferred.received == signal.SIGINT                # recorded, not raised
+      with pytest.raises(interrupts.Interrupted, match='interrupted again'):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # restored

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from sparse_trax import trainer
+from sparse_trax import experiment, trainer
 from sparse_trax.data import corpus
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -409,7 +409,7 @@ def test_nested_includes_resolve_from_the_including_file(tmp_path):
     f.write("include 'local.gin'\n")
   gin.clear_config()
   try:
-    trainer.parse_gin_config([str(other / 'first.gin'), str(mine)])
+    experiment.parse_gin_config([str(other / 'first.gin'), str(mine)])
     assert gin.query_parameter('train.n_steps') == 3
     assert gin.query_parameter('train.log_every') == 7
     assert gin.query_parameter('%D_MODEL') == 128

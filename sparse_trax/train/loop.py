@@ -39,7 +39,7 @@ from sparse_trax import arguments
 from sparse_trax.train import checkpoints
 from sparse_trax.train import decode_eval
 from sparse_trax.train import folder_lock
-from sparse_trax.train import interrupts
+from sparse_trax import interrupts
 from sparse_trax.train import optimizers
 from sparse_trax.train import parallel
 from sparse_trax.train import run_files

@@ -77,7 +77,20 @@ class RaiseOnSignal(_SignalScope):
 
 
 class DeferSignals(_SignalScope):
-  """The first SIGINT / SIGTERM is recorded in `received`; a second raises at once."""
+  """The first SIGINT / SIGTERM is recorded in `received`; a second raises at once.
+
+  A signal that an enclosing `RaiseOnSignal` received, but whose exception
+  Python swallowed (raised inside a gc callback, where exceptions are only
+  printed), counts as received here: the loop stops at its next step.
+  """
+
+  def __enter__(self):
+    super().__enter__()
+    for previous in self._previous.values():
+      outer = getattr(previous, '__self__', None)
+      if isinstance(outer, _SignalScope) and outer.received is not None:
+        self.received = outer.received
+    return self
 
   def _handle(self, signum, frame):
     del frame
