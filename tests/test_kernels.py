@@ -87,7 +87,8 @@ def test_vecmat_kernel_equals_its_reference(storage, positions, d_in, d_out):
 def test_references_widen_stored_weights_one_tile_at_a_time(storage, rows):
   """The pure-JAX products (what runs off CPU, or without a compiler) equal the dense
   product and hold at most one tile of widened weights (bfloat16 on CPU: and one copy
-  of its bits), never the float32 matrix."""
+  of its bits), never the float32 matrix. (jax 0.12's XLA also keeps the stored slice
+  of the tile it widens: one tile in the stored dtype more.)"""
   d = 1024                                              # rows x d: 4M values = 4 tiles and more
   w = stored(jax.random.normal(jax.random.key(0), (rows, d)), storage)
   x = jax.random.normal(jax.random.key(1), (5, d))
@@ -101,9 +102,10 @@ def test_references_widen_stored_weights_one_tile_at_a_time(storage, rows):
   whole = rows * d * 4
   tile = policy_lib.TILE_VALUES * 4
   bits = rows * d * 2 if storage == 'bfloat16' else 0
+  stored_tile = policy_lib.TILE_VALUES * np.dtype(storage).itemsize
   for product, args in ((matvec, (x, w)), (vecmat, (a, w))):
     temp = product.lower(*args).compile().memory_analysis().temp_size_in_bytes
-    assert temp <= bits + tile + 256 * 1024 < whole, (temp, tile, whole)   # + activations
+    assert temp <= bits + tile + stored_tile + 256 * 1024 < whole, (temp, tile, whole)
 
 
 @BUILT

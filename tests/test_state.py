@@ -3,7 +3,6 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 import sparse_trax.layers as tl
@@ -70,6 +69,7 @@ def test_reorder_batch_moves_every_record():
 
 
 def test_state_round_trips_through_jit_donation_and_orbax(tmp_path):
+  ocp = pytest.importorskip('orbax.checkpoint')     # (the `train` extra)
   model, weights, state = predict_lm()
   step = jax.jit(model.apply, donate_argnums=1)
   tokens = jnp.ones((3, 1), jnp.int32)

@@ -1,4 +1,9 @@
-"""sparse_trax.data: sources, tokenizers and batching. The only place TensorFlow is used."""
+"""sparse_trax.data: sources, tokenizers and batching. The only place TensorFlow is used.
+
+Needs the `train` extra (`pip install 'sparse_trax[train]'`).
+"""
+
+from sparse_trax.data import tf_setup  # first: checks the extra, quiets TensorFlow's start-up
 
 from sparse_trax.data.pipeline import Inputs
 from sparse_trax.data.sources import AdditionTask

@@ -2,7 +2,7 @@
 
 Activations are [batch, length, d_model]; heads split d_model into
 `n_heads` of `d_model // n_heads`. Masks are boolean, True where attending
-is allowed. Softmax runs in float32.
+is allowed. Softmax runs in float32 (float64 for float64 inputs: `dtypes`).
 """
 
 import jax
@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from sparse_trax import arguments
 from sparse_trax import kernels
 from sparse_trax.layers.base import Layer
+from sparse_trax.layers.dtypes import accumulation_dtype
 from sparse_trax.layers.linear import linear
 from sparse_trax.layers.state import KVCache, RunOnce, poison_if, run_once
 
@@ -31,8 +32,9 @@ def dot_product_attention(q, k, v, mask, *, dropout_rate=0.0, rng=None):
     [batch, length_q, n_heads, d_head].
   """
   d_head = q.shape[-1]
-  logits = jnp.einsum('bqhd,bkhd->bhqk', q, k) / jnp.sqrt(jnp.float32(d_head))
-  logits = jnp.where(mask, logits.astype(jnp.float32), jnp.finfo(jnp.float32).min)
+  wide = accumulation_dtype(q.dtype, k.dtype)
+  logits = jnp.einsum('bqhd,bkhd->bhqk', q, k) / jnp.sqrt(jnp.asarray(d_head, wide))
+  logits = jnp.where(mask, logits.astype(wide), jnp.finfo(wide).min)
   probs = jax.nn.softmax(logits, axis=-1)
   if dropout_rate > 0.0 and rng is not None:
     keep = jax.random.bernoulli(rng, 1.0 - dropout_rate, probs.shape)
@@ -124,7 +126,8 @@ def cached_attention(q, keys, values, position, *, first_visible=None, query_buc
                                 query_buckets=query_buckets, key_buckets=key_buckets,
                                 mask_self=mask_self)
   block = cache_block_size(keys.shape[1])
-  q = q.astype(jnp.float32) / jnp.sqrt(jnp.float32(d_head))
+  wide = accumulation_dtype(q.dtype, keys.dtype)
+  q = q.astype(wide) / jnp.sqrt(jnp.asarray(d_head, wide))
   query_positions = position + jnp.arange(length)
   if first_visible is None:
     first_visible = jnp.zeros((length,), jnp.int32)
@@ -170,8 +173,8 @@ def cached_attention(q, keys, values, position, *, first_visible=None, query_buc
     return new_max, normalizer, accumulated
 
   rows = queries.shape[:-1]                                 # [b, (q,) h]
-  init = (jnp.full(rows, -jnp.inf, jnp.float32), jnp.zeros(rows, jnp.float32),
-          jnp.zeros(queries.shape, jnp.float32))
+  init = (jnp.full(rows, -jnp.inf, wide), jnp.zeros(rows, wide),
+          jnp.zeros(queries.shape, wide))
   _, normalizer, accumulated = jax.lax.fori_loop(first_block, last_block, one_block, init)
   out = accumulated / jnp.maximum(normalizer, 1e-30)[..., None]
   return out.reshape(q.shape).astype(values.dtype)
@@ -204,7 +207,8 @@ def _one_query_attention(q, keys, values, position, *, first_visible=None, query
   the switch and its operations cost more than the arithmetic.
   """
   slots, d_head = keys.shape[1], q.shape[-1]
-  query = q[:, 0].astype(jnp.float32) / jnp.sqrt(jnp.float32(d_head))   # [b, h, d]
+  wide = accumulation_dtype(q.dtype, keys.dtype)
+  query = q[:, 0].astype(wide) / jnp.sqrt(jnp.asarray(d_head, wide))   # [b, h, d]
   first = jnp.int32(0) if first_visible is None else first_visible[0]
   sizes = _window_sizes(slots)
   span = position + 1 - first
@@ -222,14 +226,14 @@ def _one_query_attention(q, keys, values, position, *, first_visible=None, query
       if query_buckets is not None:
         kb = jax.lax.dynamic_slice_in_dim(key_buckets, start, size, axis=1)   # [b, k, h, r]
         visible = visible & jnp.any(query_buckets[:, 0][:, None] == kb, axis=-1)
-      logits = jnp.einsum('bhd,bkhd->bkh', query, k.astype(jnp.float32))
+      logits = jnp.einsum('bhd,bkhd->bkh', query, k.astype(wide))
       if mask_self:
         logits = jnp.where((key_positions == position)[None, :, None], SELF_LOGIT, logits)
       logits = jnp.where(visible, logits, -jnp.inf)
       top = jnp.max(logits, axis=1, keepdims=True)
       probs = jnp.exp(logits - jnp.where(jnp.isfinite(top), top, 0.0))
       normalizer = jnp.sum(probs, axis=1)                                    # [b, h]
-      out = jnp.einsum('bkh,bkhd->bhd', probs, v.astype(jnp.float32))
+      out = jnp.einsum('bkh,bkhd->bhd', probs, v.astype(wide))
       return out / jnp.maximum(normalizer, 1e-30)[..., None]
     return attend
 

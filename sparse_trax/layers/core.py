@@ -12,6 +12,7 @@ import numpy as np
 
 from sparse_trax import arguments
 from sparse_trax import kernels
+from sparse_trax.layers.dtypes import accumulation_dtype
 from sparse_trax.layers.base import Layer
 from sparse_trax.layers.combinators import Fn
 from sparse_trax.layers.linear import linear, positions
@@ -132,8 +133,8 @@ class LayerNorm(Layer):
     return normalize(weights, x)
 
   def _normalize(self, weights, x):
-    # Statistics in float32 whatever the input dtype; the result in the input's.
-    wide = x.astype(jnp.float32)
+    # Statistics in float32 (float64 for float64 input); the result in the input's dtype.
+    wide = x.astype(accumulation_dtype(x.dtype))
     mean = jnp.mean(wide, axis=-1, keepdims=True)
     variance = jnp.mean(jnp.square(wide - mean), axis=-1, keepdims=True)
     normed = ((wide - mean) * jax.lax.rsqrt(variance + self.epsilon)).astype(x.dtype)

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from sparse_trax.layers.base import Layer
+from sparse_trax.layers.dtypes import accumulation_dtype
 
 
 def _check(logits, targets, weights):
@@ -23,7 +24,7 @@ def _check(logits, targets, weights):
 def weighted_cross_entropy(logits, targets, weights):
   """Mean of -log p(target) over positions, weighted; 0 where all weights are 0."""
   _check(logits, targets, weights)
-  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  log_probs = jax.nn.log_softmax(logits.astype(accumulation_dtype(logits.dtype)), axis=-1)
   nll = -jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
   return jnp.sum(nll * weights) / jnp.maximum(jnp.sum(weights), 1e-9)
 

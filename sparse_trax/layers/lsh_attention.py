@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from sparse_trax import arguments
 from sparse_trax.layers import attention
 from sparse_trax.layers.base import Layer
+from sparse_trax.layers.dtypes import accumulation_dtype
 from sparse_trax.layers.linear import linear
 from sparse_trax.layers.state import Decisions, poison_if, replayed_choices
 
@@ -130,7 +131,8 @@ class ChunkedCausalAttention(_LongAttention):
                                -1)[0, :, :, 0, 0]                             # [n, window]
     visible = ((key_positions[:, None, :] <= positions[:, :, None]) &
                (key_positions[:, None, :] >= 0))                              # [n, c, window]
-    logits = jnp.einsum('bnqhd,bnkhd->bnhqk', q_chunks, k_windows) / jnp.sqrt(jnp.float32(d_head))
+    logits = jnp.einsum('bnqhd,bnkhd->bnhqk', q_chunks, k_windows) / jnp.sqrt(
+        jnp.asarray(d_head, accumulation_dtype(q_chunks.dtype)))
     logits = jnp.where(visible[None, :, None], logits, _INVALID)
     probs = self._dropout(jax.nn.softmax(logits, axis=-1), rng)
     out = jnp.einsum('bnhqk,bnkhd->bnqhd', probs.astype(v_windows.dtype),
@@ -259,7 +261,8 @@ class LSHSelfAttention(_LongAttention):
     sorted_qk, sorted_v = gather(qk), gather(v)                         # [b, h, r, Lp, d]
     sorted_pos = order
     shape = (batch, n_heads, self.n_hashes, n, c)
-    queries = sorted_qk.reshape(shape + (d_head,)) / jnp.sqrt(jnp.float32(d_head))
+    queries = sorted_qk.reshape(shape + (d_head,)) / jnp.sqrt(
+        jnp.asarray(d_head, accumulation_dtype(sorted_qk.dtype)))
     keys = _unit_norm(sorted_qk)
     flat = lambda t, fill: _look_back(t.reshape((-1, n, c) + t.shape[4:]), self.n_chunks_before,
                                       fill).reshape(shape[:3] + (n, -1) + t.shape[4:])

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 
 from sparse_trax import arguments
 from sparse_trax.layers.base import Layer
+from sparse_trax.layers.dtypes import accumulation_dtype
 from sparse_trax.layers.linear import linear
 from sparse_trax.layers.state import Carry
 
@@ -70,7 +71,8 @@ class SRU(Layer):
                          jnp.zeros((self.n_units,), jnp.float32)])
     state = {}
     if self.mode == 'predict':
-      state = Carry(jnp.zeros((input_signature.shape[0], self.n_units), jnp.float32))
+      state = Carry(jnp.zeros((input_signature.shape[0], self.n_units),
+                              accumulation_dtype(input_signature.dtype)))
     return {'w': w, 'b': b}, state
 
   def gates(self, weights, x):
@@ -88,12 +90,13 @@ class SRU(Layer):
   takes_position = True
 
   def forward(self, weights, state, x, rng, position):
-    y, forget, reset = (t.astype(jnp.float32) for t in self.gates(weights, x))
-    # The carry accumulates in float32 whatever the input dtype; h is in the input's.
-    initial = state.value if self.mode == 'predict' else jnp.zeros(
-        (x.shape[0], self.n_units), jnp.float32)
+    wide = accumulation_dtype(x.dtype)
+    y, forget, reset = (t.astype(wide) for t in self.gates(weights, x))
+    # The carry accumulates in float32 (float64 for float64 input); h is in the input's dtype.
+    initial = state.value.astype(wide) if self.mode == 'predict' else jnp.zeros(
+        (x.shape[0], self.n_units), wide)
     c = linear_recurrence(forget, (1.0 - forget) * y, initial)
-    highway = x.astype(jnp.float32)
+    highway = x.astype(wide)
     if self.highway_scale != 1.0:
       highway = highway * self.highway_scale
     h = (reset * c + (1.0 - reset) * highway).astype(x.dtype)
