@@ -13,6 +13,7 @@ ones on exit (only in the main thread; elsewhere signals are left alone):
 """
 
 import signal
+import sys
 import threading
 from typing import Optional
 
@@ -68,7 +69,26 @@ class _SignalScope:
 
 
 class RaiseOnSignal(_SignalScope):
-  """SIGINT / SIGTERM raise `Interrupted` at once; `received` remembers the signal."""
+  """SIGINT / SIGTERM raise `Interrupted` at once; `received` remembers the signal.
+
+  Where Python cannot raise it (the signal landed in a gc callback or a
+  finalizer, whose exceptions it prints as "Exception ignored in ..."), the
+  print is left out: `received` still says it came, and the caller reports it.
+  """
+
+  def __enter__(self):
+    super().__enter__()
+    self._previous_unraisable = sys.unraisablehook
+    sys.unraisablehook = self._unraisable
+    return self
+
+  def __exit__(self, *exc):
+    sys.unraisablehook = self._previous_unraisable
+    super().__exit__(*exc)
+
+  def _unraisable(self, unraisable):
+    if not isinstance(unraisable.exc_value, Interrupted):
+      self._previous_unraisable(unraisable)
 
   def _handle(self, signum, frame):
     del frame

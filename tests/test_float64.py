@@ -13,6 +13,7 @@ import sys
 import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+pytestmark = pytest.mark.slow       # one 30 s process: scheduled first
 
 
 @pytest.fixture(scope='module')

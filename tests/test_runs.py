@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import gin
 import numpy as np
@@ -187,3 +188,23 @@ def test_signal_scopes_raise_defer_and_carry_a_swallowed_signal():
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(1)
   assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # restored
+
+
+def test_an_interrupt_python_could_not_raise_is_not_printed():
+  """A signal landing in a gc callback: Python prints "Exception ignored in ..." with a
+  traceback through sys.unraisablehook; inside RaiseOnSignal an Interrupted is left out
+  (the trainer reports it), anything else goes on to the hook before."""
+  def unraisable(error):
+    return types.SimpleNamespace(exc_type=type(error), exc_value=error, exc_traceback=None,
+                                 err_msg='Exception ignored in', object=None)
+  forwarded = []
+  before = sys.unraisablehook
+  sys.unraisablehook = forwarded.append
+  try:
+    with interrupts.RaiseOnSignal():
+      sys.unraisablehook(unraisable(interrupts.Interrupted(signal.SIGINT)))
+      sys.unraisablehook(unraisable(ValueError('something else')))
+    assert [type(u.exc_value).__name__ for u in forwarded] == ['ValueError']
+    assert sys.unraisablehook == forwarded.append          # restored
+  finally:
+    sys.unraisablehook = before
