@@ -19,6 +19,7 @@ import pytest
 
 from sparse_trax import config_changes, data, interrupts, models, trainer
 from sparse_trax.train import Loop, TrainConfig, folder_lock, loop as loop_module
+from test_trainer import _snapshot as snapshot  # pylint: disable=unused-import
 from test_trainer import run_trainer, text_files, tiny_config, train_losses  # pylint: disable=unused-import
 
 MODEL = functools.partial(models.TransformerLM, d_model=16, d_ff=32, n_layers=1, n_heads=2,
@@ -29,16 +30,6 @@ def byte_inputs(text_files, tokenizer=None):
   return data.Inputs(data.TextFiles([text_files[0]], [text_files[1]]),
                      tokenizer or data.ByteTokenizer(), max_length=16, batch_size=4,
                      n_eval_batches=1)
-
-
-def snapshot(folder):
-  files = {}
-  for root, _, names in os.walk(folder):
-    for name in names:
-      path = os.path.join(root, name)
-      with open(path, 'rb') as f:
-        files[os.path.relpath(path, folder)] = f.read()
-  return files
 
 
 def test_loop_run_twice_equals_one_run_of_the_sum(tmp_path, text_files):
