@@ -1,6 +1,7 @@
 """sparse_trax: Trax-style layers on modern JAX for Scaling Transformers and Terraformer."""
 
 import os
+import platform
 
 from setuptools import Extension, find_packages, setup
 
@@ -13,15 +14,53 @@ def _xla_ffi_include_dir():
 
 # Fused CPU decoding kernels (XLA FFI), compiled by the system C++ compiler. Optional: where
 # it does not build, sparse_trax runs its pure-JAX paths (the same results).
-cpu_kernels = Extension(
-    'sparse_trax.kernels._cpu_kernels',
-    sources=[f'sparse_trax/kernels/cc/{name}.cc' for name in (
-        'module', 'stored_products', 'sparse_ff', 'sparse_qkv', 'attention', 'layer_norm')],
-    depends=['sparse_trax/kernels/cc/simd.h', 'sparse_trax/kernels/cc/handlers.h'],
-    include_dirs=[_xla_ffi_include_dir(), 'sparse_trax/kernels/cc'],
-    extra_compile_args=['-std=c++17', '-O3', '-march=native', '-fvisibility=hidden'],
-    language='c++',
-    optional=True)
+#
+# Portable: on x86-64 each kernel source is compiled three times, for the x86-64-v4 level
+# (AVX-512), x86-64-v3 (AVX2 + FMA) and the x86-64 baseline, into three modules
+# `_cpu_kernels_<isa>`; `sparse_trax.kernels.registry` loads the best one this CPU runs
+# (SPARSE_TRAX_KERNEL_ISA forces one). Elsewhere (arm64) the plain C++ paths build once.
+KERNEL_SOURCES = ('module', 'stored_products', 'sparse_ff', 'sparse_qkv', 'attention',
+                  'layer_norm')
+X86_LEVELS = (('avx512', '-march=x86-64-v4'), ('avx2', '-march=x86-64-v3'),
+              ('baseline', '-march=x86-64'))
+
+
+def _kernel_sources(isa):
+  """One wrapper per source and level (`#include`s it), so that each level's objects get
+  their own paths in the build folder instead of overwriting another level's."""
+  folder = os.path.join('build', 'kernel_levels', isa)
+  os.makedirs(folder, exist_ok=True)
+  paths = []
+  for name in KERNEL_SOURCES:
+    path = os.path.join(folder, f'{name}.cc')
+    source = os.path.abspath(os.path.join('sparse_trax', 'kernels', 'cc', f'{name}.cc'))
+    text = f'#include "{source}"  // compiled for {isa}\n'
+    if not os.path.exists(path) or open(path, encoding='utf-8').read() != text:
+      with open(path, 'w', encoding='utf-8') as f:
+        f.write(text)
+    paths.append(path)
+  return paths
+
+
+def _kernel_extensions():
+  x86 = platform.machine().lower() in ('x86_64', 'amd64')
+  levels = X86_LEVELS if x86 else (('baseline', None),)
+  extensions = []
+  for isa, march in levels:
+    module = f'_cpu_kernels_{isa}'
+    extensions.append(Extension(
+        f'sparse_trax.kernels.{module}',
+        sources=_kernel_sources(isa),
+        depends=[f'sparse_trax/kernels/cc/{name}' for name in (
+            'simd.h', 'handlers.h') + tuple(f'{n}.cc' for n in KERNEL_SOURCES)],
+        include_dirs=[_xla_ffi_include_dir(), 'sparse_trax/kernels/cc'],
+        define_macros=[('SPARSE_TRAX_MODULE', module)],
+        extra_compile_args=['-std=c++17', '-O3', '-fvisibility=hidden'] +
+        ([march] if march else []),
+        language='c++',
+        optional=True))
+  return extensions
+
 
 # The trainer, the data pipeline and checkpoints (`pip install 'sparse_trax[train]'`).
 TRAIN = [
@@ -44,7 +83,7 @@ setup(
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',
     packages=find_packages(include=['sparse_trax', 'sparse_trax.*']),
-    ext_modules=[cpu_kernels],
+    ext_modules=_kernel_extensions(),
     # Python 3.11 with jax 0.10 (constraints.txt: what the README's commands install), and
     # Python >= 3.12 with jax up to 0.12 (.ci/run-latest installs the newest allowed).
     python_requires='>=3.11',

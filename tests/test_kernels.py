@@ -14,6 +14,7 @@ import pytest
 import sparse_trax.layers as tl
 from sparse_trax import decoding, kernels, models
 from sparse_trax.kernels import policy as policy_lib
+from sparse_trax.kernels import registry
 from conftest import prefill_then_steps, sig
 
 BUILT = pytest.mark.skipif(not kernels.available(), reason='the fused CPU kernels were not built')
@@ -231,3 +232,56 @@ def test_every_model_on_int8_weights_decodes_as_it_evaluates(name):
   full = np.asarray(evaluate.apply(low, state, inputs)[0])
   np.testing.assert_allclose(prefill_then_steps(predict, low, target, 3, inputs=source), full,
                              rtol=2e-4, atol=2e-4)
+
+
+# One case of each kernel family per x86-64 level (the whole file runs at the best level):
+# odd shapes with tails, every storage, and a whole all-sparse model decoding.
+LEVEL_CASES = [
+    'test_matvec_kernel_equals_its_reference[13-61-300-int8]',
+    'test_vecmat_kernel_equals_its_reference[12-300-1248-float32]',
+    'test_sparse_ff_kernel_equals_the_masked_dense_computation[shape4-1360-16-int8]',
+    'test_sparse_ff_kernel_equals_the_masked_dense_computation[shape3-256-16-bfloat16]',
+    'test_every_model_on_int8_weights_decodes_as_it_evaluates[ScalingTransformerLM all-sparse]',
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('isa', registry.ISAS)
+def test_each_kernel_level_this_cpu_runs_equals_the_references(isa):
+  """SPARSE_TRAX_KERNEL_ISA forces a level: each one built here and runnable on this CPU
+  passes the kernel-vs-reference cases (in its own process: one level per process)."""
+  if isa not in registry.built_isas():
+    pytest.skip(f'the {isa} kernels were not built here')
+  lacking = registry.NEEDS[isa] - registry.cpu_flags()
+  if lacking:
+    pytest.skip(f'this CPU lacks {sorted(lacking)}')
+  if isa == registry.ISA:
+    pytest.skip(f'{isa} is the level this process loaded: every test of this file checks it')
+  env = dict(os.environ, SPARSE_TRAX_KERNEL_ISA=isa, JAX_PLATFORMS='cpu')
+  here = os.path.dirname(os.path.abspath(__file__))
+  check = subprocess.run(
+      [sys.executable, '-c', 'from sparse_trax.kernels import registry; print(registry.ISA)'],
+      env=env, capture_output=True, text=True, check=True)
+  assert check.stdout.strip() == isa
+  finished = subprocess.run(
+      [sys.executable, '-m', 'pytest', '-q', '-n', '0', '-p', 'no:cacheprovider'] +
+      [f'{here}/test_kernels.py::{case}' for case in LEVEL_CASES],
+      env=env, capture_output=True, text=True, cwd=os.path.dirname(here), timeout=600)
+  assert finished.returncode == 0, finished.stdout[-3000:]
+  assert f'{len(LEVEL_CASES)} passed' in finished.stdout
+
+
+def test_forcing_a_level_is_checked():
+  flags = frozenset({'avx2', 'fma', 'bmi1', 'bmi2', 'f16c', 'movbe'})
+  built = ('avx512', 'avx2', 'baseline')
+  assert registry.choose_isa(built, flags, {}) == 'avx2'          # the best this CPU runs
+  assert registry.choose_isa(built, frozenset(), {}) == 'baseline'
+  assert registry.choose_isa((), flags, {}) is None
+  assert registry.choose_isa(built, flags, {'SPARSE_TRAX_KERNEL_ISA': 'baseline'}) == 'baseline'
+  with pytest.raises(ValueError, match=r"SPARSE_TRAX_KERNEL_ISA='avx512': this CPU lacks "
+                                       r'avx512bw, avx512cd'):
+    registry.choose_isa(built, flags, {'SPARSE_TRAX_KERNEL_ISA': 'avx512'})
+  with pytest.raises(ValueError, match=r"'sse9': choose one of"):
+    registry.choose_isa(built, flags, {'SPARSE_TRAX_KERNEL_ISA': 'sse9'})
+  with pytest.raises(ValueError, match='its kernels were not built here'):
+    registry.choose_isa(('baseline',), flags, {'SPARSE_TRAX_KERNEL_ISA': 'avx2'})

@@ -1,21 +1,83 @@
-"""Registers the compiled kernels' handlers with XLA, once, at import.
+"""Loads the kernels compiled for this CPU and registers their handlers with XLA, once.
 
-`BUILT` is True when `pip install -e .` compiled `cc/` into `_cpu_kernels` and its
-handlers were registered (CPU only); False where no compiler was available.
+`pip install -e .` compiles `cc/` once per x86-64 level into
+`_cpu_kernels_avx512` (x86-64-v4), `_cpu_kernels_avx2` (x86-64-v3) and
+`_cpu_kernels_baseline` (elsewhere, such as arm64: the baseline alone). At
+import the best level that was built and that this CPU runs (its flags in
+/proc/cpuinfo; elsewhere only the baseline is assumed) is loaded.
+`SPARSE_TRAX_KERNEL_ISA=avx512|avx2|baseline` forces one (an error if it was
+not built or this CPU lacks its instructions): the tests compare each level
+this machine runs with the references. `SPARSE_TRAX_KERNELS=0` (see
+`policy`) runs no kernel at all.
+
+`ISA` is the level loaded, None where none was built; `BUILT` says whether
+the handlers are registered.
 """
 
+import importlib
 import importlib.util
+import os
+from typing import FrozenSet, Mapping, Optional, Tuple
 
 import jax
 
+ISAS: Tuple[str, ...] = ('avx512', 'avx2', 'baseline')     # best first
+FORCE_VARIABLE = 'SPARSE_TRAX_KERNEL_ISA'
+# The CPU flags (as /proc/cpuinfo names them) each level's code may use.
+NEEDS = {'avx512': frozenset({'avx512f', 'avx512bw', 'avx512cd', 'avx512dq', 'avx512vl',
+                              'avx2', 'fma', 'bmi2', 'f16c', 'movbe'}),
+         'avx2': frozenset({'avx2', 'fma', 'bmi1', 'bmi2', 'f16c', 'movbe'}),
+         'baseline': frozenset()}
 
-def _register() -> bool:
-  if importlib.util.find_spec('sparse_trax.kernels._cpu_kernels') is None:
+
+def cpu_flags(path: str = '/proc/cpuinfo') -> FrozenSet[str]:
+  """The CPU's feature flags (Linux); empty where they cannot be read."""
+  if not os.path.exists(path):
+    return frozenset()
+  with open(path, encoding='utf-8', errors='replace') as f:
+    for line in f:
+      if line.startswith('flags'):
+        return frozenset(line.split(':', 1)[1].split())
+  return frozenset()
+
+
+def module_name(isa: str) -> str:
+  return f'sparse_trax.kernels._cpu_kernels_{isa}'
+
+
+def built_isas() -> Tuple[str, ...]:
+  """The levels `pip install` compiled here, best first."""
+  return tuple(isa for isa in ISAS if importlib.util.find_spec(module_name(isa)) is not None)
+
+
+def choose_isa(built: Tuple[str, ...], flags: FrozenSet[str],
+               environ: Mapping[str, str]) -> Optional[str]:
+  """The level to load: the forced one (checked), else the best built one the CPU runs."""
+  forced = environ.get(FORCE_VARIABLE, '').strip()
+  if forced:
+    if forced not in ISAS:
+      raise ValueError(f'{FORCE_VARIABLE}={forced!r}: choose one of {ISAS}')
+    if forced not in built:
+      raise ValueError(f'{FORCE_VARIABLE}={forced!r}: its kernels were not built here '
+                       f'(built: {list(built) or "none"})')
+    lacking = sorted(NEEDS[forced] - flags)
+    if lacking:
+      raise ValueError(f'{FORCE_VARIABLE}={forced!r}: this CPU lacks {", ".join(lacking)}')
+    return forced
+  for isa in built:
+    if NEEDS[isa] <= flags:
+      return isa
+  return None
+
+
+def _register(isa: Optional[str]) -> bool:
+  if isa is None:
     return False
-  from sparse_trax.kernels import _cpu_kernels  # pylint: disable=import-outside-toplevel,no-name-in-module
-  for name, handler in _cpu_kernels.registrations().items():
+  module = importlib.import_module(module_name(isa))
+  for name, handler in module.registrations().items():
     jax.ffi.register_ffi_target(name, handler, platform='cpu')
   return True
 
 
-BUILT = _register()
+ISA: Optional[str] = choose_isa(built_isas(), cpu_flags(), os.environ)
+BUILT: bool = _register(ISA)
