@@ -9,7 +9,10 @@ the text (tokenizers) are keyed by it. Nothing here downloads: TFDS datasets
 must already be prepared in `data_dir`.
 """
 
+import contextlib
 import hashlib
+import io
+import logging
 import os
 import sys
 from typing import Optional, Sequence
@@ -38,6 +41,22 @@ def file_digest(paths: Sequence[str]) -> str:
   return digest.hexdigest()
 
 
+@contextlib.contextmanager
+def _tfds_preparation_quiet():
+  """tfds' notes while it builds the shipped corpus left out: absl warnings ("Variant
+  folder ... has no dataset_info.json", for a folder not built yet) and what it prints
+  ("Downloading and preparing dataset Unknown size ...": nothing is downloaded). Errors
+  still show, and raise."""
+  absl_logger = logging.getLogger('absl')
+  level = absl_logger.level
+  absl_logger.setLevel(logging.ERROR)
+  try:
+    with contextlib.redirect_stdout(io.StringIO()):
+      yield
+  finally:
+    absl_logger.setLevel(level)
+
+
 class ShippedCorpus:
   """The King James Bible (shipped with the install), built offline with tfds."""
 
@@ -53,11 +72,12 @@ class ShippedCorpus:
             f'{file_digest([corpus.kjv_module_path()])}')
 
   def dataset(self, split: str) -> tf.data.Dataset:
-    builder = corpus.KingJamesBible(data_dir=self.data_dir)
-    if not builder.is_prepared():
-      print(f'Preparing the shipped corpus in {self.data_dir} (once)...', file=sys.stderr,
-            flush=True)
-    builder.download_and_prepare()   # generates from the local file; no download
+    with _tfds_preparation_quiet():
+      builder = corpus.KingJamesBible(data_dir=self.data_dir)
+      if not builder.is_prepared():
+        print(f'Preparing the shipped corpus in {self.data_dir} (once)...', file=sys.stderr,
+              flush=True)
+      builder.download_and_prepare()   # generates from the local file; no download
     tfds_split = {'train': 'train', 'eval': 'validation'}[split]
     # No autocache: the pipeline may stop reading early (it skips, takes).
     read_config = tfds.ReadConfig(try_autocache=False)
