@@ -31,7 +31,7 @@ import numpy as np
 
 import sparse_trax.layers as tl
 from sparse_trax import decoding, experiment, trainer
-from sparse_trax.train import load_weights, loop
+from sparse_trax.train import load_weights, steps
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = {'quickstart': os.path.join(REPO, 'gin', 'quickstart.gin'),
@@ -61,7 +61,7 @@ def run_pieces(output_dir: str):
     model_fn = gin.query_parameter('train.model').scoped_configurable_fn
     inputs = gin.query_parameter('train.inputs').scoped_configurable_fn()
     vocab = inputs.tokenizer.vocab_size
-    return (loop.build_model(model_fn, 'eval', vocab), loop.build_model(model_fn, 'predict', vocab),
+    return (steps.build_model(model_fn, 'eval', vocab), steps.build_model(model_fn, 'predict', vocab),
             inputs)
   finally:
     gin.clear_config()
@@ -72,7 +72,7 @@ def weights_in(weights, storage: str):
 
 
 def eval_log_perplexity(eval_model, inputs, weights) -> float:
-  return loop.evaluate(eval_model, loop.make_eval_step(eval_model, lm=True), weights,
+  return steps.evaluate(eval_model, steps.make_eval_step(eval_model, lm=True), weights,
                        inputs.eval_batches(lm=True), True)['eval_log_perplexity']
 
 

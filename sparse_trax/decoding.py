@@ -284,16 +284,16 @@ def check_sampling(model: Layer, temperature, top_k, eos_id, rng) -> None:
     if vocab_size is not None and top_k > vocab_size:
       raise ValueError(f'autoregressive_sample: top_k must be <= the vocabulary size '
                        f'{vocab_size}, got {top_k}')
-  check_eos_id(model, eos_id, 'autoregressive_sample')
+  check_eos_id(vocab_size, eos_id, 'autoregressive_sample')
   if temperature > 0.0 and rng is None:
     raise ValueError('sampling with temperature > 0 needs an rng')
 
 
-def check_eos_id(model: Layer, eos_id, owner: str) -> None:
+def check_eos_id(vocab_size: Optional[int], eos_id, owner: str) -> None:
+  """One-line error unless `eos_id` is None or an id in [0, vocab_size)."""
   if eos_id is None:
     return
   arguments.check_int(owner, 'eos_id', eos_id, minimum=0)
-  vocab_size = output_vocab_size(model)
   if vocab_size is not None and eos_id >= vocab_size:
     raise ValueError(f'{owner}: eos_id must be < the vocabulary size {vocab_size}, '
                      f'got {eos_id}')
@@ -524,7 +524,7 @@ def beam_search(model: Layer, weights, prefix: Optional[Prompts] = None, *, inpu
     raise ValueError(f'beam_size must be a positive int, got {beam_size!r}')
   prompt, lengths, _, inputs = _checked_request(model, prefix, prefix_lengths, inputs,
                                                 max_length, batch_size)
-  check_eos_id(model, eos_id, 'beam_search')
+  check_eos_id(output_vocab_size(model), eos_id, 'beam_search')
   batch = prompt.shape[0]
   tile = lambda x: np.repeat(x, beam_size, axis=0)
   tiled_inputs = None if inputs is None else jnp.asarray(tile(inputs), jnp.int32)

@@ -64,7 +64,7 @@ def test_every_layer_on_low_precision_weights_equals_its_dequantized_weights(var
 
 
 def test_terraformer_on_int8_weights_and_in_bfloat16():
-  from sparse_trax.train import steps as loop  # pylint: disable=import-outside-toplevel
+  from sparse_trax.train import steps  # pylint: disable=import-outside-toplevel
   kwargs = dict(vocab_size=40, d_model=16, d_ff=32, n_layers=1, n_heads=2, max_len=32,
                 attention_type='chunked', attention_chunk_len=4, ff_sparsity=8, ff_use_sru=8,
                 dropout=0.0)
@@ -78,7 +78,7 @@ def test_terraformer_on_int8_weights_and_in_bfloat16():
   # The reversible stack with SRU computes in bfloat16 on bfloat16 weights, and its
   # memory-saving gradient flows back to float32 weights.
   def loss(w):
-    logits = evaluate.apply(loop.cast_floating(w, jnp.bfloat16), state, tokens)[0]
+    logits = evaluate.apply(steps.cast_floating(w, jnp.bfloat16), state, tokens)[0]
     assert logits.dtype == jnp.bfloat16
     return tl.weighted_cross_entropy(logits, tokens, jnp.ones(tokens.shape))
   grads = jax.jit(jax.grad(loss))(weights)
@@ -98,12 +98,12 @@ def test_summary_and_decode_cost_count_the_real_bytes():
 
 @pytest.mark.parametrize('variant', sorted(VARIANTS))
 def test_bfloat16_forward_computes_in_bfloat16(variant):
-  from sparse_trax.train import steps as loop  # pylint: disable=import-outside-toplevel
+  from sparse_trax.train import steps  # pylint: disable=import-outside-toplevel
   model = models.ScalingTransformerLM(40, 16, 32, 1, 2, max_len=16, dropout=0.1,
                                       **VARIANTS[variant])
   tokens = jax.random.randint(jax.random.key(1), (2, 8), 1, 40)
   weights, state = model.init(tokens, rng=jax.random.key(0))
-  logits, _ = model.apply(loop.cast_floating(weights, jnp.bfloat16), state, tokens,
+  logits, _ = model.apply(steps.cast_floating(weights, jnp.bfloat16), state, tokens,
                           rng=jax.random.key(3))
   assert logits.dtype == jnp.bfloat16 and np.isfinite(np.asarray(logits, np.float32)).all()
 
@@ -111,7 +111,7 @@ def test_bfloat16_forward_computes_in_bfloat16(variant):
 def test_bfloat16_training_steps_keep_float32_weights_and_finite_losses():
   variant = 'sparse_ff_qkv_loss'   # sparse FF, sparse QKV and the sparse loss in one model
   import optax  # pylint: disable=import-outside-toplevel
-  from sparse_trax.train import steps as loop  # pylint: disable=import-outside-toplevel
+  from sparse_trax.train import steps  # pylint: disable=import-outside-toplevel
   model = models.ScalingTransformerLM(40, 16, 32, 2, 2, max_len=16, dropout=0.1,
                                       **VARIANTS[variant])
   batch = {'targets': jax.random.randint(jax.random.key(1), (2, 8), 1, 40),
@@ -119,7 +119,7 @@ def test_bfloat16_training_steps_keep_float32_weights_and_finite_losses():
   weights, state = model.init(batch['targets'], rng=jax.random.key(0))
   tx = optax.adam(1e-2)
   opt_state = tx.init(weights)
-  step = loop.make_train_step(model, tx, lm=True, compute_dtype='bfloat16')
+  step = steps.make_train_step(model, tx, lm=True, compute_dtype='bfloat16')
   losses = []
   for i in range(3):
     weights, state, opt_state, metrics = step(weights, state, opt_state, batch,
@@ -128,7 +128,7 @@ def test_bfloat16_training_steps_keep_float32_weights_and_finite_losses():
   assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(weights))
   assert np.isfinite(losses).all() and losses[-1] < losses[0]
   with pytest.raises(ValueError, match='compute_dtype'):
-    loop.make_train_step(model, tx, lm=True, compute_dtype='float16')
+    steps.make_train_step(model, tx, lm=True, compute_dtype='float16')
 
 
 def test_init_in_int8_gives_the_converted_weights():
@@ -202,7 +202,7 @@ def test_int8_weights_keep_a_trained_sparse_models_greedy_tokens_and_loss():
   # A small all-sparse LM trained briefly on a patterned stream; int8 weights must give the
   # same greedy token as float32 on >= 95% of 200 positions and an eval loss within 1%.
   import optax  # pylint: disable=import-outside-toplevel
-  from sparse_trax.train import steps as loop  # pylint: disable=import-outside-toplevel
+  from sparse_trax.train import steps  # pylint: disable=import-outside-toplevel
   config = dict(vocab_size=32, d_model=64, d_ff=256, n_layers=2, n_heads=4, max_len=64,
                 dropout=0.0, ff_sparsity=16, attention_type='multconv', attention_sparsity=4,
                 loss_sparsity=2)
@@ -220,13 +220,13 @@ def test_int8_weights_keep_a_trained_sparse_models_greedy_tokens_and_loss():
   weights, state = model.init(sig(8, 40, dtype=jnp.int32), rng=jax.random.key(0))
   tx = optax.adam(3e-3)
   opt_state = tx.init(weights)
-  step = loop.make_train_step(model, tx, lm=True)
+  step = steps.make_train_step(model, tx, lm=True)
   for i in range(60):
     weights, state, opt_state, _ = step(weights, state, opt_state, batch(i), jax.random.key(i))
   eval_model = models.ScalingTransformerLM(**config, mode='eval')
-  eval_step = loop.make_eval_step(eval_model, lm=True)
+  eval_step = steps.make_eval_step(eval_model, lm=True)
   low = tl.quantize_weights(weights, 'int8')
-  loss = {name: loop.evaluate(eval_model, eval_step, w, [batch(1000), batch(1001)], True)
+  loss = {name: steps.evaluate(eval_model, eval_step, w, [batch(1000), batch(1001)], True)
           ['eval_log_perplexity'] for name, w in (('float32', weights), ('int8', low))}
   assert loss['float32'] < 0.8 * np.log(32)                      # it learned something
   assert abs(loss['int8'] / loss['float32'] - 1) < 0.01, loss

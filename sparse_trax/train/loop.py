@@ -46,14 +46,6 @@ from sparse_trax.train import run_files
 from sparse_trax.train import steps
 from sparse_trax.train.steps import COMPUTE_DTYPES
 
-# Kept importable from here (they lived in this module before the split).
-build_model = steps.build_model
-make_train_step = steps.make_train_step
-make_eval_step = steps.make_eval_step
-evaluate = steps.evaluate
-cast_floating = steps.cast_floating
-truncate_metrics = run_files.truncate_metrics
-
 
 class TokenizerMismatchError(checkpoints.IncompatibleCheckpointError):
   """A run resumed with another tokenizer than the one it was trained with."""
