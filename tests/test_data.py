@@ -102,8 +102,10 @@ def test_byte_tokenizer_round_trip():
   tokenizer = data.ByteTokenizer().build(None)
   text = 'héllo, 123+45='
   ids = tokenizer.encode(text).numpy()
-  assert len(ids) == len(text.encode('utf-8')) and ids.min() >= 2
+  assert ids.dtype == np.int32
+  assert ids.tolist() == [b + 2 for b in text.encode('utf-8')]      # ids 0, 1: pad, EOS
   assert tokenizer.decode(ids) == text
+  assert tokenizer.encode('').numpy().tolist() == []
 
 
 def test_packed_batches_and_weights(sentencepiece_inputs):

@@ -264,6 +264,9 @@ class Inputs:
 
     options = tf.data.Options()
     options.deterministic = True
+    # Traced as written: autograph would rewrite the tokenizer's tensorflow_text ops
+    # in every dataset built (a second of start-up, files left in the temp folder).
+    encode = tf.autograph.experimental.do_not_convert(encode)
     return self.source.dataset(split).map(encode).with_options(options)
 
   def _fits(self, length: int, lm: bool):
