@@ -19,11 +19,14 @@ def lm():
 
 
 def greedy_by_eval(model, weights, state, prefix, n):
+  """n greedy tokens after `prefix`, each the argmax of a whole eval-mode forward pass."""
   tokens = np.asarray(prefix)
-  for _ in range(n):
-    # The eval model predicts token t at position t: append a slot to read.
-    padded = jnp.pad(jnp.asarray(tokens), ((0, 0), (0, 1)))
-    next_logits = model.apply(weights, state, padded)[0][:, -1]
+  length = tokens.shape[1] + n
+  # One shape, one compile: the eval model predicts token t at position t (its input
+  # is shifted right) and is causal, so the zeros after position t do not reach it.
+  forward = jax.jit(lambda x: model.apply(weights, state, x)[0])
+  for t in range(tokens.shape[1], length):
+    next_logits = forward(jnp.pad(jnp.asarray(tokens), ((0, 0), (0, length - t))))[:, t]
     tokens = np.concatenate([tokens, np.argmax(next_logits, -1)[:, None]], axis=1)
   return tokens[:, np.shape(prefix)[1]:]
 
@@ -125,9 +128,9 @@ def test_encoder_decoder_greedy_equals_eval():
   weights, state = evaluate.init((source, jnp.zeros((2, 1), jnp.int32)), rng=jax.random.key(0))
   got = decoding.autoregressive_sample(predict, weights, inputs=source, max_length=5)
   tokens = np.zeros((2, 0), np.int32)
-  for _ in range(5):
-    target = jnp.pad(jnp.asarray(tokens), ((0, 0), (0, 1)))
-    logits = evaluate.apply(weights, state, (source, target))[0][:, -1]
+  forward = jax.jit(lambda target: evaluate.apply(weights, state, (source, target))[0])
+  for t in range(5):           # fixed length: the decoder is causal (see greedy_by_eval)
+    logits = forward(jnp.pad(jnp.asarray(tokens), ((0, 0), (0, 5 - t))))[:, t]
     tokens = np.concatenate([tokens, np.argmax(logits, -1)[:, None]], axis=1)
   np.testing.assert_array_equal(got, tokens)
 

@@ -229,7 +229,7 @@ def test_every_model_on_int8_weights_decodes_as_it_evaluates(name):
   inputs = target if source is None else (source, target)
   weights, state = evaluate.init(inputs, rng=jax.random.key(0))
   low = tl.quantize_weights(weights, 'int8')
-  full = np.asarray(evaluate.apply(low, state, inputs)[0])
+  full = np.asarray(jax.jit(evaluate.apply)(low, state, inputs)[0])   # one compile, not per op
   np.testing.assert_allclose(prefill_then_steps(predict, low, target, 3, inputs=source), full,
                              rtol=2e-4, atol=2e-4)
 

@@ -75,13 +75,23 @@ def quantize_weights(weights, dtype: str):
     `QuantizedArray` (int8 values and scales, or bfloat16 values); vectors
     kept. Every layer's `apply` takes it in every mode.
   """
-  return jax.tree_util.tree_map(lambda x: convert_leaf(x, dtype), weights)
+  if dtype not in STORAGE_DTYPES:
+    raise ValueError(f'storage must be one of {STORAGE_DTYPES}, got {dtype!r}')
+  return jax.tree_util.tree_map(
+      lambda x: convert_leaf_compiled(x, dtype) if is_weight_matrix(x) else x, weights)
+
+
+# One compiled program per (shape, dtype, storage) in place of the six small ones
+# (abs, max, divide, round, clip, cast) that running convert_leaf op by op compiles.
+convert_leaf_compiled = jax.jit(convert_leaf, static_argnums=1)
+_as_float32_compiled = jax.jit(lambda w: w.dequantize(jnp.float32))
 
 
 def dequantize_weights(weights):
   """The float32 weights that a (possibly quantized) weights pytree stands for."""
-  return jax.tree_util.tree_map(lambda x: as_float(x), weights,
-                                is_leaf=lambda x: isinstance(x, QuantizedArray))
+  return jax.tree_util.tree_map(
+      lambda x: _as_float32_compiled(x) if isinstance(x, QuantizedArray) else x, weights,
+      is_leaf=lambda x: isinstance(x, QuantizedArray))
 
 
 def as_float(w, dtype=None) -> Any:

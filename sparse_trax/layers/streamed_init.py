@@ -27,9 +27,8 @@ import jax
 from jax.extend import core as jax_core
 import tqdm
 
-from sparse_trax.layers.quantize import STORAGE_DTYPES, convert_leaf
-
-_convert = jax.jit(convert_leaf, static_argnums=1)
+from sparse_trax.layers.quantize import STORAGE_DTYPES
+from sparse_trax.layers.quantize import convert_leaf_compiled as _convert
 
 
 def _last_uses(jaxpr):
