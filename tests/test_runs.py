@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import types
 
@@ -160,6 +161,33 @@ def test_resume_with_another_tokenizer_is_refused(tmp_path, text_files):
   # The data it was made with resumes.
   with Loop(MODEL, byte_inputs(text_files, sentencepiece()), out, **settings) as resumed:
     assert resumed.step == 2
+
+
+def test_sigterm_during_run_saves_the_step_reached_and_the_rerun_goes_on(tmp_path, text_files):
+  """SIGTERM (preemption) inside Loop.run: the step ends, a checkpoint is saved at it,
+  Interrupted says where (exit status 143); a new Loop resumes there. (Ctrl-C, SIGINT,
+  is checked with real trainer processes in test_trainer.py.)"""
+  settings = dict(eval_every=1000, checkpoint_every=1000, log_every=1, progress_bar=False)
+  out = str(tmp_path / 'run')
+  with Loop(MODEL, byte_inputs(text_files), out, **settings) as run:
+    run.run(1)                                      # compiled: the signal lands mid-run
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    try:
+      with pytest.raises(interrupts.Interrupted) as info:
+        run.run(100_000)
+    finally:
+      timer.cancel()
+    reached = run.step
+  assert info.value.exit_status == 143 and 1 < reached < 100_001
+  checkpoint = os.path.join(out, 'checkpoints', str(reached))
+  assert str(info.value) == (f'interrupted (SIGTERM) at step {reached}; checkpoint saved: '
+                             f'{checkpoint}; rerun the same command to resume')
+  assert os.path.isdir(checkpoint) and max(train_losses(out)) == reached
+  with Loop(MODEL, byte_inputs(text_files), out, **settings) as resumed:
+    assert resumed.step == reached
+    resumed.run(1)
+  assert max(train_losses(out)) == reached + 1
 
 
 def test_signal_scopes_raise_defer_and_carry_a_swallowed_signal():
