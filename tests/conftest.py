@@ -6,7 +6,8 @@ compilation cache in a fresh temporary folder, removed at the end (the trainer
 tests compile the same programs many times), and two XLA:CPU settings:
 backend optimization level 0 (LLVM does little optimization: compiles about
 30% faster) and the older loop emitters in place of the MLIR fusion emitters
-(`--xla_cpu_use_fusion_emitters=false`: backend compiles about 45% faster, a
+(`--xla_cpu_use_fusion_emitters=false`: backend compiles about 40% faster, see
+benchmarks/compile_flags.py; a
 test file of whole models about 35%; measured with tests/test_terraformer.py).
 The tiny programs run no slower that matters. Neither changes what a program
 computes beyond float rounding; the benchmarks run with XLA's defaults.
