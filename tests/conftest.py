@@ -1,14 +1,13 @@
 """Shared helpers for the tests: small signatures and keys.
 
-The tests spend most of their time compiling tiny programs. Two settings,
+The tests spend most of their time compiling tiny programs. Three settings,
 for this session and the subprocesses it starts, cut that: a persistent
 compilation cache in a fresh temporary folder, removed at the end (the trainer
-tests compile the same programs many times), and two XLA:CPU settings:
-backend optimization level 0 (LLVM does little optimization: compiles about
-30% faster) and the older loop emitters in place of the MLIR fusion emitters
-(`--xla_cpu_use_fusion_emitters=false`: backend compiles about 40% faster, see
-benchmarks/compile_flags.py; a
-test file of whole models about 35%; measured with tests/test_terraformer.py).
+tests compile the same programs many times), XLA:CPU's backend optimization
+level 0 (LLVM does little optimization: compiles about 30% faster), and its
+loop emitters in place of the MLIR fusion emitters
+(`--xla_cpu_use_fusion_emitters=false`: backend compiles about 40% faster,
+`benchmarks/compile_flags.py`; tests/test_terraformer.py about 35% faster).
 The tiny programs run no slower that matters. Neither changes what a program
 computes beyond float rounding; the benchmarks run with XLA's defaults.
 """

@@ -51,10 +51,14 @@ def is_weight_matrix(x) -> bool:
           jnp.issubdtype(x.dtype, jnp.floating))
 
 
-def convert_leaf(x, storage: str):
-  """One weight leaf in `storage` ('int8' | 'bfloat16'); non-matrices unchanged."""
+def _check_storage(storage: str) -> None:
   if storage not in STORAGE_DTYPES:
     raise ValueError(f'storage must be one of {STORAGE_DTYPES}, got {storage!r}')
+
+
+def convert_leaf(x, storage: str):
+  """One weight leaf in `storage` ('int8' | 'bfloat16'); non-matrices unchanged."""
+  _check_storage(storage)
   if not is_weight_matrix(x):
     return x
   if storage == 'int8':
@@ -75,8 +79,7 @@ def quantize_weights(weights, dtype: str):
     `QuantizedArray` (int8 values and scales, or bfloat16 values); vectors
     kept. Every layer's `apply` takes it in every mode.
   """
-  if dtype not in STORAGE_DTYPES:
-    raise ValueError(f'storage must be one of {STORAGE_DTYPES}, got {dtype!r}')
+  _check_storage(dtype)     # here too: a tree without matrices never calls convert_leaf
   return jax.tree_util.tree_map(
       lambda x: convert_leaf_compiled(x, dtype) if is_weight_matrix(x) else x, weights)
 
