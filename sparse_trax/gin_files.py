@@ -13,14 +13,17 @@ the file's include statements to the file that resolves first from
 and leaves an include that neither holds to gin's search paths (and gin's own
 error). Line numbers are kept, and gin's messages name the real file.
 
-`macro_report` walks the same include graph and lists the macros bound but
-never referenced (`D_MODLE = 64` when the files say `%D_MODEL`).
+`unused_macros` walks the same include graph and lists the macros bound but
+never referenced (`D_MODLE = 64` when the files say `%D_MODEL`);
+`check_text` raises for gin syntax errors and unused top-level macros without
+any configurable registered, so the trainer reports them before it imports JAX.
 """
 
 import contextlib
 import io
 import os
 import re
+import tokenize
 from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import gin
@@ -85,18 +88,42 @@ class Statements(NamedTuple):
   macro_references: List[str]
 
 
+class GinSyntaxError(ValueError):
+  """A gin file or binding that gin's parser cannot read; the message names where."""
+
+
 def read_statements(text: str, filename: Optional[str]) -> Statements:
-  """Parses gin text with gin's own parser, resolving nothing."""
+  """Parses gin text with gin's own parser, resolving nothing.
+
+  Raises:
+    GinSyntaxError: naming the file (or `--config` for bindings), the line, and
+      that line's text.
+  """
   source = io.StringIO(text)
   source.name = filename
   delegate = _RecordingDelegate()
   includes, bindings = [], []
-  for statement in config_parser.ConfigParser(source, delegate):
-    if isinstance(statement, config_parser.IncludeStatement):
-      includes.append((statement.filename, statement.location.line_num))
-    elif isinstance(statement, config_parser.BindingStatement) and not statement.arg_name:
-      name = f'{statement.scope}/{statement.selector}' if statement.scope else statement.selector
-      bindings.append((name, statement.location.line_num))
+  try:
+    for statement in config_parser.ConfigParser(source, delegate):
+      if isinstance(statement, config_parser.IncludeStatement):
+        includes.append((statement.filename, statement.location.line_num))
+      elif isinstance(statement, config_parser.BindingStatement) and not statement.arg_name:
+        name = (f'{statement.scope}/{statement.selector}' if statement.scope
+                else statement.selector)
+        bindings.append((name, statement.location.line_num))
+  except (SyntaxError, tokenize.TokenError) as e:
+    if isinstance(e, SyntaxError):
+      message, line_num = e.msg, e.lineno
+    else:   # the tokenizer: ('EOF in multi-line statement', (line, column))
+      message, line_num = e.args[0], e.args[1][0]
+    lines = text.splitlines()
+    shown = (f'\n    {lines[line_num - 1].strip()}'
+             if line_num and 0 < line_num <= len(lines) and lines[line_num - 1].strip() else '')
+    where = f'line {line_num}'
+    if message.startswith('EOF in multi-line'):
+      where, message, shown = 'at its end', message + ' (an unclosed bracket or string)', ''
+    raise GinSyntaxError(f'gin syntax error in {filename or "--config"}, {where}: '
+                         f'{message}{shown}') from e
   return Statements(includes, bindings, delegate.macros)
 
 
@@ -177,3 +204,19 @@ def unused_macros(config_files: Sequence[str], bindings: Sequence[str] = ()
   bound.extend(MacroBinding(name, '--config', True) for name, _ in command_line.macro_bindings)
   referenced.update(command_line.macro_references)
   return [binding for binding in bound if binding.name not in referenced]
+
+
+def check_text(config_files: Sequence[str], bindings: Sequence[str] = ()) -> None:
+  """Raises for what is wrong in the text alone, before anything is registered.
+
+  Parses every file (and its resolvable includes) and the bindings with gin's
+  parser: a syntax error raises gin's error naming the file and line. A macro
+  bound on the command line or in a given file and never referenced raises
+  ValueError. Unknown configurables and parameters are left to gin's real
+  parse (`experiment.parse_gin_config`), which needs them registered.
+  """
+  mistakes = [b for b in unused_macros(config_files, bindings) if b.top_level]
+  if mistakes:
+    named = ', '.join(f'{b.name} ({b.where})' for b in mistakes)
+    raise ValueError(f'gin macro {named} is bound but never used: no %{mistakes[0].name} '
+                     'in the config; is it misspelt?')

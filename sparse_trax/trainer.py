@@ -72,8 +72,15 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
   args = parse_args(argv)
   if args.debug:
     os.environ['SPARSE_TRAX_TF_LOGS'] = '1'    # TensorFlow's start-up lines too
-  # The training stack (JAX, TensorFlow) is imported only now: `--help` and argument
-  # errors answer at once.
+  for config_file in args.config_file:
+    if not os.path.isfile(config_file):
+      raise SystemExit(f'trainer: gin file {config_file!r} does not exist')
+  # Syntax errors and misspelt macros need no registered configurable: they are
+  # reported before JAX is imported (unknown names after, by gin's real parse).
+  from sparse_trax import gin_files  # pylint: disable=import-outside-toplevel
+  gin_files.check_text(args.config_file, args.config)
+  # The training stack is imported only now (JAX and gin's registrations; TensorFlow
+  # when the first dataset is built): `--help` and argument errors answer at once.
   from sparse_trax import experiment  # pylint: disable=import-outside-toplevel
   return experiment.run(args)
 

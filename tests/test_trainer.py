@@ -273,7 +273,8 @@ def test_arxiv_summarization_config_runs_on_local_data(tmp_path, monkeypatch):
   threads would see, so here the source's dataset is local data instead.)
   """
   from sparse_trax.data import sources  # pylint: disable=import-outside-toplevel
-  from sparse_trax.data.tf_setup import tf  # pylint: disable=import-outside-toplevel
+  from sparse_trax.data import tf_setup  # pylint: disable=import-outside-toplevel
+  tf = tf_setup.tensorflow()
   paragraphs = corpus.kjv_paragraphs()[:40]
 
   def local_articles(self, split):

@@ -1,9 +1,14 @@
 """sparse_trax.data: sources, tokenizers and batching. The only place TensorFlow is used.
 
-Needs the `train` extra (`pip install 'sparse_trax[train]'`).
+Needs the `train` extra (`pip install 'sparse_trax[train]'`). Importing it does not
+import TensorFlow: the first dataset built does (`tf_setup`, quietly).
 """
 
-from sparse_trax.data import tf_setup  # first: checks the extra, quiets TensorFlow's start-up
+from sparse_trax import extras
+
+extras.require('sparse_trax.data', extras.TRAIN_MODULES, 'train')
+
+# pylint: disable=wrong-import-position
 
 from sparse_trax.data.pipeline import Inputs
 from sparse_trax.data.sources import AdditionTask

@@ -195,7 +195,8 @@ class SpanCorruption:
 
   def corrupt(self, windows, *, vocab_size: int, eos_id: int, seed: int):
     """A tf.data.Dataset of [raw_length] int32 windows -> {'inputs', 'targets', 'weights'}."""
-    from sparse_trax.data.tf_setup import tf  # pylint: disable=import-outside-toplevel
+    from sparse_trax.data import tf_setup  # pylint: disable=import-outside-toplevel
+    tf = tf_setup.tensorflow()
     noise_density, span_length = self.noise_density, self.mean_noise_span_length
 
     def corrupt_one(index, window):

@@ -10,14 +10,19 @@ continues it from batch number `position`, so a resumed run sees exactly the
 batches an uninterrupted one would.
 """
 
+from __future__ import annotations   # `tf.data.Dataset` in annotations, TF imported on use
+
 import functools
-from typing import Dict, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, Iterator, Optional, Sequence
 
 import numpy as np
 import tqdm
 
 from sparse_trax import arguments
-from sparse_trax.data.tf_setup import tf
+from sparse_trax.data import tf_setup
+
+if TYPE_CHECKING:
+  import tensorflow as tf
 
 Batch = Dict[str, np.ndarray]
 
@@ -196,6 +201,7 @@ class Inputs:
 
   def _check_split(self, split: str, length: int, lm: bool, max_examples: int) -> None:
     """Raises unless the split has an example that fits (or a full window, packed)."""
+    tf = tf_setup.tensorflow()
     fits = self._fits(length, lm)
     longest = shortest = None
     seen, tokens = 0, 0
@@ -248,6 +254,7 @@ class Inputs:
 
   def _encoded(self, split: str, lm: bool) -> tf.data.Dataset:
     """Examples as {'targets', 'weights'[, 'inputs']} id tensors (with EOS)."""
+    tf = tf_setup.tensorflow()
     tokenizer, has_inputs = self.tokenizer, self.source.has_inputs
     eos = tf.constant([tokenizer.eos_id], tf.int32)
 
@@ -270,6 +277,7 @@ class Inputs:
     return self.source.dataset(split).map(encode).with_options(options)
 
   def _fits(self, length: int, lm: bool):
+    tf = tf_setup.tensorflow()
     max_input_length = self.max_input_length
 
     def fits(example):
@@ -282,10 +290,12 @@ class Inputs:
   @staticmethod
   def _packed(ds: tf.data.Dataset, length: int) -> tf.data.Dataset:
     """Concatenates the token stream and cuts it into windows of `length`."""
+    tf = tf_setup.tensorflow()
     windows = ds.map(lambda ex: ex['targets']).unbatch().batch(length, drop_remainder=True)
     return windows.map(lambda t: {'targets': t, 'weights': tf.ones_like(t, tf.float32)})
 
   def _padded_batches(self, ds, batch_size, length, lm, drop_remainder):
+    tf = tf_setup.tensorflow()
     shapes = {'targets': [length], 'weights': [length]}
     if self.source.has_inputs and not lm:
       shapes['inputs'] = [self.max_input_length]

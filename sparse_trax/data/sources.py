@@ -9,19 +9,23 @@ the text (tokenizers) are keyed by it. Nothing here downloads: TFDS datasets
 must already be prepared in `data_dir`.
 """
 
+from __future__ import annotations   # `tf.data.Dataset` in annotations, TF imported on use
+
 import contextlib
 import hashlib
 import io
 import logging
 import os
 import sys
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
-import tensorflow_datasets as tfds
 
 from sparse_trax.data import corpus
-from sparse_trax.data.tf_setup import tf
+from sparse_trax.data import tf_setup
+
+if TYPE_CHECKING:
+  import tensorflow as tf
 
 
 def default_data_dir() -> str:
@@ -68,12 +72,14 @@ class ShippedCorpus:
 
   def fingerprint(self) -> str:
     """The builder's version and the shipped text file's SHA-256."""
-    return (f'{self.name}:{corpus.KingJamesBible.VERSION}:'
+    return (f'{self.name}:{corpus.VERSION}:'
             f'{file_digest([corpus.kjv_module_path()])}')
 
   def dataset(self, split: str) -> tf.data.Dataset:
+    from sparse_trax.data import kjv_builder  # pylint: disable=import-outside-toplevel
+    tfds = tf_setup.datasets()
     with _tfds_preparation_quiet():
-      builder = corpus.KingJamesBible(data_dir=self.data_dir)
+      builder = kjv_builder.KingJamesBible(data_dir=self.data_dir)
       if not builder.is_prepared():
         print(f'Preparing the shipped corpus in {self.data_dir} (once)...', file=sys.stderr,
               flush=True)
@@ -114,6 +120,7 @@ class TFDSSource:
             f'{self.input_key}:{self.target_key}')
 
   def _builder(self):
+    tfds = tf_setup.datasets()
     try:
       return tfds.builder(self.tfds_name, data_dir=self.data_dir)
     except tfds.core.registered.DatasetNotFoundError as e:
@@ -121,6 +128,7 @@ class TFDSSource:
       raise ValueError(f'unknown TFDS dataset {self.tfds_name!r}: {first_line}') from e
 
   def dataset(self, split: str) -> tf.data.Dataset:
+    tfds = tf_setup.datasets()
     try:
       ds = tfds.load(self.tfds_name, split=self.splits[split], data_dir=self.data_dir,
                      download=False, shuffle_files=False)
@@ -168,6 +176,7 @@ class TextFiles:
     return f'text_files:{file_digest(self.files["train"])}'
 
   def dataset(self, split: str) -> tf.data.Dataset:
+    tf = tf_setup.tensorflow()
     lines = tf.data.TextLineDataset(self.files[split])
     lines = lines.filter(lambda line: tf.strings.length(tf.strings.strip(line)) > 0)
     return lines.map(lambda line: {'targets': line})
@@ -208,6 +217,7 @@ class _DigitTask:
       count += 1
 
   def dataset(self, split: str) -> tf.data.Dataset:
+    tf = tf_setup.tensorflow()
     signature = {'inputs': tf.TensorSpec((), tf.string),
                  'targets': tf.TensorSpec((), tf.string)}
     def generate():

@@ -1,6 +1,10 @@
-"""The one place TensorFlow is imported: quiet start-up, and no GPU for TF.
+"""The one place TensorFlow is imported: on first use, quietly, and with no GPU for TF.
 
 JAX owns the accelerators; TensorFlow only runs the input pipeline on the CPU.
+`sparse_trax.data` imports without TensorFlow (so the trainer's argument and gin
+errors answer before it loads, and gin can register the data configurables);
+the pipeline's functions call `tensorflow()` / `datasets()` / `text()` when they
+build a dataset, and the first call imports all three (about 4 s).
 
 TensorFlow's shared libraries print start-up lines from C++ before any log
 level applies (the oneDNN note and "Could not find cuda drivers", once per
@@ -12,14 +16,11 @@ it) shows them all.
 """
 
 import contextlib
+import functools
 import os
 import re
 import sys
 import tempfile
-
-from sparse_trax import extras
-
-extras.require('sparse_trax.data', extras.TRAIN_MODULES, 'train')
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
@@ -58,12 +59,31 @@ def start_up_notes_dropped():
         sys.stderr.flush()
 
 
-with start_up_notes_dropped():
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-position
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top,wrong-import-position
-  import tensorflow_text  # pylint: disable=g-import-not-at-top,wrong-import-position,unused-import
-  tf.config.set_visible_devices([], 'GPU')   # (initializes TF's devices: cuInit)
+@functools.cache   # the imports and settings run once per process
+def _import_once() -> None:
+  """Imports TensorFlow, tensorflow-datasets and tensorflow-text with their start-up
+  notes dropped, hides the GPUs from TensorFlow and turns off tfds's progress bars."""
+  with start_up_notes_dropped():
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+    import tensorflow_text  # pylint: disable=import-outside-toplevel,unused-import
+    tf.config.set_visible_devices([], 'GPU')   # (initializes TF's devices: cuInit)
+  tfds.disable_progress_bar()   # our trainer shows its own progress bar
 
-tfds.disable_progress_bar()   # our trainer shows its own progress bar
 
-__all__ = ['tf']
+def tensorflow():
+  """The `tensorflow` module, imported (quietly, once) on the first call."""
+  _import_once()
+  return sys.modules['tensorflow']
+
+
+def datasets():
+  """The `tensorflow_datasets` module, imported with TensorFlow on the first call."""
+  _import_once()
+  return sys.modules['tensorflow_datasets']
+
+
+def text():
+  """The `tensorflow_text` module, imported with TensorFlow on the first call."""
+  _import_once()
+  return sys.modules['tensorflow_text']

@@ -17,11 +17,10 @@ from typing import Iterator, Optional
 
 import numpy as np
 import sentencepiece
-import tensorflow_text
 
 from sparse_trax import arguments
 from sparse_trax.data import sources
-from sparse_trax.data.tf_setup import tf
+from sparse_trax.data import tf_setup
 
 PAD_ID = 0
 EOS_ID = 1
@@ -70,6 +69,7 @@ class ByteTokenizer:
     """tf.string scalar -> int32 [n]: each UTF-8 byte, plus 2."""
     # decode_raw of a scalar gives its bytes; tensorflow_text's ByteSplitter gives
     # the same, through ragged checks that take ~0.1 s to trace in every dataset.
+    tf = tf_setup.tensorflow()
     return tf.cast(tf.io.decode_raw(text, tf.uint8), tf.int32) + 2
 
   def decode(self, ids) -> str:
@@ -154,7 +154,7 @@ class SentencePieceTokenizer:
     built = SentencePieceTokenizer(self.n_text_ids, self.model_type, self.cache_dir,
                                    self.max_training_chars, self.extra_ids)
     built.model_bytes = model_bytes
-    built._tokenizer = tensorflow_text.SentencepieceTokenizer(model=model_bytes)  # pylint: disable=protected-access
+    built._tokenizer = tf_setup.text().SentencepieceTokenizer(model=model_bytes)  # pylint: disable=protected-access
     built.model_sha256 = hashlib.sha256(model_bytes).hexdigest()
     built.digest = hashlib.sha256(
         f'{built.model_sha256}/extra_ids={self.extra_ids}'.encode()).hexdigest()
@@ -180,10 +180,12 @@ class SentencePieceTokenizer:
   def encode(self, text):
     """tf.string scalar -> int32 [n]."""
     self._require_built()
+    tf = tf_setup.tensorflow()
     return tf.cast(self._tokenizer.tokenize(text), tf.int32)
 
   def decode(self, ids) -> str:
     self._require_built()
+    tf = tf_setup.tensorflow()
 
     def text(run):
       run = [i for i in run if i > EOS_ID]

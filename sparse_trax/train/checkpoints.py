@@ -33,7 +33,6 @@ from typing import Any, Optional, Tuple
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 
 from sparse_trax.train import checksums
 from sparse_trax.train import parallel
@@ -94,8 +93,14 @@ def _items(state: dict, always_train: bool = False) -> dict:
   return items
 
 
+def _orbax():
+  """`orbax.checkpoint`, imported on first use (0.2 s of the trainer's start-up)."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  return ocp
+
+
 def _abstract(tree):
-  return jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, tree)
+  return jax.tree_util.tree_map(_orbax().utils.to_shape_dtype_struct, tree)
 
 
 class Checkpointer:
@@ -122,6 +127,7 @@ class Checkpointer:
     # Read-only is enforced here (`save` refuses); orbax's own read_only mode logs three
     # warnings per manager, so its manager is opened without creating, cleaning up or
     # deleting anything instead (max_to_keep None: it never deletes).
+    ocp = _orbax()
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
@@ -142,6 +148,7 @@ class Checkpointer:
     metadata = dict(metadata, step=int(step), format=FORMAT, checksum_method=checksums.METHOD,
                     checksums={item: checksums.tree_checksum(tree)
                                for item, tree in items.items()})
+    ocp = _orbax()
     self._manager.save(step, args=ocp.args.Composite(
         meta=ocp.args.JsonSave(metadata),
         **{item: ocp.args.StandardSave(tree) for item, tree in items.items()}))
@@ -181,6 +188,7 @@ class Checkpointer:
   def metadata(self, step: int) -> dict:
     """A step's JSON metadata; CorruptCheckpointError if it cannot be read."""
     self.check_files(step)
+    ocp = _orbax()
     try:
       metadata = self._manager.restore(step, args=ocp.args.Composite(
           meta=ocp.args.JsonRestore()))['meta']
@@ -233,6 +241,7 @@ class Checkpointer:
     """
     metadata = self.check_fits(step, abstract_state)
     items = _items(abstract_state)
+    ocp = _orbax()
     try:
       restored = self._manager.restore(step, args=ocp.args.Composite(**{
           item: ocp.args.StandardRestore(_abstract(tree)) for item, tree in items.items()}))
