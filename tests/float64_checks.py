@@ -71,28 +71,34 @@ for t in range(x.shape[1]):
 results['sru_carry'] = [str(got.dtype), float(np.max(np.abs(np.asarray(got) - want)))]
 
 
+def as_float64_weights(initialized):
+  weights, state = initialized
+  return as_float64(weights), state
+
+
 def finite_difference_error(layer, shape):
   """Relative error of the input gradient of sum(layer(x) * probe) along 3 directions."""
   x = jnp.asarray(rng.normal(size=shape))
   inputs = x if layer.n_in == 1 else (x, x * 0.5)
-  weights, state = layer.init(jax.tree_util.tree_map(
-      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), inputs), rng=jax.random.key(1))
-  weights = as_float64(weights)
+  signature = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), inputs)
+  weights, state = jax.jit(lambda: as_float64_weights(layer.init(signature,
+                                                                 rng=jax.random.key(1))))()
   probe = jnp.asarray(rng.normal(size=jax.eval_shape(
       lambda i: layer.apply(weights, state, i)[0], inputs).shape if layer.n_out == 1 else ()))
 
+  @jax.jit     # one compiled program per family (eager, each operation compiles alone)
   def f(inputs):
     out = layer.apply(weights, state, inputs)[0]
     return jnp.sum(out * probe) if layer.n_out == 1 else sum(jnp.sum(o) for o in out)
-  gradient = jax.grad(f)(inputs)
+  gradient = jax.tree_util.tree_map(np.asarray, jax.jit(jax.grad(f))(inputs))
   worst, h = 0.0, 1e-5
   for _ in range(3):
-    direction = jax.tree_util.tree_map(lambda a: jnp.asarray(rng.normal(size=a.shape)), inputs)
+    direction = jax.tree_util.tree_map(lambda a: rng.normal(size=a.shape), inputs)
     step = lambda s: jax.tree_util.tree_map(lambda a, d: a + s * h * d, inputs, direction)
-    numeric = (f(step(1.0)) - f(step(-1.0))) / (2 * h)
-    analytic = sum(jnp.vdot(g, d) for g, d in zip(jax.tree_util.tree_leaves(gradient),
-                                                    jax.tree_util.tree_leaves(direction)))
-    worst = max(worst, float(abs(numeric - analytic) / max(abs(float(analytic)), 1e-3)))
+    numeric = (float(f(step(1.0))) - float(f(step(-1.0)))) / (2 * h)
+    analytic = sum(float(np.vdot(g, d)) for g, d in zip(jax.tree_util.tree_leaves(gradient),
+                                                         jax.tree_util.tree_leaves(direction)))
+    worst = max(worst, abs(numeric - analytic) / max(abs(analytic), 1e-3))
   return worst
 
 
