@@ -3,8 +3,8 @@
 JAX owns the accelerators; TensorFlow only runs the input pipeline on the CPU.
 `sparse_trax.data` imports without TensorFlow (so the trainer's argument and gin
 errors answer before it loads, and gin can register the data configurables);
-the pipeline's functions call `tensorflow()` / `datasets()` / `text()` when they
-build a dataset, and the first call imports all three (about 4 s).
+the pipeline's functions call `tensorflow()` when they build a dataset (about
+4 s the first time), `datasets()` for tfds sources and `text()` for SentencePiece.
 
 TensorFlow's shared libraries print start-up lines from C++ before any log
 level applies (the oneDNN note and "Could not find cuda drivers", once per
@@ -59,31 +59,29 @@ def start_up_notes_dropped():
         sys.stderr.flush()
 
 
-@functools.cache   # the imports and settings run once per process
-def _import_once() -> None:
-  """Imports TensorFlow, tensorflow-datasets and tensorflow-text with their start-up
-  notes dropped, hides the GPUs from TensorFlow and turns off tfds's progress bars."""
+@functools.cache   # once per process
+def tensorflow():
+  """The `tensorflow` module, imported on the first call (quietly), its GPUs hidden."""
   with start_up_notes_dropped():
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-    import tensorflow_text  # pylint: disable=import-outside-toplevel,unused-import
     tf.config.set_visible_devices([], 'GPU')   # (initializes TF's devices: cuInit)
-  tfds.disable_progress_bar()   # our trainer shows its own progress bar
+  return tf
 
 
-def tensorflow():
-  """The `tensorflow` module, imported (quietly, once) on the first call."""
-  _import_once()
-  return sys.modules['tensorflow']
-
-
+@functools.cache
 def datasets():
-  """The `tensorflow_datasets` module, imported with TensorFlow on the first call."""
-  _import_once()
-  return sys.modules['tensorflow_datasets']
+  """The `tensorflow_datasets` module (after TensorFlow), its progress bars off."""
+  tensorflow()
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  tfds.disable_progress_bar()   # our trainer shows its own progress bar
+  return tfds
 
 
+@functools.cache
 def text():
-  """The `tensorflow_text` module, imported with TensorFlow on the first call."""
-  _import_once()
-  return sys.modules['tensorflow_text']
+  """The `tensorflow_text` module (after TensorFlow): SentencePiece's ops. Only a
+  SentencePiece tokenizer needs it (it imports Keras layers: 0.3 s)."""
+  tensorflow()
+  with start_up_notes_dropped():
+    import tensorflow_text  # pylint: disable=import-outside-toplevel
+  return tensorflow_text
