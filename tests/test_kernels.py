@@ -234,9 +234,20 @@ def test_every_model_on_int8_weights_decodes_as_it_evaluates(name):
                              rtol=2e-4, atol=2e-4)
 
 
+def test_the_level_asked_for_is_the_one_loaded():
+  """The level SPARSE_TRAX_KERNEL_ISA forces (the per-level runs below), else the best one
+  built that this CPU runs, is the one loaded and registered."""
+  forced = os.environ.get(registry.FORCE_VARIABLE, '').strip()
+  expected = forced or registry.choose_isa(registry.built_isas(), registry.cpu_flags(), {})
+  assert registry.ISA == expected
+  assert registry.BUILT == (expected is not None)
+
+
 # One case of each kernel family per x86-64 level (the whole file runs at the best level):
-# odd shapes with tails, every storage, and a whole all-sparse model decoding.
+# odd shapes with tails, every storage, and a whole all-sparse model decoding; first,
+# that the level asked for is the one loaded.
 LEVEL_CASES = [
+    'test_the_level_asked_for_is_the_one_loaded',
     'test_matvec_kernel_equals_its_reference[13-61-300-int8]',
     'test_vecmat_kernel_equals_its_reference[12-300-1248-float32]',
     'test_sparse_ff_kernel_equals_the_masked_dense_computation[shape4-1360-16-int8]',
@@ -259,10 +270,6 @@ def test_each_kernel_level_this_cpu_runs_equals_the_references(isa):
     pytest.skip(f'{isa} is the level this process loaded: every test of this file checks it')
   env = dict(os.environ, SPARSE_TRAX_KERNEL_ISA=isa, JAX_PLATFORMS='cpu')
   here = os.path.dirname(os.path.abspath(__file__))
-  check = subprocess.run(
-      [sys.executable, '-c', 'from sparse_trax.kernels import registry; print(registry.ISA)'],
-      env=env, capture_output=True, text=True, check=True)
-  assert check.stdout.strip() == isa
   finished = subprocess.run(
       [sys.executable, '-m', 'pytest', '-q', '-n', '0', '-p', 'no:cacheprovider'] +
       [f'{here}/test_kernels.py::{case}' for case in LEVEL_CASES],
