@@ -62,10 +62,8 @@ def parse_gin_config(config_files: Sequence[str], bindings: Sequence[str] = (),
   gin.parse_config_files_and_bindings([gin_files.resolved_name(f) for f in config_files],
                                       list(bindings), finalize_config=finalize_config)
   if check_unused_macros:
-    gin_files.check_text(config_files, bindings)
-    for binding in gin_files.unused_macros(config_files, bindings):
-      if not binding.top_level:
-        warnings.warn(f'gin macro {binding.name} is bound ({binding.where}) but never used')
+    for binding in gin_files.check_text(config_files, bindings):
+      warnings.warn(f'gin macro {binding.name} is bound ({binding.where}) but never used')
 
 
 def connect_hosts(args) -> None:
@@ -86,10 +84,8 @@ def connect_hosts(args) -> None:
 
 
 def run(args) -> dict:
-  """Trains and decodes the experiment of parsed `trainer` arguments; returns `train`'s result."""
-  for config_file in args.config_file:   # (the trainer checked them before importing us)
-    if not os.path.isfile(config_file):
-      raise SystemExit(f'trainer: gin file {config_file!r} does not exist')
+  """Trains and decodes the experiment of parsed `trainer` arguments (whose gin files
+  `trainer.main` found); returns `train`'s result."""
   parse_gin_config(args.config_file, args.config)
   connect_hosts(args)
 

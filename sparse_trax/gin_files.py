@@ -206,17 +206,24 @@ def unused_macros(config_files: Sequence[str], bindings: Sequence[str] = ()
   return [binding for binding in bound if binding.name not in referenced]
 
 
-def check_text(config_files: Sequence[str], bindings: Sequence[str] = ()) -> None:
+def check_text(config_files: Sequence[str], bindings: Sequence[str] = ()
+               ) -> List[MacroBinding]:
   """Raises for what is wrong in the text alone, before anything is registered.
 
   Parses every file (and its resolvable includes) and the bindings with gin's
-  parser: a syntax error raises gin's error naming the file and line. A macro
-  bound on the command line or in a given file and never referenced raises
-  ValueError. Unknown configurables and parameters are left to gin's real
-  parse (`experiment.parse_gin_config`), which needs them registered.
+  parser: a syntax error raises `GinSyntaxError` naming the file and line. A
+  macro bound on the command line or in a given file and never referenced
+  raises ValueError. Unknown configurables and parameters are left to gin's
+  real parse (`experiment.parse_gin_config`), which needs them registered.
+
+  Returns:
+    The macros bound only in included files and never referenced (`unused_macros`'s
+    others: callers warn about them).
   """
-  mistakes = [b for b in unused_macros(config_files, bindings) if b.top_level]
+  unused = unused_macros(config_files, bindings)
+  mistakes = [b for b in unused if b.top_level]
   if mistakes:
     named = ', '.join(f'{b.name} ({b.where})' for b in mistakes)
     raise ValueError(f'gin macro {named} is bound but never used: no %{mistakes[0].name} '
                      'in the config; is it misspelt?')
+  return unused

