@@ -109,16 +109,42 @@ def test_references_widen_stored_weights_one_tile_at_a_time(storage, rows):
     assert temp <= bits + tile + stored_tile + 256 * 1024 < whole, (temp, tile, whole)
 
 
+def integer_activations(v):
+  """v [..., width] as the kernels' int8 products read it (kernels/cc/simd.h): rounded to
+  15-bit integers with one float32 scale per vector (largest / 16383), in float64."""
+  v = np.asarray(v, np.float32)
+  largest = np.abs(v).max(-1, keepdims=True)
+  safe = np.where(largest > 0, largest, np.float32(1))
+  q = np.round(v * (np.float32(16383) / safe))
+  return np.where(largest > 0, q.astype(np.float64) * (safe / np.float32(16383)), 0.0)
+
+
+def sparse_ff_integer_reference(w, x, n):
+  """SparseFF's decoding on int8 weights as the kernel computes it, in float64: x and
+  the controller's low-rank vector rounded by `integer_activations`. -> (y, units)."""
+  c_in, c_out, w1, w2 = (exact(w[k]) for k in ('controller_in', 'controller_out', 'w1', 'w2'))
+  b1, b2, bias = (np.asarray(w[k], np.float64) for k in ('b1', 'b2', 'controller_bias'))
+  xq = integer_activations(x)
+  low = np.asarray(xq @ c_in.T, np.float32)      # the kernel's low is float32
+  logits = integer_activations(low) @ c_out.T + bias
+  units = logits.reshape(logits.shape[:-1] + (-1, n)).argmax(-1)
+  chosen = units + np.arange(units.shape[-1]) * n
+  hidden = np.maximum(np.einsum('...d,...bd->...b', xq, w1[chosen]) + b1[chosen], 0.0)
+  return np.einsum('...b,...bd->...d', hidden, w2[chosen]) + b2, units
+
+
 @BUILT
 @pytest.mark.parametrize('storage', STORAGES)
 @pytest.mark.parametrize('shape, d_ff, n', [((1, 1, 24), 96, 8), ((2, 2, 33), 64, 4),
                                             ((1, 7, 40), 512, 16), ((1, 21, 24), 256, 16),
-                                            ((1, 2, 64), 1360, 16)])
+                                            ((1, 2, 64), 1360, 16), ((1, 3, 200), 512, 8)])
 def test_sparse_ff_kernel_equals_the_masked_dense_computation(storage, shape, d_ff, n):
   """The kernel on float32 / bfloat16 / int8 weights, 1..21 positions (a prefill,
   more positions than units per block), odd widths, a split over two threads with a
   tail in the controller rank (1360 / 16 = 85), against the eval layer (the one-hot
-  mask on the whole product) on the same weights."""
+  mask on the whole product) on the same weights. int8 rows meet activations rounded to
+  15-bit integers: there the kernel equals that computation in float64, and the eval
+  layer within the rounding's bound."""
   fused = tl.SparseFF(d_ff, n_elements_in_block=n, mode='predict')
   masked = tl.SparseFF(d_ff, n_elements_in_block=n, mode='eval')
   x = jax.random.normal(jax.random.key(1), shape)
@@ -131,7 +157,19 @@ def test_sparse_ff_kernel_equals_the_masked_dense_computation(storage, shape, d_
   y, units = kernel(w, x)
   y_masked, units_masked = jax.jit(lambda w, x: masked.forward_with_units(w, x, None))(w, x)
   np.testing.assert_array_equal(units, units_masked)
-  np.testing.assert_allclose(y, y_masked, rtol=1e-5, atol=1e-5)
+  if storage == 'int8':
+    y_integer, units_integer = sparse_ff_integer_reference(w, x, n)
+    np.testing.assert_array_equal(units, units_integer)
+    np.testing.assert_allclose(y, y_integer, rtol=1e-5, atol=1e-5)
+    # |hidden error| <= s / 2 * sum|w1 row| (s: x's scale), times |w2 row|, summed.
+    chosen = np.asarray(units) + np.arange(units.shape[-1]) * n
+    w1, w2 = exact(w['w1']), exact(w['w2'])
+    scale = np.abs(np.asarray(x, np.float64)).max(-1, keepdims=True) / 16383
+    hidden_error = scale / 2 * np.abs(w1[chosen]).sum(-1)
+    bound = np.einsum('...b,...bd->...d', hidden_error, np.abs(w2[chosen]))
+    assert np.all(np.abs(np.asarray(y, np.float64) - np.asarray(y_masked)) <= bound + 1e-6)
+  else:
+    np.testing.assert_allclose(y, y_masked, rtol=1e-5, atol=1e-5)
   text = kernel.lower(w, x).as_text()
   assert 'sparse_trax_sparse_ff' in text and 'gather' not in text
 
