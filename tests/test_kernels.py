@@ -174,6 +174,66 @@ def test_sparse_ff_kernel_equals_the_masked_dense_computation(storage, shape, d_
   assert 'sparse_trax_sparse_ff' in text and 'gather' not in text
 
 
+def sparse_qkv_integer_reference(w, history, x):
+  """Sparse QKV's decoding on int8 weights as the kernel's integer products compute it,
+  in float64: each module's row x[i] D[i, s] (E's row scale folded in) and each patch
+  rounded by `integer_activations`. w: the layer's weights, history [b, K - 1, S, C],
+  x [b, l, d] -> q, k, v [b, l, S * O]."""
+  mult = w['multiplicative']
+  units = mult['units']
+  e_raw = np.asarray(units.values, np.float64)                     # [d, C]
+  rows = np.asarray(x, np.float64)[..., None, :] * (
+      exact(mult['modules']) * np.asarray(units.scale, np.float64)[:, None]).T   # [b, l, S, d]
+  n_modules, channels = rows.shape[-2], e_raw.shape[-1]
+  m = integer_activations(rows) @ e_raw + np.asarray(mult['b'], np.float64).reshape(
+      n_modules, channels)
+  seq = np.concatenate([np.asarray(history, np.float64), m.astype(np.float32)], axis=1)
+  carried, length = history.shape[1], x.shape[1]
+  outputs = []
+  for name in ('query', 'key', 'value'):
+    kernel = w[name]['kernel']
+    window, size, _, c_out = kernel.shape
+    raw = np.asarray(kernel.values, np.float64).reshape(-1, c_out)
+    before = (size - 1) // 2
+    out = np.zeros(x.shape[:2] + (n_modules, c_out))
+    for t in range(length):
+      for s in range(n_modules):
+        pieces = []
+        for tau in range(window):
+          for shift in range(size):
+            source = s + shift - before
+            pieces.append(seq[:, t + tau, source] if 0 <= source < n_modules else
+                          np.zeros((x.shape[0], channels)))
+        patch = np.concatenate(pieces, axis=-1)                    # [b, K * size * C]
+        out[:, t, s] = (integer_activations(patch) @ raw * np.asarray(kernel.scale, np.float64)
+                        + np.asarray(w[name]['b'], np.float64))
+    outputs.append(out.reshape(x.shape[:2] + (-1,)))
+  assert carried == window - 1
+  return outputs
+
+
+@BUILT
+@pytest.mark.skipif(not registry.INTEGER_QKV, reason='integer products need AVX-512 VNNI')
+@pytest.mark.parametrize('d, s, batch, length, length_kernel', [
+    (48, 4, 2, 1, 3), (64, 4, 1, 2, 3), (512, 8, 1, 1, 3), (96, 6, 1, 2, 2), (40, 4, 1, 1, 1)])
+def test_sparse_qkv_kernel_equals_its_integer_computation(d, s, batch, length, length_kernel):
+  """On int8 weights with VNNI, the sparse QKV kernel equals its computation in float64
+  (activations rounded to 15-bit integers per module row and per patch): odd channel
+  counts (12, 16, 10: column tails), two threads (512), length kernels 3, 2 and 1."""
+  layer = tl.SparseQKV(s, d, d // s, (3, 3, 1), length_kernel, mode='predict')
+  w, state = layer.init(sig(batch, 1, d), rng=jax.random.key(0))
+  w = tl.quantize_weights(jax.tree.map(
+      lambda a: a + 0.1 * jax.random.normal(jax.random.key(a.size), a.shape), w), 'int8')
+  history = jax.random.normal(jax.random.key(5), state.layers.value.shape)
+  state = tl.DecodeState(state.position, type(state.layers)(history))
+  x = jax.random.normal(jax.random.key(1), (batch, length, d))
+  step = jax.jit(lambda w, state, x: layer.apply(w, state, x))
+  assert 'sparse_trax_sparse_qkv' in step.lower(w, state, x).as_text()
+  (q, k, v), _ = step(w, state, x)
+  for got, want in zip((q, k, v), sparse_qkv_integer_reference(w, history, x)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
 ALL_SPARSE = dict(vocab_size=300, d_model=64, d_ff=256, n_layers=2, n_heads=4, max_len=32,
                   dropout=0.0, ff_sparsity=16, attention_type='multconv', attention_sparsity=4,
                   loss_sparsity=4)

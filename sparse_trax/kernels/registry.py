@@ -81,3 +81,7 @@ def _register(isa: Optional[str]) -> bool:
 
 ISA: Optional[str] = choose_isa(built_isas(), cpu_flags(), os.environ)
 BUILT: bool = _register(ISA)
+# Whether the loaded kernels multiply int8 weights by integer activations in sparse
+# QKV's products (the AVX-512 level, on a CPU with VNNI; kernels/cc/sparse_qkv.cc checks
+# the same at run time). Sparse FF's int8 products are integer at every level.
+INTEGER_QKV: bool = ISA == 'avx512' and 'avx512_vnni' in cpu_flags()

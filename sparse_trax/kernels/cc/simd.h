@@ -251,16 +251,37 @@ constexpr int64_t kExactChunk = 4096;
 inline float QuantizeActivations(const float* v, int64_t n, int16_t* q) {
   float largest = 0.0f;
   bool finite = true;
-  for (int64_t i = 0; i < n; ++i) {
-    finite = finite && std::isfinite(v[i]);
-    largest = std::max(largest, std::abs(v[i]));
+  int64_t j = 0;
+#ifdef SPARSE_TRAX_AVX512
+  __m512 largest_lanes = _mm512_setzero_ps();
+  __mmask16 non_finite = 0;
+  for (; j + 16 <= n; j += 16) {
+    const __m512 lanes = _mm512_loadu_ps(v + j);
+    non_finite |= _mm512_fpclass_ps_mask(lanes, 0x99);     // nan, +inf, -inf
+    largest_lanes = _mm512_max_ps(largest_lanes, _mm512_abs_ps(lanes));
+  }
+  largest = _mm512_reduce_max_ps(largest_lanes);
+  finite = non_finite == 0;
+#endif
+  for (; j < n; ++j) {
+    finite = finite && std::isfinite(v[j]);
+    largest = std::max(largest, std::abs(v[j]));
   }
   if (!finite || largest == 0.0f) {
     for (int64_t i = 0; i < n; ++i) q[i] = 0;
     return finite ? 0.0f : std::nanf("");
   }
   const float inverse = kActivationLevels / largest;
-  for (int64_t i = 0; i < n; ++i) q[i] = static_cast<int16_t>(std::nearbyint(v[i] * inverse));
+  int64_t i = 0;
+#ifdef SPARSE_TRAX_AVX512
+  // (vcvtps2dq rounds to nearest even, as nearbyint in the default rounding mode)
+  const __m512 factor = _mm512_set1_ps(inverse);
+  for (; i + 16 <= n; i += 16) {
+    const __m512i rounded = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(v + i), factor));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + i), _mm512_cvtsepi32_epi16(rounded));
+  }
+#endif
+  for (; i < n; ++i) q[i] = static_cast<int16_t>(std::nearbyint(v[i] * inverse));
   return largest / kActivationLevels;
 }
 

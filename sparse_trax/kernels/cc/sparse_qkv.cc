@@ -7,6 +7,8 @@
 //                                                  W_j[t, w, c, o]   (modules outside are 0)
 // Both are products of a few rows with a [k, n] matrix: Gemm below.
 
+#include <type_traits>
+
 #include "simd.h"
 #include "handlers.h"
 
@@ -90,6 +92,122 @@ void Gemm(const float* a, int64_t a_row, int64_t a_col, const typename W::Type* 
   }
 }
 
+// ------------------------------------------------ int8 weights, integer activations (VNNI)
+// Where the CPU has AVX-512 VNNI (checked when the kernel runs), int8 products take
+// activations rounded to 15-bit integers (simd.h), one scale per row of a, and sum
+// pairs of k in int32 lanes: vpdpwssd does 32 multiply-adds in one instruction where
+// float32 needs a conversion per 16 weights and two multiply-adds. The products here
+// reuse each weight for 16 rows (modules): arithmetic, not bytes, bounds them.
+
+#ifdef SPARSE_TRAX_AVX512
+#define SPARSE_TRAX_VNNI_TARGET __attribute__((target("avx512vnni")))
+
+// Whether this CPU runs vpdpwssd.
+inline bool HasVnni() {
+  static const bool has = __builtin_cpu_supports("avx512vnni");
+  return has;
+}
+
+// Rows of k per int32 sum before it is added to float32: a lane gains at most
+// 2 * 128 * 16383 per pair of rows, so 256 pairs stay under 2^31.
+constexpr int64_t kIntegerChunk = 512;
+
+// total[g, 0:16] += sum_{i in chunk} qa[g, i] b[i, col:col + 16] for G rows of qa (row
+// stride lda, padded to an even length with zeros), int8 b [k, n]: k in pairs, each
+// pair's 16 columns interleaved into 32 int16 lanes and met by qa's pair broadcast.
+template <int G>
+SPARSE_TRAX_VNNI_TARGET void IntegerPanel(const int16_t* qa, int64_t lda, const int8_t* b,
+                                          int64_t k, int64_t n, int64_t col, int64_t i0,
+                                          int64_t i1, float* total, int64_t ldt) {
+  const int64_t row_ahead = n >= kPrefetchBytes ? 2 : 2 * kPrefetchBytes / n + 2;
+  __m512i acc[G];
+  for (int g = 0; g < G; ++g) acc[g] = _mm512_setzero_si512();
+  for (int64_t i = i0; i < i1; i += 2) {
+    const int8_t* row = b + i * n + col;
+    __builtin_prefetch(row + row_ahead * n);
+    __builtin_prefetch(row + (row_ahead + 1) * n);
+    const __m128i first = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row));
+    const __m128i second = i + 1 < k ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + n))
+                                     : _mm_setzero_si128();
+    const __m512i pairs = _mm512_cvtepi8_epi16(_mm256_set_m128i(
+        _mm_unpackhi_epi8(first, second), _mm_unpacklo_epi8(first, second)));
+    for (int g = 0; g < G; ++g) {
+      int32_t pair;
+      std::memcpy(&pair, qa + g * lda + i, sizeof(pair));
+      acc[g] = _mm512_dpwssd_epi32(acc[g], pairs, _mm512_set1_epi32(pair));
+    }
+  }
+  for (int g = 0; g < G; ++g) {
+    float* t = total + g * ldt;
+    _mm512_storeu_ps(t, _mm512_add_ps(_mm512_loadu_ps(t), _mm512_cvtepi32_ps(acc[g])));
+  }
+}
+
+// out[r, c] = bias[c] + col_scale[c] * a_scale[r] * sum_i qa[r, i] b[i, c] for rows r <
+// rows and columns [first_col, end_col): as Gemm, for int8 b and integer rows of a.
+SPARSE_TRAX_VNNI_TARGET void IntegerGemm(const int16_t* qa, int64_t lda, const float* a_scale,
+                                         const int8_t* b, int64_t k, int64_t n,
+                                         const float* bias, const float* col_scale, float* out,
+                                         int64_t ldo, int64_t rows, int64_t first_col,
+                                         int64_t end_col) {
+  // Sums for 16 rows and every column of the range; b's rows are read a chunk at a time
+  // across all columns (a chunk of b, kIntegerChunk x the range, stays in L2 while each
+  // 16-column panel reads its strip).
+  const int64_t width = end_col - first_col, panels_end = first_col + width / 16 * 16;
+  std::vector<float> total(16 * width);
+  for (int64_t r = 0; r < rows; r += 16) {
+    const int count = rows - r < 16 ? static_cast<int>(rows - r) : 16;
+    const int16_t* rows_qa = qa + r * lda;
+    std::fill(total.begin(), total.end(), 0.0f);
+    for (int64_t i0 = 0; i0 < k; i0 += kIntegerChunk) {
+      const int64_t i1 = std::min(k, i0 + kIntegerChunk);
+      for (int64_t col = first_col; col < panels_end; col += 16) {
+        float* t = total.data() + (col - first_col);
+        // (rows past `rows` are zeros in qa: IntegerRows holds whole groups of 16)
+        switch (count > 8 ? 16 : count > 4 ? 8 : count > 1 ? 4 : 1) {
+          case 16: IntegerPanel<16>(rows_qa, lda, b, k, n, col, i0, i1, t, width); break;
+          case 8: IntegerPanel<8>(rows_qa, lda, b, k, n, col, i0, i1, t, width); break;
+          case 4: IntegerPanel<4>(rows_qa, lda, b, k, n, col, i0, i1, t, width); break;
+          default: IntegerPanel<1>(rows_qa, lda, b, k, n, col, i0, i1, t, width); break;
+        }
+      }
+    }
+    for (int64_t col = panels_end; col < end_col; ++col) {   // the last columns, one at a time
+      for (int g = 0; g < count; ++g) {
+        int64_t sum = 0;
+        for (int64_t i = 0; i < k; ++i) sum += static_cast<int64_t>(rows_qa[g * lda + i]) * b[i * n + col];
+        total[g * width + col - first_col] = static_cast<float>(sum);
+      }
+    }
+    for (int g = 0; g < count; ++g) {
+      for (int64_t col = first_col; col < end_col; ++col) {
+        out[(r + g) * ldo + col] = (bias == nullptr ? 0.0f : bias[col]) +
+            (col_scale == nullptr ? 1.0f : col_scale[col]) * a_scale[r + g] *
+            total[g * width + col - first_col];
+      }
+    }
+  }
+}
+
+// Rows of a, rounded to integers for IntegerGemm: [rows rounded up to 16, k rounded up to
+// 2] int16 (zeros past the ends), a scale per row.
+struct IntegerRows {
+  std::vector<int16_t> values;
+  std::vector<float> scales;
+  int64_t lda;
+  // (rows are padded by one cache line more: a row length that is a multiple of 4 KB,
+  // such as d = 6144 in int16, put the 16 rows a panel reads at once in one L1 set, and
+  // the multiplicative product ran at half the convolutions' rate)
+  IntegerRows(int64_t rows, int64_t k)
+      : values(((rows + 15) / 16 * 16) * ((k + 1) / 2 * 2 + 32), 0), scales(rows),
+        lda((k + 1) / 2 * 2 + 32) {}
+  // Rounds row r from `row` (k floats).
+  void Set(int64_t r, const float* row, int64_t k) {
+    scales[r] = QuantizeActivations(row, k, &values[r * lda]);
+  }
+};
+#endif  // SPARSE_TRAX_AVX512
+
 // The stored matrices of sparse QKV: D and E with per-row scales (int8), the three
 // convolution kernels [K, size, C, O] with per-output-channel scales.
 template <typename W>
@@ -110,37 +228,76 @@ void SparseQKV(ffi::ThreadPool& pool, const SparseQKVMatrices<W>& w, const float
                float* const outs[3], float* m) {
   const int64_t rows = batch * length;
   const int64_t window = carried + 1;                 // K, the length kernel size
-  // The multiplicative layer as one product per position r of rows a[s, i] = x[r, i] D[i, s]
-  // (times E's row scale), stored as [r, i, s] (D's layout, so written in order).
-  std::vector<float> scaled(rows * d * n_modules);
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* xr = x + r * d;
-    float* out = scaled.data() + r * d * n_modules;
-    for (int64_t i = 0; i < d; ++i) {
-      const float xi = xr[i] * (w.modules_scale == nullptr ? 1.0f : w.modules_scale[i]) *
-                       (w.units_scale == nullptr ? 1.0f : w.units_scale[i]);
-      const typename W::Type* di = w.modules + i * n_modules;
-      for (int64_t s = 0; s < n_modules; ++s) out[i * n_modules + s] = xi * W::Scalar(di[s]);
-    }
-  }
   const int64_t m_rows = rows * n_modules;
   // Parts split the output columns (multiples of 16), so that each reads its share of
   // every weight row once: the products read far more weights than activations.
   const int n_parts = (pool.num_threads() > 1 && c_in >= 32 && c_out >= 32 &&
                        rows * d * n_modules * c_in >= (1 << 18)) ? 2 : 1;
-  auto multiplicative = [&](int part) {
-    int64_t first, end;
-    PartRange(c_in, part, n_parts, 16, &first, &end);
-    for (int64_t r = 0; r < rows; ++r) {
-      float* out = m + r * n_modules * c_in;
-      Gemm<W>(scaled.data() + r * d * n_modules, 1, n_modules, w.units, d, c_in, nullptr,
-              nullptr, out, c_in, n_modules, first, end);
-      for (int64_t s = 0; s < n_modules; ++s) {      // the bias is per module and unit
-        const float* bias = mult_bias + s * c_in;
-        for (int64_t c = first; c < end; ++c) out[s * c_in + c] += bias[c];
-      }
+  bool integer = false;
+#ifdef SPARSE_TRAX_AVX512
+  integer = std::is_same_v<W, Int8Weights> && HasVnni();
+#endif
+  // The multiplicative layer's rows a[(r, s), i] = x[r, i] D[i, s] (times D's and E's row
+  // scales), one product with E for all of them.
+  auto multiplier = [&](int64_t i) {
+    return (w.modules_scale == nullptr ? 1.0f : w.modules_scale[i]) *
+           (w.units_scale == nullptr ? 1.0f : w.units_scale[i]);
+  };
+  auto add_bias = [&](int64_t first, int64_t end) {   // per module and unit
+    for (int64_t row = 0; row < m_rows; ++row) {
+      const float* bias = mult_bias + (row % n_modules) * c_in;
+      for (int64_t c = first; c < end; ++c) m[row * c_in + c] += bias[c];
     }
   };
+  std::function<void(int)> multiplicative;
+  std::vector<float> scaled;
+#ifdef SPARSE_TRAX_AVX512
+  std::unique_ptr<IntegerRows> integer_rows;
+  if constexpr (std::is_same_v<W, Int8Weights>) {
+    if (integer) {
+      integer_rows = std::make_unique<IntegerRows>(m_rows, d);
+      std::vector<float> scaled_x(d), row(d);
+      for (int64_t r = 0; r < rows; ++r) {
+        for (int64_t i = 0; i < d; ++i) scaled_x[i] = x[r * d + i] * multiplier(i);
+        // (module by module: rows of one position's [S, d] lie d floats apart, and
+        // writing all S at once thrashes one L1 set)
+        for (int64_t s = 0; s < n_modules; ++s) {
+          for (int64_t i = 0; i < d; ++i) row[i] = scaled_x[i] * W::Scalar(w.modules[i * n_modules + s]);
+          integer_rows->Set(r * n_modules + s, row.data(), d);
+        }
+      }
+      multiplicative = [&](int part) {
+        int64_t first, end;
+        PartRange(c_in, part, n_parts, 16, &first, &end);
+        IntegerGemm(integer_rows->values.data(), integer_rows->lda, integer_rows->scales.data(),
+                    w.units, d, c_in, nullptr, nullptr, m, c_in, m_rows, first, end);
+        add_bias(first, end);
+      };
+    }
+  }
+#endif
+  if (!integer) {
+    // Stored as [r, i, s] (D's layout, so written in order).
+    scaled.resize(rows * d * n_modules);
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* xr = x + r * d;
+      float* out = scaled.data() + r * d * n_modules;
+      for (int64_t i = 0; i < d; ++i) {
+        const float xi = xr[i] * multiplier(i);
+        const typename W::Type* di = w.modules + i * n_modules;
+        for (int64_t s = 0; s < n_modules; ++s) out[i * n_modules + s] = xi * W::Scalar(di[s]);
+      }
+    }
+    multiplicative = [&](int part) {
+      int64_t first, end;
+      PartRange(c_in, part, n_parts, 16, &first, &end);
+      for (int64_t r = 0; r < rows; ++r) {
+        Gemm<W>(scaled.data() + r * d * n_modules, 1, n_modules, w.units, d, c_in, nullptr,
+                nullptr, m + r * n_modules * c_in, c_in, n_modules, first, end);
+      }
+      add_bias(first, end);
+    };
+  }
   // The convolutions: patches [rows * S, K * size * C] per kernel (cut after every
   // module of m exists), times the kernel [K * size * C, O].
   std::vector<float> patches[3];
@@ -169,17 +326,41 @@ void SparseQKV(ffi::ThreadPool& pool, const SparseQKVMatrices<W>& w, const float
       }
     }
   };
+#ifdef SPARSE_TRAX_AVX512
+  std::vector<IntegerRows> integer_patches;
+#endif
   auto convolve = [&](int part) {
     int64_t first, end;
     PartRange(c_out, part, n_parts, 16, &first, &end);
     for (int j = 0; j < 3; ++j) {
       const int64_t width = window * sizes[j] * c_in;
+#ifdef SPARSE_TRAX_AVX512
+      if constexpr (std::is_same_v<W, Int8Weights>) {
+        if (integer) {
+          const IntegerRows& a = integer_patches[j];
+          IntegerGemm(a.values.data(), a.lda, a.scales.data(), w.kernels[j], width, c_out,
+                      biases[j], w.kernel_scales[j], outs[j], c_out, m_rows, first, end);
+          continue;
+        }
+      }
+#endif
       Gemm<W>(patches[j].data(), width, 1, w.kernels[j], width, c_out, biases[j],
               w.kernel_scales[j], outs[j], c_out, m_rows, first, end);
     }
   };
   RunSplit(pool, n_parts, multiplicative);
   for (int j = 0; j < 3; ++j) cut_patches(j);
+#ifdef SPARSE_TRAX_AVX512
+  if (integer) {
+    for (int j = 0; j < 3; ++j) {
+      const int64_t width = window * sizes[j] * c_in;
+      integer_patches.emplace_back(m_rows, width);
+      for (int64_t row = 0; row < m_rows; ++row) {
+        integer_patches[j].Set(row, patches[j].data() + row * width, width);
+      }
+    }
+  }
+#endif
   RunSplit(pool, n_parts, convolve);
 }
 
