@@ -174,22 +174,29 @@ def test_sparse_ff_kernel_equals_the_masked_dense_computation(storage, shape, d_
   assert 'sparse_trax_sparse_ff' in text and 'gather' not in text
 
 
-def sparse_qkv_integer_reference(w, history, x):
-  """Sparse QKV's decoding on int8 weights as the kernel's integer products compute it,
-  in float64: each module's row x[i] D[i, s] (E's row scale folded in) and each patch
-  rounded by `integer_activations`. w: the layer's weights, history [b, K - 1, S, C],
-  x [b, l, d] -> q, k, v [b, l, S * O]."""
+def sparse_qkv_integer_reference(w, history, x, m_kernel):
+  """Sparse QKV's decoding on int8 weights as the kernel's integer products compute it.
+
+  Each module's row x[i] D[i, s] (D's and E's row scales folded in) is formed in float32
+  in the kernel's order and rounded by `integer_activations`; the patches are cut from
+  the history and the kernel's own m (`m_kernel`), so that both round the same float32
+  values (a one-ulp difference in m moves a rounding by a whole step). Products in
+  float64. w: the layer's weights, history [b, K - 1, S, C], x [b, l, d].
+  Returns m [b, l, S * C], q, k, v [b, l, S * O].
+  """
   mult = w['multiplicative']
-  units = mult['units']
-  e_raw = np.asarray(units.values, np.float64)                     # [d, C]
-  rows = np.asarray(x, np.float64)[..., None, :] * (
-      exact(mult['modules']) * np.asarray(units.scale, np.float64)[:, None]).T   # [b, l, S, d]
+  modules, units = mult['modules'], mult['units']
+  multiplier = np.asarray(modules.scale, np.float32) * np.asarray(units.scale, np.float32)
+  scaled_x = np.asarray(x, np.float32) * multiplier                        # [b, l, d]
+  rows = scaled_x[..., None, :] * np.asarray(modules.values, np.float32).T  # [b, l, S, d]
+  e_raw = np.asarray(units.values, np.float64)                             # [d, C]
   n_modules, channels = rows.shape[-2], e_raw.shape[-1]
   m = integer_activations(rows) @ e_raw + np.asarray(mult['b'], np.float64).reshape(
       n_modules, channels)
-  seq = np.concatenate([np.asarray(history, np.float64), m.astype(np.float32)], axis=1)
-  carried, length = history.shape[1], x.shape[1]
-  outputs = []
+  m_kernel = np.asarray(m_kernel, np.float32).reshape(m.shape)
+  seq = np.concatenate([np.asarray(history, np.float32), m_kernel], axis=1)
+  length = x.shape[1]
+  outputs = [m.reshape(x.shape[:2] + (-1,))]
   for name in ('query', 'key', 'value'):
     kernel = w[name]['kernel']
     window, size, _, c_out = kernel.shape
@@ -203,12 +210,11 @@ def sparse_qkv_integer_reference(w, history, x):
           for shift in range(size):
             source = s + shift - before
             pieces.append(seq[:, t + tau, source] if 0 <= source < n_modules else
-                          np.zeros((x.shape[0], channels)))
+                          np.zeros((x.shape[0], channels), np.float32))
         patch = np.concatenate(pieces, axis=-1)                    # [b, K * size * C]
         out[:, t, s] = (integer_activations(patch) @ raw * np.asarray(kernel.scale, np.float64)
                         + np.asarray(w[name]['b'], np.float64))
     outputs.append(out.reshape(x.shape[:2] + (-1,)))
-  assert carried == window - 1
   return outputs
 
 
@@ -217,21 +223,30 @@ def sparse_qkv_integer_reference(w, history, x):
 @pytest.mark.parametrize('d, s, batch, length, length_kernel', [
     (48, 4, 2, 1, 3), (64, 4, 1, 2, 3), (512, 8, 1, 1, 3), (96, 6, 1, 2, 2), (40, 4, 1, 1, 1)])
 def test_sparse_qkv_kernel_equals_its_integer_computation(d, s, batch, length, length_kernel):
-  """On int8 weights with VNNI, the sparse QKV kernel equals its computation in float64
+  """On int8 weights with VNNI, `kernels.sparse_qkv` equals its computation in float64
   (activations rounded to 15-bit integers per module row and per patch): odd channel
   counts (12, 16, 10: column tails), two threads (512), length kernels 3, 2 and 1."""
   layer = tl.SparseQKV(s, d, d // s, (3, 3, 1), length_kernel, mode='predict')
   w, state = layer.init(sig(batch, 1, d), rng=jax.random.key(0))
   w = tl.quantize_weights(jax.tree.map(
       lambda a: a + 0.1 * jax.random.normal(jax.random.key(a.size), a.shape), w), 'int8')
+  record = kernels.SparseQKVWeights(
+      kernels.MultiplicativeWeights(**w['multiplicative']),
+      tuple(kernels.ConvolutionWeights(**w[name]) for name in ('query', 'key', 'value')))
   history = jax.random.normal(jax.random.key(5), state.layers.value.shape)
-  state = tl.DecodeState(state.position, type(state.layers)(history))
   x = jax.random.normal(jax.random.key(1), (batch, length, d))
-  step = jax.jit(lambda w, state, x: layer.apply(w, state, x))
-  assert 'sparse_trax_sparse_qkv' in step.lower(w, state, x).as_text()
-  (q, k, v), _ = step(w, state, x)
-  for got, want in zip((q, k, v), sparse_qkv_integer_reference(w, history, x)):
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+  def zeros(x, history):              # (traced for other platforms; never the answer here)
+    qkv = jnp.zeros(x.shape[:2] + (s * record.convolutions[0].kernel.shape[-1],))
+    return qkv, qkv, qkv, jnp.zeros(x.shape[:2] + (d,))
+
+  step = jax.jit(lambda x, history: kernels.sparse_qkv(x, history, record, mode='predict',
+                                                      reference=zeros))
+  assert 'sparse_trax_sparse_qkv' in step.lower(x, history).as_text()
+  q, k, v, m = step(x, history)
+  want = sparse_qkv_integer_reference(w, history, x, m)
+  for got, expected in zip((m, q, k, v), want):
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
 
 
 ALL_SPARSE = dict(vocab_size=300, d_model=64, d_ff=256, n_layers=2, n_heads=4, max_len=32,
