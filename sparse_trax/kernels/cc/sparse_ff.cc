@@ -132,14 +132,13 @@ inline void AxpyRowAhead(float coefficient, const typename W::Type* row, float* 
 }
 
 // Blocks [first_block, end_block) for every position, in the three passes: writes each
-// block's choice to chosen[p, b] and the chosen units' sum to y_part[p] (zeroed here).
+// block's choice to chosen[p, b] and adds the chosen units' sum to y_part[p].
 template <typename W>
 void SparseFFBlocks(const SparseFFMatrices<W>& w, const PositionVectors<W>& x,
                     const PositionVectors<W>& low, int64_t positions, int64_t d_model,
                     int64_t rank, int64_t n_per_block, int64_t n_blocks, int64_t first_block,
                     int64_t end_block, float* y_part, int32_t* chosen) {
   typedef typename W::Type T;
-  std::memset(y_part, 0, positions * d_model * sizeof(float));
   // 1. The controller: each block's rows, four at a time, for every position.
   std::vector<int64_t> best(positions);
   std::vector<float> best_logit(positions);
@@ -229,10 +228,19 @@ void SparseFF(ffi::ThreadPool& pool, const SparseFFMatrices<W>& w, const float* 
   };
   RunSplit(pool, n_parts, low_rows);
   const PositionVectors<W> low_vectors(low.data(), positions, rank);
+  // The parts claim chunks of blocks as they go, so that a thread slowed by another
+  // process on its core does not hold the other one waiting at the end.
+  const int64_t chunk = std::max<int64_t>(1, n_blocks / (8 * n_parts));
+  std::atomic<int64_t> next_block{0};
   auto blocks = [&](int part) {
-    const int64_t first = n_blocks * part / n_parts, end = n_blocks * (part + 1) / n_parts;
-    SparseFFBlocks<W>(w, x_vectors, low_vectors, positions, d_model, rank, n_per_block, n_blocks,
-                      first, end, &y_parts[part * positions * d_model], units);
+    float* y_part = &y_parts[part * positions * d_model];
+    std::memset(y_part, 0, positions * d_model * sizeof(float));
+    for (;;) {
+      const int64_t first = next_block.fetch_add(chunk);
+      if (first >= n_blocks) break;
+      SparseFFBlocks<W>(w, x_vectors, low_vectors, positions, d_model, rank, n_per_block,
+                        n_blocks, first, std::min(n_blocks, first + chunk), y_part, units);
+    }
   };
   RunSplit(pool, n_parts, blocks);
   for (int64_t p = 0; p < positions; ++p) {
