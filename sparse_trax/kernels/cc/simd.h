@@ -354,11 +354,17 @@ inline void DotRowsQuantized(const int8_t* rows, int count, const int16_t* q, in
   }
 }
 
-// y += coefficient * row over n stored weights (converted in registers).
-template <typename W>
-inline void AxpyRow(float coefficient, const typename W::Type* row, float* y, int64_t n) {
+// y += coefficient * row over n stored weights (converted in registers), prefetching
+// through `ahead` (called as ahead(0, byte offset), as DotRowsFixed's).
+template <typename W, typename Ahead>
+inline void AxpyRow(float coefficient, const typename W::Type* row, float* y, int64_t n,
+                    const Ahead& ahead) {
+  constexpr int64_t kSize = sizeof(typename W::Type);
   int64_t i = 0;
-  for (; i + 16 <= n; i += 16) Store16(y + i, Load16(y + i) + coefficient * WeightLanes<W>(row + i));
+  for (; i + 16 <= n; i += 16) {
+    if (((i * kSize) & 63) == 0) ahead(0, i * kSize);
+    Store16(y + i, Load16(y + i) + coefficient * WeightLanes<W>(row + i));
+  }
   for (; i < n; ++i) y[i] += coefficient * W::Scalar(row[i]);
 }
 

@@ -118,19 +118,6 @@ class RowSequence {
   int64_t count_, row_bytes_;
 };
 
-// y += coefficient * row over n stored weights, prefetching through `ahead`.
-template <typename W, typename Ahead>
-inline void AxpyRowAhead(float coefficient, const typename W::Type* row, float* y, int64_t n,
-                         const Ahead& ahead) {
-  constexpr int64_t kSize = sizeof(typename W::Type);
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    if (((i * kSize) & 63) == 0) ahead(0, i * kSize);
-    Store16(y + i, Load16(y + i) + coefficient * WeightLanes<W>(row + i));
-  }
-  for (; i < n; ++i) y[i] += coefficient * W::Scalar(row[i]);
-}
-
 // Blocks [first_block, end_block) for every position, in the three passes: writes each
 // block's choice to chosen[p, b] and adds the chosen units' sum to y_part[p].
 template <typename W>
@@ -197,8 +184,8 @@ void SparseFFBlocks(const SparseFFMatrices<W>& w, const PositionVectors<W>& x,
   for (int64_t k = 0; k < n_active; ++k) rows[k] = reinterpret_cast<const char*>(w.w2.Row(unit[k]));
   const RowSequence w2_rows(rows, n_active, row_bytes);
   for (int64_t k = 0; k < n_active; ++k) {
-    AxpyRowAhead<W>(coefficient[k], w.w2.Row(unit[k]), y_part + position[k] * d_model, d_model,
-                    w2_rows.From(k));
+    AxpyRow<W>(coefficient[k], w.w2.Row(unit[k]), y_part + position[k] * d_model, d_model,
+               w2_rows.From(k));
   }
 }
 
