@@ -229,10 +229,11 @@ def sparse_ff(x, weights: SparseFFWeights, n_per_block: int, *, mode: Optional[s
 
 def sparse_qkv(x, history, weights: SparseQKVWeights, *, mode: Optional[str],
                reference: Callable, policy: Optional[KernelPolicy] = None):
-  """Sparse QKV's multiplicative layer and three convolutions for a few decoded positions.
+  """Sparse QKV's multiplicative layer and three convolutions in 'predict' mode.
 
   Args:
-    x: float32 [batch, length, d] (length a few decoded positions).
+    x: float32 [batch, length, d]: a few decoded positions, or (int8 weights, where
+      `registry.INTEGER_QKV`) a prompt's prefill.
     history: float32 [batch, K - 1, S, C], the convolutions' carried inputs.
     weights: `SparseQKVWeights` (multiplicative modules [d, S] and units [d, C]
       with per-row int8 scales, the three convolution kernels [K, size, C, O]

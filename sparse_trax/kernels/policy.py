@@ -46,9 +46,13 @@ KERNEL_POSITIONS: Mapping[str, Mapping[str, Optional[int]]] = {
     # 2-layer int8 model's 64-token prefill: 612 ms, against 1727 ms when it fell back to
     # the masked product past N = 64 positions).
     'sparse_ff': {'int8': ANY, 'bfloat16': ANY, 'float32': ANY},
-    # sparse QKV's multiplicative layer and three convolutions (decoding only: the
-    # kernel walks the carried history).
-    'sparse_qkv': {'int8': FEW, 'bfloat16': FEW, 'float32': FEW},
+    # sparse QKV's multiplicative layer and three convolutions in 'predict' mode (the
+    # kernel walks the carried history): decoded tokens, and with int8 weights on a CPU
+    # with VNNI (integer products, `registry.INTEGER_QKV`) a whole prompt's prefill too, 16
+    # positions at a time (a 64-token prefill of one 17B-width SparseQKV, int8: 32-33 ms
+    # against 87-90 in XLA, which widens each kernel in tiles for float32 products).
+    'sparse_qkv': {'int8': ANY if registry.INTEGER_QKV else FEW, 'bfloat16': FEW,
+                   'float32': FEW},
     'layer_norm': {'float32': FEW},
     'cached_attention': {'float32': 1},
 }

@@ -271,13 +271,14 @@ class SparseQKV(_ConvolutionOverModules):
   convolution's `kernel` [length_kernel_size, kernel_size, d_model / S,
   d_out_per_module] and `b` [d_out_per_module].
 
-  Decoding a few positions ('predict' mode), the kernel layer runs the
-  multiplicative layer and the three convolutions as one C++ kernel call
-  (`kernels.sparse_qkv`, from float32, bfloat16 or int8 weights) where its
-  policy allows, where XLA runs four small products and about six operations
-  cutting patches; otherwise, and as the kernel's reference, the plain
-  computation below (the same numbers). `decode_kernel=False` keeps the plain
-  computation.
+  In 'predict' mode the kernel layer runs the multiplicative layer and the
+  three convolutions as one C++ kernel call (`kernels.sparse_qkv`) where its
+  policy allows: decoding a few positions from float32, bfloat16 or int8
+  weights (XLA runs four small products and about six operations cutting
+  patches), and a whole prompt's prefill from int8 weights where the CPU has
+  VNNI (integer products: activations rounded to 15-bit integers). Otherwise,
+  and as the kernel's reference, the plain computation below (the same numbers
+  up to that rounding). `decode_kernel=False` keeps the plain computation.
   """
 
   _PARTS = ('query', 'key', 'value')
@@ -321,7 +322,7 @@ class SparseQKV(_ConvolutionOverModules):
     if x.ndim != 3 or x.shape[-1] != d_in:
       raise ValueError(f'input must be [batch, length, {d_in}], got shape {tuple(x.shape)}')
     parts = [weights[name] for name in self._PARTS]
-    if self.mode != 'predict' or x.shape[1] > XLA_POSITIONS['patches']:
+    if self.mode != 'predict':
       outputs, state = self._convolve(parts, state, self._multiply(weights, x), position)
       return tuple(outputs), state
     history = state.value                                          # [b, K - 1, S, C]
@@ -329,6 +330,9 @@ class SparseQKV(_ConvolutionOverModules):
 
     def reference(x, history):                                     # -> q, k, v, m
       m = self._multiply(weights, x)
+      if x.shape[1] > XLA_POSITIONS['patches']:                    # a prefill: XLA's convolution
+        outputs, _ = self._convolve(parts, Carry(history), m, position)
+        return tuple(outputs) + (m,)
       viewed = jnp.concatenate([history, m.reshape(modules_shape).astype(history.dtype)], axis=1)
       outputs = self._patches_times_kernels(viewed, parts, x.shape[1])
       return tuple(out.reshape(out.shape[:2] + (-1,)) for out in outputs) + (m,)
@@ -371,9 +375,9 @@ def MultiplicativeConvCausalAttention(  # pylint: disable=invalid-name
   V, then convolutions with kernel 3 over modules for Q and K, 1 for V (one
   product, one decoding history), and `length_kernel_size` along length
   (causal); causal attention with the predict-mode cache; an optional output
-  layer ('none' | 'mult' | 'dense'). Decoding a few positions on CPU, the
-  multiplicative layer and the convolutions run as one fused kernel (the same
-  numbers) from float32, bfloat16 or int8 weights.
+  layer ('none' | 'mult' | 'dense'). Decoding on CPU, the multiplicative layer
+  and the convolutions run as one fused kernel from float32, bfloat16 or int8
+  weights (int8 prefills too, where the CPU has VNNI).
   """
   _check_sparsity(d_model, n_heads, sparsity)
   d_module = d_model // sparsity

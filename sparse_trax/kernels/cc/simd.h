@@ -245,12 +245,10 @@ inline void DotRows(const typename W::Type* rows, int count, const float* b, int
 constexpr float kActivationLevels = 16383.0f;
 constexpr int64_t kExactChunk = 4096;
 
-// q = round(v / s) over n values; returns s = max|v| / 16383 (0 for a zero vector).
-// A vector holding inf or nan has no integer form: q = 0 and s = nan, so that the
-// products show nan as float32 ones would.
-inline float QuantizeActivations(const float* v, int64_t n, int16_t* q) {
+// max|v| over n values, and whether all are finite.
+inline float LargestMagnitude(const float* v, int64_t n, bool* finite) {
   float largest = 0.0f;
-  bool finite = true;
+  bool all_finite = true;
   int64_t j = 0;
 #ifdef SPARSE_TRAX_AVX512
   __m512 largest_lanes = _mm512_setzero_ps();
@@ -261,17 +259,18 @@ inline float QuantizeActivations(const float* v, int64_t n, int16_t* q) {
     largest_lanes = _mm512_max_ps(largest_lanes, _mm512_abs_ps(lanes));
   }
   largest = _mm512_reduce_max_ps(largest_lanes);
-  finite = non_finite == 0;
+  all_finite = non_finite == 0;
 #endif
   for (; j < n; ++j) {
-    finite = finite && std::isfinite(v[j]);
+    all_finite = all_finite && std::isfinite(v[j]);
     largest = std::max(largest, std::abs(v[j]));
   }
-  if (!finite || largest == 0.0f) {
-    for (int64_t i = 0; i < n; ++i) q[i] = 0;
-    return finite ? 0.0f : std::nanf("");
-  }
-  const float inverse = kActivationLevels / largest;
+  *finite = all_finite;
+  return largest;
+}
+
+// q = round(v * inverse) over n values (nearest even), saturated to int16.
+inline void RoundActivations(const float* v, int64_t n, float inverse, int16_t* q) {
   int64_t i = 0;
 #ifdef SPARSE_TRAX_AVX512
   // (vcvtps2dq rounds to nearest even, as nearbyint in the default rounding mode)
@@ -282,7 +281,28 @@ inline float QuantizeActivations(const float* v, int64_t n, int16_t* q) {
   }
 #endif
   for (; i < n; ++i) q[i] = static_cast<int16_t>(std::nearbyint(v[i] * inverse));
-  return largest / kActivationLevels;
+}
+
+// The scale s of a vector whose largest magnitude is `largest`: the factor its values
+// are multiplied by before rounding is 1 / s = 16383 / largest. 0 for a zero vector,
+// nan for one holding inf or nan (then its integers are all 0).
+inline float ActivationScale(float largest, bool finite) {
+  if (!finite) return std::nanf("");
+  return largest == 0.0f ? 0.0f : largest / kActivationLevels;
+}
+
+// q = round(v / s) over n values; returns s = max|v| / 16383 (0 for a zero vector).
+// A vector holding inf or nan has no integer form: q = 0 and s = nan, so that the
+// products show nan as float32 ones would.
+inline float QuantizeActivations(const float* v, int64_t n, int16_t* q) {
+  bool finite;
+  const float largest = LargestMagnitude(v, n, &finite);
+  if (!finite || largest == 0.0f) {
+    for (int64_t i = 0; i < n; ++i) q[i] = 0;
+  } else {
+    RoundActivations(v, n, kActivationLevels / largest, q);
+  }
+  return ActivationScale(largest, finite);
 }
 
 // out[r] = sum_i rows[r, i] q[i] for C int8 rows (row stride n), exact in integers within

@@ -1,6 +1,8 @@
 // sparse_qkv: sparse QKV's multiplicative layer and its three convolutions
-// over (length, module) for a few decoded positions, in one call. XLA runs them as
-// four small matrix products and about six operations that cut and stack patches.
+// over (length, module) in 'predict' mode, in one call: a few decoded positions (XLA
+// runs them as four small matrix products and about six operations that cut and stack
+// patches), or with int8 weights and VNNI a whole prefill, kPositionsPerChunk positions
+// at a time (XLA widens each int8 kernel in tiles for float32 products).
 //   m[r, s, c]    = sum_i x[r, i] D[i, s] E[i, c] + mb[s, c]        (r: a row's position)
 //   seq           = the carried history [K - 1 positions] then m, per batch row
 //   out_j[r, s, o] = b_j[o] + sum_{t < K, w < ks_j, c} seq[r + t, s + w - (ks_j - 1) / 2, c]
@@ -112,100 +114,135 @@ inline bool HasVnni() {
 // 2 * 128 * 16383 per pair of rows, so 256 pairs stay under 2^31.
 constexpr int64_t kIntegerChunk = 512;
 
-// total[g, 0:16] += sum_{i in chunk} qa[g, i] b[i, col:col + 16] for G rows of qa (row
-// stride lda, padded to an even length with zeros), int8 b [k, n]: k in pairs, each
-// pair's 16 columns interleaved into 32 int16 lanes and met by qa's pair broadcast.
+// Rows of a, rounded to integers for IntegerGemm, in groups of 16 rows stored pair-major:
+// group q's pair j (k = 2j, 2j + 1) of its 16 rows is one 64-byte line, 16 int32 pairs,
+// so that a panel's broadcasts of every row's pair come from one line at fixed offsets
+// (zeros past the rows and past k), and a scale per row.
+// (Row-major rows of d = 6144 int16 lay 16 rows a panel reads at once 12 KB apart, in
+// one L1 set; and 16 row pointers do not fit the registers beside the accumulators.)
+struct IntegerRows {
+  std::vector<int32_t> pairs;          // [groups, pairs_per_row, 16] of two int16 each
+  std::vector<float> scales;
+  int64_t pairs_per_row;
+  IntegerRows(int64_t rows, int64_t k)
+      : pairs(((rows + 15) / 16) * ((k + 1) / 2) * 16, 0), scales(rows),
+        pairs_per_row((k + 1) / 2) {}
+  // Rounds row r from `row` (k floats); `scratch` holds at least k + 1 int16.
+  void Set(int64_t r, const float* row, int64_t k, int16_t* scratch) {
+    Place(r, QuantizeActivations(row, k, scratch), scratch, k);
+  }
+  // Row r from its integers (scratch[0:k], scratch[k] free) and its scale.
+  void Place(int64_t r, float scale, int16_t* scratch, int64_t k) {
+    scales[r] = scale;
+    scratch[k] = 0;                    // the missing half of the last pair where k is odd
+    int32_t* out = Group(r / 16) + r % 16;
+    for (int64_t j = 0; j < pairs_per_row; ++j) std::memcpy(out + 16 * j, scratch + 2 * j, 4);
+  }
+  // The first pair of 16-row group q.
+  int32_t* Group(int64_t q) { return pairs.data() + q * pairs_per_row * 16; }
+  const int32_t* Group(int64_t q) const { return pairs.data() + q * pairs_per_row * 16; }
+};
+
+// Applies MACRO(g) for g = 0..15 (the named accumulators of IntegerPanel).
+#define SPARSE_TRAX_FOR_16(MACRO) \
+  MACRO(0) MACRO(1) MACRO(2) MACRO(3) MACRO(4) MACRO(5) MACRO(6) MACRO(7) \
+  MACRO(8) MACRO(9) MACRO(10) MACRO(11) MACRO(12) MACRO(13) MACRO(14) MACRO(15)
+
+// total[g, 0:16] += sum_{i in [2 j0, 2 j1)} qa[g, i] b[i, col:col + 16] for G rows of one
+// group of IntegerRows (`group`: its first pair), int8 b [k, n]: each pair of b's rows,
+// 16 columns interleaved into 32 int16 lanes, meets each row's pair broadcast from the
+// group's line, folded into vpdpwssd's memory operand.
+// (The accumulators are named variables and the product is written in assembly: with
+// an array of them and the intrinsic, GCC 12 kept the sums in memory, or copied each
+// to another register every step and broadcast each pair into a register first; the
+// multiplicative product and convolutions of a 17B-width layer ran at ~55% of VNNI's
+// rate.)
 template <int G>
-SPARSE_TRAX_VNNI_TARGET void IntegerPanel(const int16_t* qa, int64_t lda, const int8_t* b,
-                                          int64_t k, int64_t n, int64_t col, int64_t i0,
-                                          int64_t i1, float* total, int64_t ldt) {
-  const int64_t row_ahead = n >= kPrefetchBytes ? 2 : 2 * kPrefetchBytes / n + 2;
-  __m512i acc[G];
-  for (int g = 0; g < G; ++g) acc[g] = _mm512_setzero_si512();
-  for (int64_t i = i0; i < i1; i += 2) {
-    const int8_t* row = b + i * n + col;
+SPARSE_TRAX_VNNI_TARGET void IntegerPanel(const int32_t* group, const int8_t* b, int64_t k,
+                                          int64_t n, int64_t col, int64_t j0, int64_t j1,
+                                          float* total, int64_t ldt) {
+  static_assert(G >= 1 && G <= 16, "a panel holds 1 to 16 rows");
+  // Rows of b about 2 kPrefetchBytes ahead of the pair being read.
+  const int64_t row_ahead = (16384 + n - 1) / n + 1;
+#define SPARSE_TRAX_DECLARE(g) __m512i acc##g = _mm512_setzero_si512();
+  SPARSE_TRAX_FOR_16(SPARSE_TRAX_DECLARE)
+#undef SPARSE_TRAX_DECLARE
+  const int64_t full_end = std::min(j1, k / 2);       // pairs with both rows in b
+  for (int64_t j = j0; j < j1; ++j) {
+    const int8_t* row = b + 2 * j * n + col;
     __builtin_prefetch(row + row_ahead * n);
     __builtin_prefetch(row + (row_ahead + 1) * n);
     const __m128i first = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row));
-    const __m128i second = i + 1 < k ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + n))
-                                     : _mm_setzero_si128();
+    const __m128i second = j < full_end ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + n))
+                                        : _mm_setzero_si128();     // k odd: the last row alone
     const __m512i pairs = _mm512_cvtepi8_epi16(_mm256_set_m128i(
         _mm_unpackhi_epi8(first, second), _mm_unpacklo_epi8(first, second)));
-    for (int g = 0; g < G; ++g) {
-      int32_t pair;
-      std::memcpy(&pair, qa + g * lda + i, sizeof(pair));
-      acc[g] = _mm512_dpwssd_epi32(acc[g], pairs, _mm512_set1_epi32(pair));
+    const int32_t* line = group + 16 * j;
+#define SPARSE_TRAX_PRODUCT(g)                                                            \
+    if constexpr (g < G) {                                                                \
+      __asm__("vpdpwssd %2%{1to16%}, %1, %0" : "+v"(acc##g) : "v"(pairs), "m"(line[g])); \
     }
+    SPARSE_TRAX_FOR_16(SPARSE_TRAX_PRODUCT)
+#undef SPARSE_TRAX_PRODUCT
   }
-  for (int g = 0; g < G; ++g) {
-    float* t = total + g * ldt;
-    _mm512_storeu_ps(t, _mm512_add_ps(_mm512_loadu_ps(t), _mm512_cvtepi32_ps(acc[g])));
+#define SPARSE_TRAX_ADD(g)                                                                \
+  if constexpr (g < G) {                                                                  \
+    float* t = total + g * ldt;                                                           \
+    _mm512_storeu_ps(t, _mm512_add_ps(_mm512_loadu_ps(t), _mm512_cvtepi32_ps(acc##g)));   \
   }
+  SPARSE_TRAX_FOR_16(SPARSE_TRAX_ADD)
+#undef SPARSE_TRAX_ADD
 }
 
 // out[r, c] = bias[c] + col_scale[c] * a_scale[r] * sum_i qa[r, i] b[i, c] for rows r <
-// rows and columns [first_col, end_col): as Gemm, for int8 b and integer rows of a.
-SPARSE_TRAX_VNNI_TARGET void IntegerGemm(const int16_t* qa, int64_t lda, const float* a_scale,
-                                         const int8_t* b, int64_t k, int64_t n,
-                                         const float* bias, const float* col_scale, float* out,
-                                         int64_t ldo, int64_t rows, int64_t first_col,
-                                         int64_t end_col) {
+// rows of `a` and columns [first_col, end_col): as Gemm, for int8 b [k, n].
+SPARSE_TRAX_VNNI_TARGET void IntegerGemm(const IntegerRows& a, int64_t rows, const int8_t* b,
+                                         int64_t k, int64_t n, const float* bias,
+                                         const float* col_scale, float* out, int64_t ldo,
+                                         int64_t first_col, int64_t end_col) {
   // Sums for 16 rows and every column of the range; b's rows are read a chunk at a time
   // across all columns (a chunk of b, kIntegerChunk x the range, stays in L2 while each
   // 16-column panel reads its strip).
   const int64_t width = end_col - first_col, panels_end = first_col + width / 16 * 16;
+  const int64_t chunk_pairs = kIntegerChunk / 2;
   std::vector<float> total(16 * width);
   for (int64_t r = 0; r < rows; r += 16) {
     const int count = rows - r < 16 ? static_cast<int>(rows - r) : 16;
-    const int16_t* rows_qa = qa + r * lda;
+    const int32_t* group = a.Group(r / 16);
     std::fill(total.begin(), total.end(), 0.0f);
-    for (int64_t i0 = 0; i0 < k; i0 += kIntegerChunk) {
-      const int64_t i1 = std::min(k, i0 + kIntegerChunk);
+    for (int64_t j0 = 0; j0 < a.pairs_per_row; j0 += chunk_pairs) {
+      const int64_t j1 = std::min(a.pairs_per_row, j0 + chunk_pairs);
       for (int64_t col = first_col; col < panels_end; col += 16) {
         float* t = total.data() + (col - first_col);
-        // (rows past `rows` are zeros in qa: IntegerRows holds whole groups of 16)
+        // (rows past `rows` are zeros in the group)
         switch (count > 8 ? 16 : count > 4 ? 8 : count > 1 ? 4 : 1) {
-          case 16: IntegerPanel<16>(rows_qa, lda, b, k, n, col, i0, i1, t, width); break;
-          case 8: IntegerPanel<8>(rows_qa, lda, b, k, n, col, i0, i1, t, width); break;
-          case 4: IntegerPanel<4>(rows_qa, lda, b, k, n, col, i0, i1, t, width); break;
-          default: IntegerPanel<1>(rows_qa, lda, b, k, n, col, i0, i1, t, width); break;
+          case 16: IntegerPanel<16>(group, b, k, n, col, j0, j1, t, width); break;
+          case 8: IntegerPanel<8>(group, b, k, n, col, j0, j1, t, width); break;
+          case 4: IntegerPanel<4>(group, b, k, n, col, j0, j1, t, width); break;
+          default: IntegerPanel<1>(group, b, k, n, col, j0, j1, t, width); break;
         }
       }
     }
     for (int64_t col = panels_end; col < end_col; ++col) {   // the last columns, one at a time
       for (int g = 0; g < count; ++g) {
         int64_t sum = 0;
-        for (int64_t i = 0; i < k; ++i) sum += static_cast<int64_t>(rows_qa[g * lda + i]) * b[i * n + col];
+        for (int64_t i = 0; i < k; ++i) {
+          int16_t pair[2];
+          std::memcpy(pair, group + 16 * (i / 2) + g, 4);
+          sum += static_cast<int64_t>(pair[i % 2]) * b[i * n + col];
+        }
         total[g * width + col - first_col] = static_cast<float>(sum);
       }
     }
     for (int g = 0; g < count; ++g) {
       for (int64_t col = first_col; col < end_col; ++col) {
         out[(r + g) * ldo + col] = (bias == nullptr ? 0.0f : bias[col]) +
-            (col_scale == nullptr ? 1.0f : col_scale[col]) * a_scale[r + g] *
+            (col_scale == nullptr ? 1.0f : col_scale[col]) * a.scales[r + g] *
             total[g * width + col - first_col];
       }
     }
   }
 }
-
-// Rows of a, rounded to integers for IntegerGemm: [rows rounded up to 16, k rounded up to
-// 2] int16 (zeros past the ends), a scale per row.
-struct IntegerRows {
-  std::vector<int16_t> values;
-  std::vector<float> scales;
-  int64_t lda;
-  // (rows are padded by one cache line more: a row length that is a multiple of 4 KB,
-  // such as d = 6144 in int16, put the 16 rows a panel reads at once in one L1 set, and
-  // the multiplicative product ran at half the convolutions' rate)
-  IntegerRows(int64_t rows, int64_t k)
-      : values(((rows + 15) / 16 * 16) * ((k + 1) / 2 * 2 + 32), 0), scales(rows),
-        lda((k + 1) / 2 * 2 + 32) {}
-  // Rounds row r from `row` (k floats).
-  void Set(int64_t r, const float* row, int64_t k) {
-    scales[r] = QuantizeActivations(row, k, &values[r * lda]);
-  }
-};
 #endif  // SPARSE_TRAX_AVX512
 
 // The stored matrices of sparse QKV: D and E with per-row scales (int8), the three
@@ -220,6 +257,27 @@ struct SparseQKVMatrices {
   const float* kernel_scales[3];
 };
 
+// Positions per chunk of the kernel's work: a prompt's prefill (or any many positions) is
+// run chunk after chunk, so that the rows of activations it forms (a chunk's rows of the
+// multiplicative product and its convolutions' patches) stay a few MB.
+constexpr int64_t kPositionsPerChunk = 16;
+
+// A patch of convolution j: the vectors of (window positions) x (size modules), each c_in
+// values, that row (r, s) of the output reads; null where a module lies outside.
+struct PatchSources {
+  const float* history;   // [batch, carried, S, C]
+  const float* m;         // [batch, length, S, C]
+  int64_t length, carried, n_modules, c_in;
+  // The vector at (tau, w_) of row r's patch for module s, kernel size `size`.
+  const float* At(int64_t r, int64_t s, int64_t tau, int64_t w_, int64_t size) const {
+    const int64_t source = s + w_ - (size - 1) / 2;
+    if (source < 0 || source >= n_modules) return nullptr;
+    const int64_t b = r / length, u = r % length + tau;     // u: in history, then m
+    return u < carried ? history + ((b * carried + u) * n_modules + source) * c_in
+                       : m + ((b * length + u - carried) * n_modules + source) * c_in;
+  }
+};
+
 template <typename W>
 void SparseQKV(ffi::ThreadPool& pool, const SparseQKVMatrices<W>& w, const float* x,
                const float* history, const float* mult_bias, const float* const biases[3],
@@ -228,140 +286,155 @@ void SparseQKV(ffi::ThreadPool& pool, const SparseQKVMatrices<W>& w, const float
                float* const outs[3], float* m) {
   const int64_t rows = batch * length;
   const int64_t window = carried + 1;                 // K, the length kernel size
-  const int64_t m_rows = rows * n_modules;
   // Parts split the output columns (multiples of 16), so that each reads its share of
   // every weight row once: the products read far more weights than activations.
   const int n_parts = (pool.num_threads() > 1 && c_in >= 32 && c_out >= 32 &&
-                       rows * d * n_modules * c_in >= (1 << 18)) ? 2 : 1;
-  bool integer = false;
+                       std::min(rows, kPositionsPerChunk) * d * n_modules * c_in >= (1 << 18))
+                          ? 2 : 1;
 #ifdef SPARSE_TRAX_AVX512
-  integer = std::is_same_v<W, Int8Weights> && HasVnni();
+  const bool integer = std::is_same_v<W, Int8Weights> && HasVnni();
 #endif
   // The multiplicative layer's rows a[(r, s), i] = x[r, i] D[i, s] (times D's and E's row
   // scales), one product with E for all of them.
-  auto multiplier = [&](int64_t i) {
-    return (w.modules_scale == nullptr ? 1.0f : w.modules_scale[i]) *
-           (w.units_scale == nullptr ? 1.0f : w.units_scale[i]);
-  };
-  auto add_bias = [&](int64_t first, int64_t end) {   // per module and unit
-    for (int64_t row = 0; row < m_rows; ++row) {
-      const float* bias = mult_bias + (row % n_modules) * c_in;
-      for (int64_t c = first; c < end; ++c) m[row * c_in + c] += bias[c];
-    }
-  };
-  std::function<void(int)> multiplicative;
-  std::vector<float> scaled;
-#ifdef SPARSE_TRAX_AVX512
-  std::unique_ptr<IntegerRows> integer_rows;
-  if constexpr (std::is_same_v<W, Int8Weights>) {
-    if (integer) {
-      integer_rows = std::make_unique<IntegerRows>(m_rows, d);
-      std::vector<float> scaled_x(d), row(d);
-      for (int64_t r = 0; r < rows; ++r) {
-        for (int64_t i = 0; i < d; ++i) scaled_x[i] = x[r * d + i] * multiplier(i);
-        // (module by module: rows of one position's [S, d] lie d floats apart, and
-        // writing all S at once thrashes one L1 set)
-        for (int64_t s = 0; s < n_modules; ++s) {
-          for (int64_t i = 0; i < d; ++i) row[i] = scaled_x[i] * W::Scalar(w.modules[i * n_modules + s]);
-          integer_rows->Set(r * n_modules + s, row.data(), d);
-        }
-      }
-      multiplicative = [&](int part) {
-        int64_t first, end;
-        PartRange(c_in, part, n_parts, 16, &first, &end);
-        IntegerGemm(integer_rows->values.data(), integer_rows->lda, integer_rows->scales.data(),
-                    w.units, d, c_in, nullptr, nullptr, m, c_in, m_rows, first, end);
-        add_bias(first, end);
-      };
-    }
+  std::vector<float> multiplier(d);
+  for (int64_t i = 0; i < d; ++i) {
+    multiplier[i] = (w.modules_scale == nullptr ? 1.0f : w.modules_scale[i]) *
+                    (w.units_scale == nullptr ? 1.0f : w.units_scale[i]);
   }
+  const PatchSources sources{history, m, length, carried, n_modules, c_in};
+  int64_t widths[3];
+  for (int j = 0; j < 3; ++j) widths[j] = window * sizes[j] * c_in;
+
+  for (int64_t r0 = 0; r0 < rows; r0 += kPositionsPerChunk) {
+    const int64_t r1 = std::min(rows, r0 + kPositionsPerChunk);
+    const int64_t chunk_rows = (r1 - r0) * n_modules;      // rows (r, s) of this chunk
+    float* m_chunk = m + r0 * n_modules * c_in;
+    auto add_bias = [&](int64_t first, int64_t end) {   // per module and unit
+      for (int64_t row = 0; row < chunk_rows; ++row) {
+        const float* bias = mult_bias + (row % n_modules) * c_in;
+        for (int64_t c = first; c < end; ++c) m_chunk[row * c_in + c] += bias[c];
+      }
+    };
+#ifdef SPARSE_TRAX_AVX512
+    if constexpr (std::is_same_v<W, Int8Weights>) {
+      if (integer) {
+        // The multiplicative rows, rounded to integers (parts take whole groups of 16).
+        IntegerRows mult_rows(chunk_rows, d);
+        RunSplit(pool, n_parts, [&](int part) {
+          int64_t first, end;
+          PartRange(chunk_rows, part, n_parts, 16, &first, &end);
+          std::vector<float> row(d);
+          std::vector<int16_t> scratch(d + 1);
+          for (int64_t k = first; k < end; ++k) {
+            const int64_t r = r0 + k / n_modules, s = k % n_modules;
+            for (int64_t i = 0; i < d; ++i) {
+              row[i] = x[r * d + i] * multiplier[i] * W::Scalar(w.modules[i * n_modules + s]);
+            }
+            mult_rows.Set(k, row.data(), d, scratch.data());
+          }
+        });
+        RunSplit(pool, n_parts, [&](int part) {
+          int64_t first, end;
+          PartRange(c_in, part, n_parts, 16, &first, &end);
+          IntegerGemm(mult_rows, chunk_rows, w.units, d, c_in, nullptr, nullptr, m_chunk, c_in,
+                      first, end);
+          add_bias(first, end);
+        });
+        // Each convolution's patches, rounded to integers straight from their vectors
+        // (the largest magnitude over the patch's vectors first, then each vector).
+        std::vector<IntegerRows> patches;
+        for (int j = 0; j < 3; ++j) patches.emplace_back(chunk_rows, widths[j]);
+        RunSplit(pool, n_parts, [&](int part) {
+          int64_t first, end;
+          PartRange(chunk_rows, part, n_parts, 16, &first, &end);
+          std::vector<int16_t> scratch(*std::max_element(widths, widths + 3) + 1);
+          std::vector<const float*> vectors(window * 3);
+          for (int j = 0; j < 3; ++j) {
+            const int64_t pieces = window * sizes[j];
+            for (int64_t k = first; k < end; ++k) {
+              const int64_t r = r0 + k / n_modules, s = k % n_modules;
+              float largest = 0.0f;
+              bool finite = true;
+              for (int64_t p = 0; p < pieces; ++p) {
+                vectors[p] = sources.At(r, s, p / sizes[j], p % sizes[j], sizes[j]);
+                if (vectors[p] == nullptr) continue;
+                bool piece_finite;
+                largest = std::max(largest, LargestMagnitude(vectors[p], c_in, &piece_finite));
+                finite = finite && piece_finite;
+              }
+              for (int64_t p = 0; p < pieces; ++p) {
+                int16_t* q = scratch.data() + p * c_in;
+                if (vectors[p] == nullptr || !finite || largest == 0.0f) {
+                  std::memset(q, 0, c_in * sizeof(int16_t));
+                } else {
+                  RoundActivations(vectors[p], c_in, kActivationLevels / largest, q);
+                }
+              }
+              patches[j].Place(k, ActivationScale(largest, finite), scratch.data(), widths[j]);
+            }
+          }
+        });
+        RunSplit(pool, n_parts, [&](int part) {
+          int64_t first, end;
+          PartRange(c_out, part, n_parts, 16, &first, &end);
+          for (int j = 0; j < 3; ++j) {
+            IntegerGemm(patches[j], chunk_rows, w.kernels[j], widths[j], c_out, biases[j],
+                        w.kernel_scales[j], outs[j] + r0 * n_modules * c_out, c_out, first, end);
+          }
+        });
+        continue;
+      }
+    }
 #endif
-  if (!integer) {
-    // Stored as [r, i, s] (D's layout, so written in order).
-    scaled.resize(rows * d * n_modules);
-    for (int64_t r = 0; r < rows; ++r) {
-      const float* xr = x + r * d;
-      float* out = scaled.data() + r * d * n_modules;
+    // float32 activations. The multiplicative rows stored as [r, i, s] (D's layout, so
+    // written in order).
+    std::vector<float> scaled((r1 - r0) * d * n_modules);
+    for (int64_t r = r0; r < r1; ++r) {
+      float* out = scaled.data() + (r - r0) * d * n_modules;
       for (int64_t i = 0; i < d; ++i) {
-        const float xi = xr[i] * multiplier(i);
+        const float xi = x[r * d + i] * multiplier[i];
         const typename W::Type* di = w.modules + i * n_modules;
         for (int64_t s = 0; s < n_modules; ++s) out[i * n_modules + s] = xi * W::Scalar(di[s]);
       }
     }
-    multiplicative = [&](int part) {
+    RunSplit(pool, n_parts, [&](int part) {
       int64_t first, end;
       PartRange(c_in, part, n_parts, 16, &first, &end);
-      for (int64_t r = 0; r < rows; ++r) {
-        Gemm<W>(scaled.data() + r * d * n_modules, 1, n_modules, w.units, d, c_in, nullptr,
-                nullptr, m + r * n_modules * c_in, c_in, n_modules, first, end);
+      for (int64_t r = r0; r < r1; ++r) {
+        Gemm<W>(scaled.data() + (r - r0) * d * n_modules, 1, n_modules, w.units, d, c_in,
+                nullptr, nullptr, m + r * n_modules * c_in, c_in, n_modules, first, end);
       }
       add_bias(first, end);
-    };
-  }
-  // The convolutions: patches [rows * S, K * size * C] per kernel (cut after every
-  // module of m exists), times the kernel [K * size * C, O].
-  std::vector<float> patches[3];
-  auto cut_patches = [&](int j) {
-    const int64_t size = sizes[j], before = (size - 1) / 2;
-    const int64_t width = window * size * c_in;
-    patches[j].resize(m_rows * width);
-    for (int64_t row = 0; row < m_rows; ++row) {
-      const int64_t r = row / n_modules, s = row % n_modules;
-      const int64_t b = r / length, t = r % length;
-      for (int64_t tau = 0; tau < window; ++tau) {
-        const int64_t u = t + tau;                // position in history then m
-        for (int64_t w_ = 0; w_ < size; ++w_) {
-          const int64_t source = s + w_ - before;
-          float* dst = patches[j].data() + row * width + (tau * size + w_) * c_in;
-          if (source < 0 || source >= n_modules) {
+    });
+    // The convolutions: patches [chunk rows, K * size * C] per kernel (cut once every
+    // module of the chunk's m exists), times the kernel [K * size * C, O].
+    std::vector<float> patches[3];
+    for (int j = 0; j < 3; ++j) {
+      patches[j].resize(chunk_rows * widths[j]);
+      const int64_t pieces = window * sizes[j];
+      for (int64_t k = 0; k < chunk_rows; ++k) {
+        const int64_t r = r0 + k / n_modules, s = k % n_modules;
+        for (int64_t p = 0; p < pieces; ++p) {
+          const float* vector = sources.At(r, s, p / sizes[j], p % sizes[j], sizes[j]);
+          float* dst = patches[j].data() + k * widths[j] + p * c_in;
+          if (vector == nullptr) {
             std::memset(dst, 0, c_in * sizeof(float));
-          } else if (u < carried) {
-            std::memcpy(dst, history + ((b * carried + u) * n_modules + source) * c_in,
-                        c_in * sizeof(float));
           } else {
-            std::memcpy(dst, m + ((b * length + u - carried) * n_modules + source) * c_in,
-                        c_in * sizeof(float));
+            std::memcpy(dst, vector, c_in * sizeof(float));
           }
         }
       }
     }
-  };
-#ifdef SPARSE_TRAX_AVX512
-  std::vector<IntegerRows> integer_patches;
-#endif
-  auto convolve = [&](int part) {
-    int64_t first, end;
-    PartRange(c_out, part, n_parts, 16, &first, &end);
-    for (int j = 0; j < 3; ++j) {
-      const int64_t width = window * sizes[j] * c_in;
-#ifdef SPARSE_TRAX_AVX512
-      if constexpr (std::is_same_v<W, Int8Weights>) {
-        if (integer) {
-          const IntegerRows& a = integer_patches[j];
-          IntegerGemm(a.values.data(), a.lda, a.scales.data(), w.kernels[j], width, c_out,
-                      biases[j], w.kernel_scales[j], outs[j], c_out, m_rows, first, end);
-          continue;
-        }
+    RunSplit(pool, n_parts, [&](int part) {
+      int64_t first, end;
+      PartRange(c_out, part, n_parts, 16, &first, &end);
+      for (int j = 0; j < 3; ++j) {
+        Gemm<W>(patches[j].data(), widths[j], 1, w.kernels[j], widths[j], c_out, biases[j],
+                w.kernel_scales[j], outs[j] + r0 * n_modules * c_out, c_out, chunk_rows, first,
+                end);
       }
-#endif
-      Gemm<W>(patches[j].data(), width, 1, w.kernels[j], width, c_out, biases[j],
-              w.kernel_scales[j], outs[j], c_out, m_rows, first, end);
-    }
-  };
-  RunSplit(pool, n_parts, multiplicative);
-  for (int j = 0; j < 3; ++j) cut_patches(j);
-#ifdef SPARSE_TRAX_AVX512
-  if (integer) {
-    for (int j = 0; j < 3; ++j) {
-      const int64_t width = window * sizes[j] * c_in;
-      integer_patches.emplace_back(m_rows, width);
-      for (int64_t row = 0; row < m_rows; ++row) {
-        integer_patches[j].Set(row, patches[j].data() + row * width, width);
-      }
-    }
+    });
   }
-#endif
-  RunSplit(pool, n_parts, convolve);
 }
 
 
