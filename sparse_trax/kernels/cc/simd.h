@@ -362,6 +362,69 @@ inline void DotRowsQuantizedFixed(const int8_t* rows, const int16_t* q, int64_t 
   }
 }
 
+#ifdef SPARSE_TRAX_AVX512
+// AVX-512 VNNI (vpdpwssd: 32 int16 multiply-adds into int32 lanes in one instruction)
+// is not part of x86-64-v4: code using it is compiled for it alone and runs where the
+// CPU has it (HasVnni, checked at run time).
+#define SPARSE_TRAX_VNNI_TARGET __attribute__((target("avx512vnni")))
+
+// Whether this CPU runs vpdpwssd.
+inline bool HasVnni() {
+  static const bool has = __builtin_cpu_supports("avx512vnni");
+  return has;
+}
+
+// out[p * 4 + r] = sum_i rows[r, i] q[p, i] for 4 int8 rows (row stride n) and 4 integer
+// activation vectors (stride ldq): the same lane sums and the same float32 reduction as
+// DotRowsQuantizedFixed<4> on each vector (so the same floats), each weight vector
+// widened once for the four of them. For many positions (a prefill), where the sparse
+// FF kernel's controller otherwise widens every row once per position.
+// (Named accumulators and vpdpwssd in assembly: GCC 12 keeps an array of them in memory.)
+SPARSE_TRAX_VNNI_TARGET inline void DotRowsQuantizedTile(const int8_t* rows, int64_t n,
+                                                         const int16_t* q, int64_t ldq,
+                                                         float* out) {
+  float sum[16] = {};
+  int64_t i = 0;
+  while (i + 32 <= n) {
+    const int64_t chunk_end = std::min(n, i + kExactChunk);
+#define SPARSE_TRAX_ZERO4(a) __m512i a##0 = _mm512_setzero_si512(), a##1 = a##0, a##2 = a##0, \
+                                     a##3 = a##0;
+    SPARSE_TRAX_ZERO4(r0p) SPARSE_TRAX_ZERO4(r1p) SPARSE_TRAX_ZERO4(r2p) SPARSE_TRAX_ZERO4(r3p)
+#undef SPARSE_TRAX_ZERO4
+    for (; i + 32 <= chunk_end; i += 32) {
+      if ((i & 63) == 0) {
+        for (int r = 0; r < 4; ++r) __builtin_prefetch(rows + r * n + i + kPrefetchBytes);
+      }
+      __m512i w[4], v[4];
+      for (int r = 0; r < 4; ++r) {
+        w[r] = _mm512_cvtepi8_epi16(
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows + r * n + i)));
+      }
+      for (int p = 0; p < 4; ++p) v[p] = _mm512_loadu_si512(q + p * ldq + i);
+#define SPARSE_TRAX_DPWSSD(acc, r, p) __asm__("vpdpwssd %2, %1, %0" : "+v"(acc) : "v"(w[r]), "v"(v[p]));
+#define SPARSE_TRAX_ROW(R) SPARSE_TRAX_DPWSSD(r##R##p0, R, 0) SPARSE_TRAX_DPWSSD(r##R##p1, R, 1) \
+                           SPARSE_TRAX_DPWSSD(r##R##p2, R, 2) SPARSE_TRAX_DPWSSD(r##R##p3, R, 3)
+      SPARSE_TRAX_ROW(0) SPARSE_TRAX_ROW(1) SPARSE_TRAX_ROW(2) SPARSE_TRAX_ROW(3)
+#undef SPARSE_TRAX_ROW
+#undef SPARSE_TRAX_DPWSSD
+    }
+#define SPARSE_TRAX_SUM(R, P) sum[P * 4 + R] += _mm512_reduce_add_ps(_mm512_cvtepi32_ps(r##R##p##P));
+#define SPARSE_TRAX_SUM_ROW(R) SPARSE_TRAX_SUM(R, 0) SPARSE_TRAX_SUM(R, 1) SPARSE_TRAX_SUM(R, 2) \
+                               SPARSE_TRAX_SUM(R, 3)
+    SPARSE_TRAX_SUM_ROW(0) SPARSE_TRAX_SUM_ROW(1) SPARSE_TRAX_SUM_ROW(2) SPARSE_TRAX_SUM_ROW(3)
+#undef SPARSE_TRAX_SUM_ROW
+#undef SPARSE_TRAX_SUM
+  }
+  for (int p = 0; p < 4; ++p) {
+    for (int r = 0; r < 4; ++r) {
+      int64_t tail = 0;
+      for (int64_t j = i; j < n; ++j) tail += static_cast<int64_t>(rows[r * n + j]) * q[p * ldq + j];
+      out[p * 4 + r] = sum[p * 4 + r] + static_cast<float>(tail);
+    }
+  }
+}
+#endif  // SPARSE_TRAX_AVX512
+
 // `count` (1..4) int8 rows against quantized activations q: DotRowsQuantizedFixed.
 inline void DotRowsQuantized(const int8_t* rows, int count, const int16_t* q, int64_t n,
                              float* out) {

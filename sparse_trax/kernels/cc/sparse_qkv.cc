@@ -102,14 +102,6 @@ void Gemm(const float* a, int64_t a_row, int64_t a_col, const typename W::Type* 
 // reuse each weight for 16 rows (modules): arithmetic, not bytes, bounds them.
 
 #ifdef SPARSE_TRAX_AVX512
-#define SPARSE_TRAX_VNNI_TARGET __attribute__((target("avx512vnni")))
-
-// Whether this CPU runs vpdpwssd.
-inline bool HasVnni() {
-  static const bool has = __builtin_cpu_supports("avx512vnni");
-  return has;
-}
-
 // Rows of k per int32 sum before it is added to float32: a lane gains at most
 // 2 * 128 * 16383 per pair of rows, so 256 pairs stay under 2^31.
 constexpr int64_t kIntegerChunk = 512;
