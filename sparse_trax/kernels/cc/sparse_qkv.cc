@@ -322,11 +322,13 @@ void SparseQKV(ffi::ThreadPool& pool, const SparseQKVMatrices<W>& w, const float
 #ifdef SPARSE_TRAX_AVX512
     if constexpr (std::is_same_v<W, Int8Weights>) {
       if (integer) {
-        // The multiplicative rows, rounded to integers (parts take whole groups of 16).
+        // The multiplicative rows, rounded to integers (parts take whole groups of 16; a
+        // decoded token's 16 rows are one group, rounded here without a hand-off).
+        const int row_parts = chunk_rows > 16 ? n_parts : 1;
         IntegerRows mult_rows(chunk_rows, d);
-        RunSplit(pool, n_parts, [&](int part) {
+        RunSplit(pool, row_parts, [&](int part) {
           int64_t first, end;
-          PartRange(chunk_rows, part, n_parts, 16, &first, &end);
+          PartRange(chunk_rows, part, row_parts, 16, &first, &end);
           std::vector<float> row(d);
           std::vector<int16_t> scratch(d + 1);
           for (int64_t k = first; k < end; ++k) {
@@ -348,9 +350,9 @@ void SparseQKV(ffi::ThreadPool& pool, const SparseQKVMatrices<W>& w, const float
         // (the largest magnitude over the patch's vectors first, then each vector).
         std::vector<IntegerRows> patches;
         for (int j = 0; j < 3; ++j) patches.emplace_back(chunk_rows, widths[j]);
-        RunSplit(pool, n_parts, [&](int part) {
+        RunSplit(pool, row_parts, [&](int part) {
           int64_t first, end;
-          PartRange(chunk_rows, part, n_parts, 16, &first, &end);
+          PartRange(chunk_rows, part, row_parts, 16, &first, &end);
           std::vector<int16_t> scratch(*std::max_element(widths, widths + 3) + 1);
           std::vector<const float*> vectors(window * 3);
           for (int j = 0; j < 3; ++j) {
