@@ -226,17 +226,20 @@ def sparse_qkv_integer_reference(w, history, x, m_kernel):
 
 @BUILT
 @pytest.mark.skipif(not registry.INTEGER_QKV, reason='integer products need AVX-512 VNNI')
-@pytest.mark.parametrize('d, s, batch, length, length_kernel', [
-    (48, 4, 2, 1, 3), (64, 4, 1, 2, 3), (512, 8, 1, 1, 3), (96, 6, 1, 2, 2), (40, 4, 1, 1, 1),
-    (45, 5, 1, 3, 1), (72, 8, 2, 2, 3), (64, 4, 2, 20, 3)])
-def test_sparse_qkv_kernel_equals_its_integer_computation(d, s, batch, length, length_kernel):
+@pytest.mark.parametrize('d, s, batch, length, length_kernel, sizes', [
+    (48, 4, 2, 1, 3, (3, 3, 1)), (64, 4, 1, 2, 3, (3, 3, 1)), (512, 8, 1, 1, 3, (3, 3, 1)),
+    (96, 6, 1, 2, 2, (3, 3, 1)), (40, 4, 1, 1, 1, (3, 3, 1)), (45, 5, 1, 3, 1, (3, 3, 1)),
+    (72, 8, 2, 2, 3, (3, 3, 1)), (64, 4, 2, 20, 3, (3, 3, 1)), (48, 6, 1, 5, 2, (5, 1, 3))])
+def test_sparse_qkv_kernel_equals_its_integer_computation(d, s, batch, length, length_kernel,
+                                                          sizes):
   """On int8 weights with VNNI, `kernels.sparse_qkv` equals its computation in float64
   (activations rounded to 15-bit integers per module row and per patch): odd channel
   counts (12, 16, 10: column tails), two threads (512), length kernels 3, 2 and 1, odd
   contracted lengths (45 and 9 x 3: a last row of weights without its pair), rows of
   activations in two groups of 16 (72: 2 x 2 positions x 8 modules), a prefill of 2 x 20
-  positions (run 16 positions at a time: one chunk spans both batch rows)."""
-  layer = tl.SparseQKV(s, d, d // s, (3, 3, 1), length_kernel, mode='predict')
+  positions (run 16 positions at a time: one chunk spans both batch rows), kernel sizes
+  (5, 1, 3) over modules."""
+  layer = tl.SparseQKV(s, d, d // s, sizes, length_kernel, mode='predict')
   w, state = layer.init(sig(batch, 1, d), rng=jax.random.key(0))
   w = tl.quantize_weights(jax.tree.map(
       lambda a: a + 0.1 * jax.random.normal(jax.random.key(a.size), a.shape), w), 'int8')
