@@ -314,6 +314,11 @@ void SparseQKV(ffi::ThreadPool& pool, const SparseQKVMatrices<W>& w, const float
     const int64_t r1 = std::min(rows, r0 + kPositionsPerChunk);
     const int64_t chunk_rows = (r1 - r0) * n_modules;      // rows (r, s) of this chunk
     float* m_chunk = m + r0 * n_modules * c_in;
+    // x times D's and E's row scales, once per position (each module's row reuses it).
+    std::vector<float> scaled_x((r1 - r0) * d);
+    for (int64_t r = r0; r < r1; ++r) {
+      for (int64_t i = 0; i < d; ++i) scaled_x[(r - r0) * d + i] = x[r * d + i] * multiplier[i];
+    }
     auto add_bias = [&](int64_t first, int64_t end) {   // per module and unit
       for (int64_t row = 0; row < chunk_rows; ++row) {
         const float* bias = mult_bias + (row % n_modules) * c_in;
@@ -335,7 +340,7 @@ void SparseQKV(ffi::ThreadPool& pool, const SparseQKVMatrices<W>& w, const float
           for (int64_t k = first; k < end; ++k) {
             const int64_t r = r0 + k / n_modules, s = k % n_modules;
             for (int64_t i = 0; i < d; ++i) {
-              row[i] = x[r * d + i] * multiplier[i] * W::Scalar(w.modules[i * n_modules + s]);
+              row[i] = scaled_x[(r - r0) * d + i] * W::Scalar(w.modules[i * n_modules + s]);
             }
             mult_rows.Set(k, row.data(), d, scratch.data());
           }
@@ -399,7 +404,7 @@ void SparseQKV(ffi::ThreadPool& pool, const SparseQKVMatrices<W>& w, const float
     for (int64_t r = r0; r < r1; ++r) {
       float* out = scaled.data() + (r - r0) * d * n_modules;
       for (int64_t i = 0; i < d; ++i) {
-        const float xi = x[r * d + i] * multiplier[i];
+        const float xi = scaled_x[(r - r0) * d + i];
         const typename W::Type* di = w.modules + i * n_modules;
         for (int64_t s = 0; s < n_modules; ++s) out[i * n_modules + s] = xi * W::Scalar(di[s]);
       }
