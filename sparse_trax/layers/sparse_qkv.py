@@ -330,12 +330,9 @@ class SparseQKV(_ConvolutionOverModules):
 
     def reference(x, history):                                     # -> q, k, v, m
       m = self._multiply(weights, x)
-      if x.shape[1] > XLA_POSITIONS['patches']:                    # a prefill: XLA's convolution
-        outputs, _ = self._convolve(parts, Carry(history), m, position)
-        return tuple(outputs) + (m,)
-      viewed = jnp.concatenate([history, m.reshape(modules_shape).astype(history.dtype)], axis=1)
-      outputs = self._patches_times_kernels(viewed, parts, x.shape[1])
-      return tuple(out.reshape(out.shape[:2] + (-1,)) for out in outputs) + (m,)
+      # (patches times kernels for a few positions, XLA's convolution for a prefill)
+      outputs, _ = self._convolve(parts, Carry(history), m, position)
+      return tuple(outputs) + (m,)
 
     if self.decode_kernel:
       record = kernels.SparseQKVWeights(
