@@ -58,10 +58,11 @@ def test_policy_table_decides_by_storage_positions_and_mode():
 @BUILT
 @pytest.mark.parametrize('storage', ['bfloat16', 'int8'])
 @pytest.mark.parametrize('positions, d_out, d_in', [(1, 7, 33), (3, 64, 512), (8, 130, 40),
-                                                     (13, 61, 300)])
+                                                     (13, 61, 300), (2, 518, 521)])
 def test_matvec_kernel_equals_its_reference(storage, positions, d_out, d_in):
   """Stored rows [d_out, d_in] times 1..13 positions: row groups with tails (7, 61, 130
-  rows), odd widths (33, 300), a split over two threads (64 x 512)."""
+  rows), odd widths (33, 300), a split over two threads (518 x 521: parts of 256 and
+  262 rows)."""
   w = stored(jax.random.normal(jax.random.key(0), (d_out, d_in)), storage)
   x = jax.random.normal(jax.random.key(1), (1, positions, d_in))
   want = np.asarray(x, np.float64) @ exact(w).T
@@ -69,6 +70,31 @@ def test_matvec_kernel_equals_its_reference(storage, positions, d_out, d_in):
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
   np.testing.assert_allclose(jax.jit(kernels.matvec_reference)(x, w), want, rtol=1e-5, atol=1e-4)
   assert 'sparse_trax_stored_matvec' in jax.jit(kernels.matvec).lower(x, w).as_text()
+
+
+@BUILT
+def test_kernels_called_from_several_threads_at_once_stay_correct():
+  """Kernel calls from two Python threads at once share the one helper thread that
+  takes the second part of each split (split.h): every result must still be whole."""
+  import threading
+  w = stored(jax.random.normal(jax.random.key(0), (520, 1030)), 'int8')
+  xs = [jax.random.normal(jax.random.key(t + 1), (1, 1030)) for t in range(2)]
+  matvec = jax.jit(lambda x, w: kernels.matvec(x, w, mode='predict'))
+  want = [np.asarray(x, np.float64) @ exact(w).T for x in xs]
+  matvec(xs[0], w).block_until_ready()
+  errors = []
+
+  def run(t):
+    for _ in range(40):
+      got = np.asarray(matvec(xs[t], w))
+      errors.append(float(np.abs(got - want[t]).max()))
+
+  threads = [threading.Thread(target=run, args=(t,)) for t in range(2)]
+  for thread in threads:
+    thread.start()
+  for thread in threads:
+    thread.join()
+  assert len(errors) == 80 and max(errors) < 1e-3
 
 
 @BUILT
