@@ -19,7 +19,7 @@ def _xla_ffi_include_dir():
 # (AVX-512), x86-64-v3 (AVX2 + FMA) and the x86-64 baseline, into three modules
 # `_cpu_kernels_<isa>`; `sparse_trax.kernels.registry` loads the best one this CPU runs
 # (SPARSE_TRAX_KERNEL_ISA forces one). Elsewhere (arm64) the plain C++ paths build once.
-KERNEL_SOURCES = ('module', 'split', 'stored_products', 'sparse_ff', 'sparse_qkv', 'attention',
+KERNEL_SOURCES = ('module', 'stored_products', 'sparse_ff', 'sparse_qkv', 'attention',
                   'layer_norm')
 X86_LEVELS = (('avx512', '-march=x86-64-v4'), ('avx2', '-march=x86-64-v3'),
               ('baseline', '-march=x86-64'))
@@ -52,7 +52,7 @@ def _kernel_extensions():
         f'sparse_trax.kernels.{module}',
         sources=_kernel_sources(isa),
         depends=[f'sparse_trax/kernels/cc/{name}' for name in (
-            'simd.h', 'split.h', 'handlers.h') + tuple(f'{n}.cc' for n in KERNEL_SOURCES)],
+            'simd.h', 'handlers.h') + tuple(f'{n}.cc' for n in KERNEL_SOURCES)],
         include_dirs=[_xla_ffi_include_dir(), 'sparse_trax/kernels/cc'],
         define_macros=[('SPARSE_TRAX_MODULE', module)],
         extra_compile_args=['-std=c++17', '-O3', '-fvisibility=hidden'] +

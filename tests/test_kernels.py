@@ -74,8 +74,8 @@ def test_matvec_kernel_equals_its_reference(storage, positions, d_out, d_in):
 
 @BUILT
 def test_kernels_called_from_several_threads_at_once_stay_correct():
-  """Kernel calls from two Python threads at once share the one helper thread that
-  takes the second part of each split (split.h): every result must still be whole."""
+  """Kernel calls from two Python threads at once, each splitting its rows over XLA's
+  thread pool (parts claimed by whichever thread comes first): every result whole."""
   import threading
   w = stored(jax.random.normal(jax.random.key(0), (520, 1030)), 'int8')
   xs = [jax.random.normal(jax.random.key(t + 1), (1, 1030)) for t in range(2)]

@@ -74,7 +74,7 @@ ffi::Error CachedAttentionImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
       AttendHeads(row_q, row_keys, row_values, heads, d, first, last, heads * i / n_parts,
                   heads * (i + 1) / n_parts, row_out);
     };
-    RunSplit(n_parts, part);
+    RunSplit(pool, n_parts, part);
   }
   return ffi::Error::Success();
 }

@@ -1,6 +1,6 @@
 // The pieces every kernel family shares: vector lanes, stored-weight loaders
 // (int8 with per-row scales, bfloat16, float32), dot products and row updates,
-// prefetch; split.h splits a job between the caller and a helper thread.
+// prefetch, and splitting a job over XLA's intra-op thread pool.
 //
 // Vector code is written with GCC vector extensions and, where the compiler
 // targets them, AVX2 / AVX-512 intrinsics; every routine has a plain C++ path,
@@ -24,7 +24,6 @@
 #endif
 
 #include "xla/ffi/api/ffi.h"
-#include "split.h"
 
 namespace sparse_trax_kernels {
 
@@ -163,7 +162,8 @@ inline Lanes16 WeightLanes(const typename W::Type* p) {
 
 // Where a row loop prefetches, once per 64-byte line it reads: the line `bytes`
 // (kPrefetchBytes unless the kernel sets it) past byte `offset` of row r, in a matrix
-// whose rows follow one another (C rows from `rows`, row stride n). A kernel reading rows scattered in memory passes its own.
+// whose rows follow one another (C rows from `rows`, row stride n). A kernel reading
+// rows scattered in memory passes its own.
 template <typename T>
 struct AheadInMatrix {
   const T* rows;
@@ -465,6 +465,55 @@ struct StoredRows {
   const typename W::Type* Row(int64_t r) const { return values + r * cols; }
   float Scale(int64_t r) const { return scale == nullptr ? 1.0f : scale[r]; }
 };
+
+// ------------------------------------------------------------ thread pool
+// Parts of a split job, each run once by whichever thread claims it first:
+// the caller runs part 0, then claims the rest or waits for the pool threads
+// that took them. Claiming makes this safe when no pool thread is free.
+struct SplitJob {
+  explicit SplitJob(int n) : n_parts(n), claimed(n), done(n) {
+    for (int i = 0; i < n; ++i) {
+      claimed[i].store(false);
+      done[i].store(false);
+    }
+  }
+  int n_parts;
+  std::vector<std::atomic<bool>> claimed, done;
+  std::function<void(int)> work;
+
+  void RunIfUnclaimed(int part) {
+    if (!claimed[part].exchange(true)) {
+      work(part);
+      done[part].store(true, std::memory_order_release);
+    }
+  }
+};
+
+// Part `part` of n_parts of [0, total), its bounds rounded down to multiples of
+// `multiple` (whole vector or register groups); the last part ends at total.
+inline void PartRange(int64_t total, int part, int n_parts, int64_t multiple, int64_t* first,
+                      int64_t* end) {
+  *first = total * part / n_parts / multiple * multiple;
+  *end = part + 1 == n_parts ? total : total * (part + 1) / n_parts / multiple * multiple;
+}
+
+inline void RunSplit(ffi::ThreadPool& pool, int n_parts, std::function<void(int)> work) {
+  if (n_parts == 1) {               // nothing to hand off
+    work(0);
+    return;
+  }
+  auto job = std::make_shared<SplitJob>(n_parts);
+  job->work = std::move(work);
+  for (int part = 1; part < n_parts; ++part) {
+    pool.Schedule([job, part]() { job->RunIfUnclaimed(part); });
+  }
+  job->RunIfUnclaimed(0);
+  for (int part = 1; part < n_parts; ++part) {
+    job->RunIfUnclaimed(part);
+    while (!job->done[part].load(std::memory_order_acquire)) {
+    }
+  }
+}
 
 // The float32 scales of an int8 matrix, or nullptr where a buffer holds none (bfloat16
 // and float32 storage pass an empty one).

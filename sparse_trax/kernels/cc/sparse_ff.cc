@@ -261,7 +261,7 @@ void SparseFF(ffi::ThreadPool& pool, const SparseFFMatrices<W>& w, const float* 
       }
     }
   };
-  RunSplit(n_parts, low_rows);
+  RunSplit(pool, n_parts, low_rows);
   const PositionVectors<W> low_vectors(low.data(), positions, rank);
   // The parts claim chunks of blocks as they go, so that a thread slowed by another
   // process on its core does not hold the other one waiting at the end.
@@ -277,7 +277,7 @@ void SparseFF(ffi::ThreadPool& pool, const SparseFFMatrices<W>& w, const float* 
                         n_blocks, first, std::min(n_blocks, first + chunk), y_part, units);
     }
   };
-  RunSplit(n_parts, blocks);
+  RunSplit(pool, n_parts, blocks);
   for (int64_t p = 0; p < positions; ++p) {
     float* yp = y + p * d_model;
     for (int64_t i = 0; i < d_model; ++i) {

@@ -332,7 +332,7 @@ void SparseQKV(ffi::ThreadPool& pool, const SparseQKVMatrices<W>& w, const float
         // decoded token's 16 rows are one group, rounded here without a hand-off).
         const int row_parts = chunk_rows > 16 ? n_parts : 1;
         IntegerRows mult_rows(chunk_rows, d);
-        RunSplit(row_parts, [&](int part) {
+        RunSplit(pool, row_parts, [&](int part) {
           int64_t first, end;
           PartRange(chunk_rows, part, row_parts, 16, &first, &end);
           std::vector<float> row(d);
@@ -345,7 +345,7 @@ void SparseQKV(ffi::ThreadPool& pool, const SparseQKVMatrices<W>& w, const float
             mult_rows.Set(k, row.data(), d, scratch.data());
           }
         });
-        RunSplit(n_parts, [&](int part) {
+        RunSplit(pool, n_parts, [&](int part) {
           int64_t first, end;
           PartRange(c_in, part, n_parts, 16, &first, &end);
           IntegerGemm(mult_rows, chunk_rows, w.units, d, c_in, nullptr, nullptr, m_chunk, c_in,
@@ -356,7 +356,7 @@ void SparseQKV(ffi::ThreadPool& pool, const SparseQKVMatrices<W>& w, const float
         // (the largest magnitude over the patch's vectors first, then each vector).
         std::vector<IntegerRows> patches;
         for (int j = 0; j < 3; ++j) patches.emplace_back(chunk_rows, widths[j]);
-        RunSplit(row_parts, [&](int part) {
+        RunSplit(pool, row_parts, [&](int part) {
           int64_t first, end;
           PartRange(chunk_rows, part, row_parts, 16, &first, &end);
           std::vector<int16_t> scratch(*std::max_element(widths, widths + 3) + 1);
@@ -386,7 +386,7 @@ void SparseQKV(ffi::ThreadPool& pool, const SparseQKVMatrices<W>& w, const float
             }
           }
         });
-        RunSplit(n_parts, [&](int part) {
+        RunSplit(pool, n_parts, [&](int part) {
           int64_t first, end;
           PartRange(c_out, part, n_parts, 16, &first, &end);
           for (int j = 0; j < 3; ++j) {
@@ -409,7 +409,7 @@ void SparseQKV(ffi::ThreadPool& pool, const SparseQKVMatrices<W>& w, const float
         for (int64_t s = 0; s < n_modules; ++s) out[i * n_modules + s] = xi * W::Scalar(di[s]);
       }
     }
-    RunSplit(n_parts, [&](int part) {
+    RunSplit(pool, n_parts, [&](int part) {
       int64_t first, end;
       PartRange(c_in, part, n_parts, 16, &first, &end);
       for (int64_t r = r0; r < r1; ++r) {
@@ -437,7 +437,7 @@ void SparseQKV(ffi::ThreadPool& pool, const SparseQKVMatrices<W>& w, const float
         }
       }
     }
-    RunSplit(n_parts, [&](int part) {
+    RunSplit(pool, n_parts, [&](int part) {
       int64_t first, end;
       PartRange(c_out, part, n_parts, 16, &first, &end);
       for (int j = 0; j < 3; ++j) {
