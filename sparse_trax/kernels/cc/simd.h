@@ -17,6 +17,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #if defined(__AVX2__) || defined(__AVX512F__)
@@ -497,6 +498,19 @@ inline void PartRange(int64_t total, int part, int n_parts, int64_t multiple, in
   *end = part + 1 == n_parts ? total : total * (part + 1) / n_parts / multiple * multiple;
 }
 
+// A pause inside a spin-wait (lets the other hardware thread of a core run).
+inline void SpinPause() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
+// How many pauses RunSplit's caller spends waiting for a pool thread's part before it
+// yields its core (a few tens of microseconds).
+constexpr int kSpinsBeforeYield = 2000;
+
 inline void RunSplit(ffi::ThreadPool& pool, int n_parts, std::function<void(int)> work) {
   if (n_parts == 1) {               // nothing to hand off
     work(0);
@@ -510,7 +524,16 @@ inline void RunSplit(ffi::ThreadPool& pool, int n_parts, std::function<void(int)
   job->RunIfUnclaimed(0);
   for (int part = 1; part < n_parts; ++part) {
     job->RunIfUnclaimed(part);
-    while (!job->done[part].load(std::memory_order_acquire)) {
+    // A pool thread that claimed a part finishes it within microseconds when it has a
+    // core; on a machine with more runnable threads than cores (the test suite's
+    // workers) it may be waiting for this very core, so past a short spin the caller
+    // yields it instead of burning its time slice.
+    for (int spins = 0; !job->done[part].load(std::memory_order_acquire); ++spins) {
+      if (spins < kSpinsBeforeYield) {
+        SpinPause();
+      } else {
+        std::this_thread::yield();
+      }
     }
   }
 }
