@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -76,7 +77,6 @@ def test_matvec_kernel_equals_its_reference(storage, positions, d_out, d_in):
 def test_kernels_called_from_several_threads_at_once_stay_correct():
   """Kernel calls from two Python threads at once, each splitting its rows over XLA's
   thread pool (parts claimed by whichever thread comes first): every result whole."""
-  import threading
   w = stored(jax.random.normal(jax.random.key(0), (520, 1030)), 'int8')
   xs = [jax.random.normal(jax.random.key(t + 1), (1, 1030)) for t in range(2)]
   matvec = jax.jit(lambda x, w: kernels.matvec(x, w, mode='predict'))
