@@ -70,14 +70,16 @@ def _prefill(model, weights, state, prompt, prompt_lengths, inputs):
   """Feeds positions 0 .. min(prompt_lengths) in one call.
 
   Returns (logits [batch, vocab] at the last fed position, its position, state).
+  Only that position's logits are computed: the model's position-wise tail
+  (final LayerNorm, vocabulary projection) runs on it alone
+  (`Layer.apply(..., output_position=)`).
   """
   batch = prompt.shape[0]
   fed = jnp.concatenate([jnp.zeros((batch, 1), jnp.int32), prompt], axis=1)   # s_0 .. s_width
   shortest = jnp.min(prompt_lengths).astype(jnp.int32)
   logits, state = model.apply(weights, state, _model_inputs(fed, inputs),
-                              valid_length=shortest + 1)
-  last = jax.lax.dynamic_index_in_dim(logits, shortest, axis=1, keepdims=False)
-  return last, shortest, state
+                              valid_length=shortest + 1, output_position=shortest)
+  return logits[:, 0], shortest, state
 
 
 @functools.partial(jax.jit, static_argnames=('model',), donate_argnames=('state',))

@@ -266,3 +266,76 @@ def test_beam_search_for_an_encoder_decoder_and_with_eos():
   assert sequences.shape == (2, 3, 5)
   assert np.all(np.diff(scores, axis=1) <= 1e-6)           # best first
   assert np.isfinite(scores).all()
+
+
+# ------------------------------------------- output_position (the prefill's last logits)
+
+def _apply_both_ways(model, weights, tokens, valid, index):
+  """(whole call's outputs at `index`, states) and (output_position=index call, states)."""
+  signature = jax.ShapeDtypeStruct(tokens.shape, jnp.int32)
+  def run(position):
+    state = decoding.initial_state(model, signature)
+    return jax.jit(lambda w, s, x, v, i: model.apply(
+        w, s, x, valid_length=v, output_position=i))(weights, state, tokens, valid, position)
+  state = decoding.initial_state(model, signature)
+  whole, whole_state = jax.jit(lambda w, s, x, v: model.apply(w, s, x, valid_length=v))(
+      weights, state, tokens, valid)
+  at, at_state = run(index)
+  return (whole[:, index:index + 1], whole_state), (at, at_state)
+
+
+@pytest.mark.parametrize('loss_sparsity', [0, 4])
+def test_output_position_equals_that_position_of_the_whole_call(loss_sparsity):
+  config = dict(LM, vocab_size=24, loss_sparsity=loss_sparsity)
+  predict = models.ScalingTransformerLM(**config, mode='predict')
+  weights, _ = models.ScalingTransformerLM(**config, mode='eval').init(
+      jax.ShapeDtypeStruct((2, 6), jnp.int32), rng=jax.random.key(1))
+  tokens = jax.random.randint(jax.random.key(2), (2, 6), 1, 24)
+  for index in (0, 3, 5):
+    (want, want_state), (got, got_state) = _apply_both_ways(
+        predict, weights, tokens, jnp.int32(index + 1), jnp.int32(index))
+    assert got.shape == (2, 1, 24)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6),
+                           got_state, want_state)
+
+
+def _probed_lm(position_wise: bool, seen: list):
+  """Embedding, causal attention, then a tail: LayerNorm, a probe recording its input shape, Dense."""
+  def probe(x):
+    seen.append(x.shape)
+    return x
+  return tl.Serial(tl.Embedding(11, 8),                                  # ids -> x
+                   tl.CausalAttention(8, n_heads=2, max_len=16, mode='predict'),
+                   tl.LayerNorm(),
+                   tl.Fn('Probe', probe, position_wise=position_wise),
+                   tl.Dense(11))                                         # x -> logits
+
+
+def test_prefill_runs_the_position_wise_tail_on_the_last_position_only():
+  tokens = jnp.array([[3, 4, 5, 6], [7, 8, 9, 1]], jnp.int32)
+  results = {}
+  for position_wise in (True, False):
+    seen = []
+    model = _probed_lm(position_wise, seen)
+    weights, _ = model.init(jax.ShapeDtypeStruct((2, 5), jnp.int32), rng=jax.random.key(0))
+    state = decoding.initial_state(model, jax.ShapeDtypeStruct((2, 5), jnp.int32))
+    seen.clear()
+    logits, position, _ = decoding.prefill(model, weights, state, tokens,
+                                           jnp.array([4, 3], jnp.int32))
+    # The shortest prompt (3 tokens) after the start token: position 3.
+    assert int(position) == 3 and logits.shape == (2, 11)
+    # With the flag the tail saw one position; without it, the Serial's tail
+    # starts after the probe and the probe saw all five fed positions.
+    assert seen == ([(2, 1, 8)] if position_wise else [(2, 5, 8)])
+    results[position_wise] = logits
+  np.testing.assert_allclose(results[True], results[False], rtol=1e-5, atol=1e-6)
+
+
+def test_output_position_is_for_one_output_layers_in_predict_mode(lm):
+  evaluate, _, weights, state = lm
+  with pytest.raises(tl.LayerError, match="output_position is for one-output layers in "
+                                          "'predict' mode; this layer is in 'eval' mode"):
+    evaluate.apply(weights, state, jnp.ones((2, 4), jnp.int32), output_position=1)
+  with pytest.raises(tl.LayerError, match='position_wise=True is for one-in, one-out'):
+    tl.Fn('Pair', lambda a, b: a + b, position_wise=True)

@@ -180,6 +180,11 @@ class Layer(metaclass=_FrozenAfterInit):
   # Combinators (as in Trax): given more stack items than n_in at init/apply, the
   # layer runs on the first n_in and the rest follow its outputs unchanged.
   passes_extra_items = False
+  # True for a one-in, one-out layer whose output at a position depends only on its input
+  # at that position and which keeps no decode state (LayerNorm, Dense, the vocabulary
+  # projection, elementwise functions): `apply(..., output_position=)` runs such a tail
+  # of a Serial on the one position asked for.
+  position_wise = False
 
   def __init__(self, n_in: int = 1, n_out: int = 1, *, name: Optional[str] = None,
                mode: Optional[str] = None, sublayers: Sequence['Layer'] = ()):
@@ -252,7 +257,7 @@ class Layer(metaclass=_FrozenAfterInit):
     return self._with_extra_items(jax.eval_shape(build), extra)
 
   def apply(self, weights, state, inputs, *, rng=None,
-            valid_length=None) -> Tuple[Any, Any]:
+            valid_length=None, output_position=None) -> Tuple[Any, Any]:
     """Runs the layer: a pure function, safe under `jax.jit` and `jax.grad`.
 
     In 'predict' mode `state` is the `DecodeState` from `init` (or from the
@@ -272,6 +277,13 @@ class Layer(metaclass=_FrozenAfterInit):
         (an int32 scalar, may be traced; default all). The position advances
         by it; the positions after it are padding (a batch of prompts fed at
         once up to the shortest one's length, with one compiled shape).
+      output_position: 'predict' mode, one-output layers: an int32 scalar
+        (may be traced), the index among the fed positions whose outputs
+        are wanted; the outputs then have length 1 on axis 1. A Serial runs
+        its position-wise tail (e.g. the final LayerNorm and the vocabulary
+        projection, see `position_wise`) on that position alone, so a
+        prompt's prefill computes the vocabulary once, not at every
+        position. The state is the same as without it.
 
     Returns:
       (outputs, new_state); outputs a bare array when `n_out == 1`. A
@@ -279,10 +291,15 @@ class Layer(metaclass=_FrozenAfterInit):
       its outputs (as in Trax: `Serial(None)` on (x, y) gives (x, y)).
     """
     inputs, extra = self._split_extra_items(inputs)
-    outputs, new_state = self._apply_whole(weights, state, inputs, rng, valid_length)
+    if output_position is not None and (self.mode != 'predict' or self.n_out != 1):
+      raise LayerError(self.name, self.created_at, 'apply', describe_shapes(inputs),
+                       "output_position is for one-output layers in 'predict' mode; this "
+                       f'layer is in {self.mode!r} mode with {self.n_out} outputs')
+    outputs, new_state = self._apply_whole(weights, state, inputs, rng, valid_length,
+                                           output_position)
     return self._with_extra_items(outputs, extra), new_state
 
-  def _apply_whole(self, weights, state, inputs, rng, valid_length):
+  def _apply_whole(self, weights, state, inputs, rng, valid_length, output_position=None):
     expanded = _share(self, weights, {})
     if self.mode != 'predict':
       return self._apply_checked(expanded, state, inputs, rng)
@@ -294,7 +311,8 @@ class Layer(metaclass=_FrozenAfterInit):
     length = stream.shape[1] if getattr(stream, 'ndim', 0) >= 2 else 1
     valid = length if valid_length is None else valid_length
     outputs, layers_state = self._apply_checked(expanded, state.layers, inputs, rng,
-                                                Position.at(state.position, valid))
+                                                Position.at(state.position, valid),
+                                                output_position)
     return outputs, DecodeState(state.position + valid, layers_state)
 
   def decode_capacity(self, input_length: int = 0) -> Optional[int]:
@@ -342,6 +360,22 @@ class Layer(metaclass=_FrozenAfterInit):
   def forward(self, weights, state, inputs, rng) -> Tuple[Any, Any]:
     """Returns (outputs, new_state). Subclasses must override."""
     raise NotImplementedError(f'{type(self).__name__} must define forward')
+
+  def forward_at(self, weights, state, inputs, rng, position, index) -> Tuple[Any, Any]:
+    """'predict' mode, one output: (outputs at fed position `index` only, new_state).
+
+    The outputs are [batch, 1, ...] (axis 1 is the decoded stream). Default:
+    the whole forward pass, then a slice; `Serial` runs its position-wise
+    tail on the one position.
+    """
+    if self.takes_position:
+      outputs, new_state = self.forward(weights, state, inputs, rng, position)
+    else:
+      outputs, new_state = self.forward(weights, state, inputs, rng)
+    if getattr(outputs, 'ndim', 0) < 2:
+      raise ValueError('output_position needs outputs with a position axis (axis 1), '
+                       f'got {describe_shapes(outputs)}')
+    return jax.lax.dynamic_slice_in_dim(outputs, index, 1, axis=1), new_state
 
   def decode_weight_bytes(self, weights) -> int:
     """Bytes of weights one decoded token reads (batch 1, 'predict' mode).
@@ -424,9 +458,11 @@ class Layer(metaclass=_FrozenAfterInit):
                        describe_shapes(input_signature),
                        f'{type(e).__name__}: {e}') from e
 
-  def _apply_checked(self, weights, state, inputs, rng, position=None):
+  def _apply_checked(self, weights, state, inputs, rng, position=None, output_index=None):
     try:
       self._check_n_items(inputs)
+      if output_index is not None:
+        return self.forward_at(weights, state, inputs, rng, position, output_index)
       if self.takes_position:
         return self.forward(weights, state, inputs, rng, position)
       return self.forward(weights, state, inputs, rng)

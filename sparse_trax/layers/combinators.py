@@ -12,10 +12,12 @@ combinator here goes through them.
 import inspect
 from typing import Callable, Optional, Sequence
 
+import jax
 import jax.numpy as jnp
 
 from sparse_trax import arguments
 from sparse_trax.layers.base import Layer
+from sparse_trax.layers.state import Position
 
 
 def as_items(values, n: int) -> tuple:
@@ -92,6 +94,7 @@ class Serial(Layer):
     layers = flatten_layers(layers)
     n_in, n_out = _serial_arity(layers)
     super().__init__(n_in, n_out, name=name, sublayers=layers)
+    self.position_wise = bool(layers) and all(layer.position_wise for layer in layers)
 
   def init_with_signature(self, input_signature, rng):
     return init_serial(self, range(len(self.sublayers)), input_signature, rng)
@@ -101,6 +104,25 @@ class Serial(Layer):
   def forward(self, weights, state, inputs, rng, position):
     return run_serial(self, range(len(self.sublayers)), weights, state, inputs, rng,
                       position=position)
+
+  def forward_at(self, weights, state, inputs, rng, position, index):
+    """The layers before the position-wise tail on every position, the tail on `index`."""
+    n = len(self.sublayers)
+    start = n
+    while start > 0 and self.sublayers[start - 1].position_wise:
+      start -= 1
+    if start == n:
+      return super().forward_at(weights, state, inputs, rng, position, index)
+    x, head_state = run_serial(self, range(start), weights[:start], state[:start],
+                               inputs, rng, n_in=self.n_in, position=position)   # -> x
+    if x.ndim < 3:   # no features axis after the positions: the tail runs whole
+      y, tail_state = run_serial(self, range(start, n), weights[start:], state[start:], x,
+                                 rng, n_in=1, position=position)
+      return jax.lax.dynamic_slice_in_dim(y, index, 1, axis=1), head_state + tail_state
+    x = jax.lax.dynamic_slice_in_dim(x, index, 1, axis=1)                     # x at index
+    y, tail_state = run_serial(self, range(start, n), weights[start:], state[start:], x,
+                               rng, n_in=1, position=Position.at(position.start + index, 1))
+    return y, head_state + tail_state
 
 
 def init_serial(parent: Layer, indices, input_signature, rng):
@@ -346,10 +368,13 @@ class Fn(Layer):
 
   n_in is the number of the function's positional arguments, which may not
   have defaults. With `n_out > 1` the function returns a tuple. Shapes are
-  the function's: a1 ... an -> f(a1, ..., an).
+  the function's: a1 ... an -> f(a1, ..., an). `position_wise=True` says
+  that f's output at a position (axis 1) depends only on its input there
+  (elementwise functions, a softmax over the last axis); see
+  `Layer.position_wise`.
   """
 
-  def __init__(self, name: str, f: Callable, n_out: int = 1):
+  def __init__(self, name: str, f: Callable, n_out: int = 1, position_wise: bool = False):
     arguments.check_layer_arguments(self, Fn.__init__, locals())
     parameters = inspect.signature(f).parameters.values()
     bad = [p.name for p in parameters
@@ -359,7 +384,11 @@ class Fn(Layer):
     if bad:
       raise self.error(f'Fn functions take plain positional arguments without '
                        f'defaults; {name} has {bad}', phase='construct')
+    if position_wise and not self.n_in == n_out == 1:
+      raise self.error(f'position_wise=True is for one-in, one-out functions; {name} '
+                       f'takes {self.n_in} and returns {n_out}', phase='construct')
     self.f = f
+    self.position_wise = position_wise
 
   def forward(self, weights, state, inputs, rng):
     out = self.f(*as_items(inputs, self.n_in))

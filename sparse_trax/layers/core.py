@@ -29,6 +29,8 @@ class Dense(Layer):
   uniform), `b` [n_units] (zeros).
   """
 
+  position_wise = True
+
   def __init__(self, n_units: int, use_bias: bool = True,
                kernel_initializer: Initializer = jax.nn.initializers.glorot_uniform(),
                bias_initializer: Initializer = jax.nn.initializers.zeros):
@@ -96,6 +98,8 @@ class LayerNorm(Layer):
   [..., d] -> [..., d]. Weights: `scale` [d] (ones), `bias` [d] (zeros).
   """
 
+  position_wise = True
+
   def __init__(self, epsilon: float = 1e-6):
     arguments.check_layer_arguments(self, LayerNorm.__init__, locals())
     super().__init__(1, 1)
@@ -148,6 +152,8 @@ class Dropout(Layer):
   identity in 'eval' and 'predict'.
   """
 
+  position_wise = True
+
   def __init__(self, rate: float = 0.0, mode: str = 'train'):
     arguments.check_layer_arguments(self, Dropout.__init__, locals())
     if not 0.0 <= rate < 1.0:
@@ -166,27 +172,29 @@ class Dropout(Layer):
 
 def Relu() -> Layer:  # pylint: disable=invalid-name
   """Elementwise max(x, 0): [...] -> [...]."""
-  return Fn('Relu', jax.nn.relu)
+  return Fn('Relu', jax.nn.relu, position_wise=True)
 
 
 def Gelu() -> Layer:  # pylint: disable=invalid-name
   """Elementwise GELU (tanh approximation): [...] -> [...]."""
-  return Fn('Gelu', lambda x: jax.nn.gelu(x))  # pylint: disable=unnecessary-lambda
+  return Fn('Gelu', lambda x: jax.nn.gelu(x),  # pylint: disable=unnecessary-lambda
+            position_wise=True)
 
 
 def Sigmoid() -> Layer:  # pylint: disable=invalid-name
   """Elementwise logistic sigmoid: [...] -> [...]."""
-  return Fn('Sigmoid', jax.nn.sigmoid)
+  return Fn('Sigmoid', jax.nn.sigmoid, position_wise=True)
 
 
 def Tanh() -> Layer:  # pylint: disable=invalid-name
   """Elementwise tanh: [...] -> [...] (same shape)."""
-  return Fn('Tanh', jnp.tanh)
+  return Fn('Tanh', jnp.tanh, position_wise=True)
 
 
 def LogSoftmax(axis: int = -1) -> Layer:  # pylint: disable=invalid-name
   """Log-probabilities along `axis`: [..., vocab] -> [..., vocab] (same shape)."""
-  return Fn('LogSoftmax', lambda x: jax.nn.log_softmax(x, axis=axis))
+  return Fn('LogSoftmax', lambda x: jax.nn.log_softmax(x, axis=axis),
+            position_wise=axis == -1)
 
 
 def Mean(axis: int = -1, keepdims: bool = False) -> Layer:  # pylint: disable=invalid-name
