@@ -235,7 +235,7 @@ void SparseFF(ffi::ThreadPool& pool, const SparseFFMatrices<W>& w, const float* 
   // Two parts where the pool has threads (reading the controller is bound by one
   // core's memory bandwidth); one where the work is too small to pay for a hand-off.
   const int n_parts = (pool.num_threads() > 1 && d_ff * rank >= (1 << 16)) ? 2 : 1;
-  std::vector<float> low(positions * rank), y_parts(n_parts * positions * d_model);
+  std::vector<float> low(positions * rank);
   const PositionVectors<W> x_vectors(x, positions, d_model);
   // low = c_in x for every position, c_in's rows split over the parts (groups of four,
   // each read once for all positions).
@@ -264,26 +264,32 @@ void SparseFF(ffi::ThreadPool& pool, const SparseFFMatrices<W>& w, const float* 
   RunSplit(pool, n_parts, low_rows);
   const PositionVectors<W> low_vectors(low.data(), positions, rank);
   // The parts claim chunks of blocks as they go, so that a thread slowed by another
-  // process on its core does not hold the other one waiting at the end.
+  // process on its core does not hold the other one waiting at the end. Each chunk
+  // sums into its own buffer and the buffers are added in chunk order: which thread
+  // ran a chunk never changes the result (with one buffer per thread the order of
+  // the float additions, and so the last bits, followed the timing, and an argmax
+  // downstream could flip between two runs of the same call).
   const int64_t chunk = std::max<int64_t>(1, n_blocks / (8 * n_parts));
+  const int64_t n_chunks = (n_blocks + chunk - 1) / chunk;
+  std::vector<float> y_chunks(n_chunks * positions * d_model);
   std::atomic<int64_t> next_block{0};
   auto blocks = [&](int part) {
-    float* y_part = &y_parts[part * positions * d_model];
-    std::memset(y_part, 0, positions * d_model * sizeof(float));
     for (;;) {
       const int64_t first = next_block.fetch_add(chunk);
       if (first >= n_blocks) break;
+      float* y_chunk = &y_chunks[(first / chunk) * positions * d_model];
+      std::memset(y_chunk, 0, positions * d_model * sizeof(float));
       SparseFFBlocks<W>(w, x_vectors, low_vectors, positions, d_model, rank, n_per_block,
-                        n_blocks, first, std::min(n_blocks, first + chunk), y_part, units);
+                        n_blocks, first, std::min(n_blocks, first + chunk), y_chunk, units);
     }
   };
   RunSplit(pool, n_parts, blocks);
   for (int64_t p = 0; p < positions; ++p) {
     float* yp = y + p * d_model;
-    for (int64_t i = 0; i < d_model; ++i) {
-      float sum = b2[i];
-      for (int part = 0; part < n_parts; ++part) sum += y_parts[(part * positions + p) * d_model + i];
-      yp[i] = sum;
+    for (int64_t i = 0; i < d_model; ++i) yp[i] = b2[i];
+    for (int64_t c = 0; c < n_chunks; ++c) {
+      const float* part = &y_chunks[(c * positions + p) * d_model];
+      for (int64_t i = 0; i < d_model; ++i) yp[i] += part[i];
     }
   }
 }
