@@ -224,6 +224,47 @@ def test_sparse_ff_kernel_gives_the_same_bits_on_every_call(storage):
     np.testing.assert_array_equal(kernel(w, x), first)
 
 
+ONE_THREAD_SPARSE_FF = textwrap.dedent('''
+    import os, sys
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})   # before XLA sizes its pool
+    import numpy as np
+    sys.path.insert(0, os.path.dirname(sys.argv[1]))
+    import test_kernels
+    np.savez(sys.argv[2], **test_kernels.sparse_ff_outputs())
+    print(len(os.sched_getaffinity(0)))
+''')
+
+
+def sparse_ff_outputs():
+  """A 128-block SparseFF's kernel outputs on float32 and int8 weights (two parts
+  where XLA's pool has two threads, one part where it has one)."""
+  outputs = {}
+  for storage in ('float32', 'int8'):
+    fused = tl.SparseFF(2048, n_elements_in_block=16, mode='predict')
+    x = jax.random.normal(jax.random.key(1), (1, 3, 256))
+    w, _ = fused.init(x, rng=jax.random.key(0))
+    if storage != 'float32':
+      w = tl.quantize_weights(w, storage)
+    outputs[storage] = np.asarray(jax.jit(lambda w, x: fused.forward_with_units(w, x, None)[0])(w, x))
+  return outputs
+
+
+@BUILT
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason='needs two CPUs')
+def test_sparse_ff_kernel_gives_the_same_bits_on_one_thread_or_two(tmp_path):
+  """The chunks of blocks are sixteenths whatever the number of threads: a process
+  held to one CPU (XLA's pool then has one thread, the kernel one part) gets the
+  bits this one gets (with chunks sized by the thread count they were 4.5e-8 apart)."""
+  out = tmp_path / 'one_thread.npz'
+  finished = subprocess.run([sys.executable, '-c', ONE_THREAD_SPARSE_FF, __file__, str(out)],
+                            capture_output=True, text=True, timeout=300)
+  assert finished.returncode == 0, finished.stderr[-3000:]
+  assert finished.stdout.split()[-1] == '1'
+  one_thread = np.load(out)
+  for storage, y in sparse_ff_outputs().items():
+    np.testing.assert_array_equal(one_thread[storage], y)
+
+
 def sparse_qkv_integer_reference(w, history, x, m_kernel):
   """Sparse QKV's decoding on int8 weights as the kernel's integer products compute it.
 

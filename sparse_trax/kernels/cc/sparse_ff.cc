@@ -268,8 +268,9 @@ void SparseFF(ffi::ThreadPool& pool, const SparseFFMatrices<W>& w, const float* 
   // sums into its own buffer and the buffers are added in chunk order: which thread
   // ran a chunk never changes the result (with one buffer per thread the order of
   // the float additions, and so the last bits, followed the timing, and an argmax
-  // downstream could flip between two runs of the same call).
-  const int64_t chunk = std::max<int64_t>(1, n_blocks / (8 * n_parts));
+  // downstream could flip between two runs of the same call). The chunks are
+  // sixteenths whatever the number of parts, so one thread or two give the same bits.
+  const int64_t chunk = std::max<int64_t>(1, n_blocks / 16);
   const int64_t n_chunks = (n_blocks + chunk - 1) / chunk;
   std::vector<float> y_chunks(n_chunks * positions * d_model);
   std::atomic<int64_t> next_block{0};
