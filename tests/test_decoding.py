@@ -332,6 +332,26 @@ def test_prefill_runs_the_position_wise_tail_on_the_last_position_only():
   np.testing.assert_allclose(results[True], results[False], rtol=1e-5, atol=1e-6)
 
 
+def test_a_nested_serial_at_the_end_runs_its_tail_on_one_position():
+  """Serial(embedding, Serial(attention, LayerNorm, probe, Dense)): the outer Serial
+  has no position-wise tail, so it asks its last sublayer for the one position."""
+  seen = []
+  flat = _probed_lm(True, seen)
+  nested = tl.Serial(flat.sublayers[0], tl.Serial(*flat.sublayers[1:]))
+  tokens = jnp.array([[3, 4, 5, 6], [7, 8, 9, 1]], jnp.int32)
+  signature = jax.ShapeDtypeStruct((2, 5), jnp.int32)
+  flat_weights, _ = flat.init(signature, rng=jax.random.key(0))
+  nested_weights = (flat_weights[0], tuple(flat_weights[1:]))      # the same arrays
+  logits = {}
+  for name, model, weights in (('flat', flat, flat_weights),
+                               ('nested', nested, nested_weights)):
+    state = decoding.initial_state(model, signature)
+    seen.clear()
+    logits[name], _, _ = decoding.prefill(model, weights, state, tokens, jnp.array([4, 3]))
+    assert seen == [(2, 1, 8)], name
+  np.testing.assert_allclose(logits['nested'], logits['flat'], rtol=1e-6, atol=1e-6)
+
+
 def test_output_position_is_for_one_output_layers_in_predict_mode(lm):
   evaluate, _, weights, state = lm
   with pytest.raises(tl.LayerError, match="output_position is for one-output layers in "

@@ -400,12 +400,18 @@ class Layer(metaclass=_FrozenAfterInit):
       e.prepend_path(str(index))
       raise
 
-  def apply_sublayer(self, index: int, weights, state, inputs, rng, position=None):
-    """Applies sublayer `index` with rng `fold_in(rng, index)` (if any) at `position`."""
+  def apply_sublayer(self, index: int, weights, state, inputs, rng, position=None,
+                     output_index=None):
+    """Applies sublayer `index` with rng `fold_in(rng, index)` (if any) at `position`.
+
+    With `output_index` ('predict' mode, a one-output sublayer) it runs the
+    sublayer's `forward_at`: its outputs at that fed position only.
+    """
     sublayer = self.sublayers[index]
     sub_rng = None if rng is None else jax.random.fold_in(rng, index)
     try:
-      return sublayer._apply_checked(weights, state, inputs, sub_rng, position)  # pylint: disable=protected-access
+      return sublayer._apply_checked(weights, state, inputs, sub_rng, position,  # pylint: disable=protected-access
+                                     output_index)
     except LayerError as e:
       e.prepend_path(str(index))
       raise

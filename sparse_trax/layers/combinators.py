@@ -106,13 +106,24 @@ class Serial(Layer):
                       position=position)
 
   def forward_at(self, weights, state, inputs, rng, position, index):
-    """The layers before the position-wise tail on every position, the tail on `index`."""
+    """The layers before the position-wise tail on every position, the tail on `index`.
+
+    Without such a tail, a last sublayer that is itself a Serial is asked for
+    `index` in turn (its own tail then runs on the one position).
+    """
     n = len(self.sublayers)
     start = n
     while start > 0 and self.sublayers[start - 1].position_wise:
       start -= 1
     if start == n:
-      return super().forward_at(weights, state, inputs, rng, position, index)
+      last = self.sublayers[-1] if n else None
+      if not isinstance(last, Serial) or last.n_out != 1:
+        return super().forward_at(weights, state, inputs, rng, position, index)
+      x, head_state = run_serial(self, range(n - 1), weights[:-1], state[:-1], inputs, rng,
+                                 n_in=self.n_in, position=position)      # -> last's inputs
+      y, last_state = self.apply_sublayer(n - 1, weights[-1], state[-1], x, rng, position,
+                                          output_index=index)
+      return y, head_state + (last_state,)
     x, head_state = run_serial(self, range(start), weights[:start], state[:start],
                                inputs, rng, n_in=self.n_in, position=position)   # -> x
     if x.ndim < 3:   # no features axis after the positions: the tail runs whole
