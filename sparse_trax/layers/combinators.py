@@ -115,24 +115,28 @@ class Serial(Layer):
     start = n
     while start > 0 and self.sublayers[start - 1].position_wise:
       start -= 1
-    if start == n:
-      last = self.sublayers[-1] if n else None
-      if not isinstance(last, Serial) or last.n_out != 1:
-        return super().forward_at(weights, state, inputs, rng, position, index)
-      x, head_state = run_serial(self, range(n - 1), weights[:-1], state[:-1], inputs, rng,
-                                 n_in=self.n_in, position=position)      # -> last's inputs
-      y, last_state = self.apply_sublayer(n - 1, weights[-1], state[-1], x, rng, position,
-                                          output_index=index)
+    nested = (start == n and n > 0 and isinstance(self.sublayers[-1], Serial)
+              and self.sublayers[-1].n_out == 1)
+    if start == n and not nested:
+      return super().forward_at(weights, state, inputs, rng, position, index)
+    if nested:
+      start = n - 1
+    x, head_state = run_serial(self, range(start), weights[:start], state[:start], inputs,
+                               rng, n_in=self.n_in, position=position)   # -> the rest's inputs
+    if nested:
+      y, last_state = self.apply_sublayer(start, weights[start], state[start], x, rng,
+                                          position, output_index=index)
       return y, head_state + (last_state,)
-    x, head_state = run_serial(self, range(start), weights[:start], state[:start],
-                               inputs, rng, n_in=self.n_in, position=position)   # -> x
-    if x.ndim < 3:   # no features axis after the positions: the tail runs whole
-      y, tail_state = run_serial(self, range(start, n), weights[start:], state[start:], x,
-                                 rng, n_in=1, position=position)
-      return jax.lax.dynamic_slice_in_dim(y, index, 1, axis=1), head_state + tail_state
-    x = jax.lax.dynamic_slice_in_dim(x, index, 1, axis=1)                     # x at index
-    y, tail_state = run_serial(self, range(start, n), weights[start:], state[start:], x,
-                               rng, n_in=1, position=Position.at(position.start + index, 1))
+    # With a features axis after the positions the tail runs on position `index` alone;
+    # without one (x [batch, length]) it runs on every position and its output is sliced.
+    at_one = x.ndim >= 3
+    if at_one:
+      x = jax.lax.dynamic_slice_in_dim(x, index, 1, axis=1)                 # x at index
+    y, tail_state = run_serial(
+        self, range(start, n), weights[start:], state[start:], x, rng, n_in=1,
+        position=Position.at(position.start + index, 1) if at_one else position)
+    if not at_one:
+      y = jax.lax.dynamic_slice_in_dim(y, index, 1, axis=1)
     return y, head_state + tail_state
 
 
