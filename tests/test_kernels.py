@@ -361,7 +361,7 @@ def test_prefill_of_stored_weights_equals_token_by_token_decoding(storage):
   predict = models.ScalingTransformerLM(**ALL_SPARSE, mode='predict')
   weights, state = evaluate.init(tokens, rng=jax.random.key(0))
   low = tl.quantize_weights(weights, storage)
-  full = np.asarray(evaluate.apply(low, state, tokens)[0])
+  full = np.asarray(jax.jit(evaluate.apply)(low, state, tokens)[0])
   at_once = prefill_then_steps(predict, low, tokens, 12)
   one_by_one = prefill_then_steps(predict, low, tokens, 1)
   np.testing.assert_allclose(at_once, one_by_one, rtol=1e-4, atol=1e-4)

@@ -54,7 +54,7 @@ def test_transformer_lm_predict_equals_eval():
   tokens = jax.random.randint(jax.random.key(1), (3, 12), 1, 37)
   evaluate = models.TransformerLM(**LM, dropout=0.1, mode='eval')
   weights, state = evaluate.init(tokens, rng=jax.random.key(0))
-  full = evaluate.apply(weights, state, tokens)[0]
+  full = jax.jit(evaluate.apply)(weights, state, tokens)[0]
   predict = models.TransformerLM(**LM, dropout=0.1, mode='predict')
   cache = initial_state(predict, sig(3, 1, dtype=jnp.int32))
   step = jax.jit(predict.apply)
@@ -84,7 +84,7 @@ def test_transformer_predict_equals_eval():
   target = jax.random.randint(jax.random.key(2), (2, 6), 1, 31)
   evaluate = models.Transformer(**ENC_DEC, dropout=0.1, mode='eval')
   weights, state = evaluate.init((source, target), rng=jax.random.key(0))
-  full = evaluate.apply(weights, state, (source, target))[0]
+  full = jax.jit(evaluate.apply)(weights, state, (source, target))[0]
   predict = models.Transformer(**ENC_DEC, dropout=0.1, mode='predict')
   cache = initial_state(predict, (sig(2, 7, dtype=jnp.int32), sig(2, 1, dtype=jnp.int32)))
   step = jax.jit(predict.apply)

@@ -55,8 +55,9 @@ def test_every_layer_on_low_precision_weights_equals_its_dequantized_weights(var
   weights, state = evaluate.init(tokens, rng=jax.random.key(0))
   low = tl.quantize_weights(weights, storage)
   reference = tl.dequantize_weights(low)
-  want = evaluate.apply(reference, state, tokens)[0]
-  np.testing.assert_allclose(evaluate.apply(low, state, tokens)[0], want, rtol=1e-4, atol=1e-4)
+  apply = jax.jit(evaluate.apply)
+  want = apply(reference, state, tokens)[0]
+  np.testing.assert_allclose(apply(low, state, tokens)[0], want, rtol=1e-4, atol=1e-4)
   predict = models.ScalingTransformerLM(**kwargs, mode='predict')
   got = decoding.autoregressive_sample(predict, low, tokens[:, :3], max_length=4)
   np.testing.assert_array_equal(
@@ -72,8 +73,9 @@ def test_terraformer_on_int8_weights_and_in_bfloat16():
   evaluate = models.TerraformerLM(**kwargs, mode='eval')
   weights, state = evaluate.init(tokens, rng=jax.random.key(0))
   low = tl.quantize_weights(weights, 'int8')
-  np.testing.assert_allclose(evaluate.apply(low, state, tokens)[0],
-                             evaluate.apply(tl.dequantize_weights(low), state, tokens)[0],
+  apply = jax.jit(evaluate.apply)
+  np.testing.assert_allclose(apply(low, state, tokens)[0],
+                             apply(tl.dequantize_weights(low), state, tokens)[0],
                              rtol=1e-4, atol=1e-4)
   # The reversible stack with SRU computes in bfloat16 on bfloat16 weights, and its
   # memory-saving gradient flows back to float32 weights.

@@ -40,7 +40,7 @@ def test_lm_predict_equals_eval(variant):
   tokens = jax.random.randint(jax.random.key(1), (2, 10), 1, 40)
   evaluate = models.ScalingTransformerLM(**kwargs, mode='eval')
   weights, state = evaluate.init(tokens, rng=jax.random.key(0))
-  full = evaluate.apply(weights, state, tokens)[0]
+  full = jax.jit(evaluate.apply)(weights, state, tokens)[0]
   predict = models.ScalingTransformerLM(**kwargs, mode='predict')
   cache = initial_state(predict, sig(2, 1, dtype=jnp.int32))
   step = jax.jit(predict.apply)
@@ -95,7 +95,7 @@ def test_encoder_decoder_predict_equals_eval(variant):
   target = jax.random.randint(jax.random.key(2), (2, 6), 1, 36)
   evaluate = models.ScalingTransformer(**kwargs, mode='eval')
   weights, state = evaluate.init((source, target), rng=jax.random.key(0))
-  full = evaluate.apply(weights, state, (source, target))[0]
+  full = jax.jit(evaluate.apply)(weights, state, (source, target))[0]
   assert full.shape == (2, 6, 36)
   predict = models.ScalingTransformer(**kwargs, mode='predict')
   cache = initial_state(predict, (sig(2, 7, dtype=jnp.int32), sig(2, 1, dtype=jnp.int32)))

@@ -39,7 +39,7 @@ def test_terraformer_lm_predict_equals_eval(variant):
   tokens = jax.random.randint(jax.random.key(1), (2, 11), 1, 40)
   evaluate = models.TerraformerLM(**kwargs, mode='eval')
   weights, state = evaluate.init(tokens, rng=jax.random.key(0))
-  full = evaluate.apply(weights, state, tokens)[0]
+  full = jax.jit(evaluate.apply)(weights, state, tokens)[0]
   predict = models.TerraformerLM(**kwargs, mode='predict')
   got = decode_all(predict, weights, None, tokens)
   np.testing.assert_allclose(got, full, rtol=1e-4, atol=1e-4)
@@ -98,7 +98,7 @@ def test_terraformer_predict_equals_eval(variant):
   target = jax.random.randint(jax.random.key(2), (2, 6), 1, 36)
   evaluate = models.Terraformer(**kwargs, mode='eval')
   weights, state = evaluate.init((source, target), rng=jax.random.key(0))
-  full = evaluate.apply(weights, state, (source, target))[0]
+  full = jax.jit(evaluate.apply)(weights, state, (source, target))[0]
   assert full.shape == (2, 6, 36)
   predict = models.Terraformer(**kwargs, mode='predict')
   got = decode_all(predict, weights, None, target, source)
