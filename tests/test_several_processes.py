@@ -34,10 +34,16 @@ class TwoProcesses:
 
   def __init__(self, folder, config, output_dir, *extra):
     port = _free_port()
-    env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=REPO)
     self.logs = [os.path.join(folder, f'{os.path.basename(output_dir)}.{i}.log') for i in (0, 1)]
     self.processes = []
     for process_id in (0, 1):
+      # Each process its own compilation cache (a rerun's process i reads what the first
+      # run's process i wrote): with one folder, process 1 could read an entry while
+      # process 0 writes it (JAX's file cache writes without a lock), and JAX would print
+      # a warning in process 1's log, which must stay quiet.
+      cache = os.path.join(os.environ['JAX_COMPILATION_CACHE_DIR'], f'two_processes.{process_id}')
+      env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=REPO,
+                 JAX_COMPILATION_CACHE_DIR=cache)
       with open(self.logs[process_id], 'w', encoding='utf-8') as log:
         self.processes.append(subprocess.Popen(
             [sys.executable, '-m', 'sparse_trax.trainer', '--config_file', config,
