@@ -9,7 +9,10 @@ and the floor: those bytes / the memory bandwidth, measured with a large
 matrix-vector product just before and just after that variant's timing (the
 mean of the two: on a shared machine the bandwidth drifts within a run).
 Also the mean ms per token of the whole generation in one `lax.while_loop`
-(`decoding.generate`, what `autoregressive_sample` runs) against the same floor.
+(`decoding.generate`, what `autoregressive_sample` runs) against the same floor,
+and how long a `decode_step` call takes to return (the host's dispatch of the
+step's weight and state buffers, counted in the table; the model then runs
+on XLA's threads), which the loop does not pay per token.
 
   python benchmarks/decode_speed.py [--sizes small large] [--tokens 64] [--max-len 2048]
 """
@@ -74,14 +77,17 @@ def measure(size: str, variant: str, tokens: int, max_len: int, warmup: int,
   state = decoding.initial_state(model, signature)
   rng = jax.random.key(2)
   token = jnp.zeros((1,), jnp.int32)
-  step_times = []
+  step_times, return_times = [], []
   for t in range(warmup + tokens):
     start = time.perf_counter()
     token, _, state = decoding.decode_step(model, weights, state, token, None, rng,
                                            temperature=0.0, top_k=None)
+    returned = time.perf_counter()
     token.block_until_ready()
     if t >= warmup:
       step_times.append(time.perf_counter() - start)
+      return_times.append(returned - start)
+  buffers = len(jax.tree_util.tree_leaves((weights, state)))
   cost = tl.decode_cost(model, weights, state, position=warmup + tokens // 2)
   # The same number of tokens inside one while_loop (compiled first, then timed).
   prompt, prompt_lengths = jnp.zeros((1, 0), jnp.int32), jnp.zeros((1,), jnp.int32)
@@ -98,7 +104,8 @@ def measure(size: str, variant: str, tokens: int, max_len: int, warmup: int,
   gc.collect()
   ms = 1e3 * statistics.median(step_times)
   return {'size': size, 'variant': variant, 'weight_dtype': weight_dtype, 'params': params,
-          'ms': ms,
+          'ms': ms, 'return_ms': 1e3 * statistics.median(return_times),
+          'buffers': buffers,
           'loop_ms': 1e3 * loop_seconds / (warmup + tokens), 'per_layer_ms': ms / n_layers,
           'weight_bytes': cost['weights'], 'cache_bytes': cost['cache'],
           'bytes': cost['total']}
@@ -202,15 +209,16 @@ def main():
   print(f'\nbatch 1, float32 activations, vocab {VOCAB}, cache max_len {args.max_len}, median '
         f'of {args.tokens} tokens after {args.warmup} warm-up; {jax.devices()[0].device_kind}')
   print('| size | variant | weights | params | ms/token | ms/layer | speedup vs dense | '
-        'loop ms/token | MB read/token (weights + cache) | GB/s | floor ms | '
-        'floor / measured | floor / loop |')
-  print('|---|---|---|---|---|---|---|---|---|---|---|---|---|')
+        'loop ms/token | loop speedup | call returns ms (buffers) | '
+        'MB read/token (weights + cache) | GB/s | floor ms | floor / measured | floor / loop |')
+  print('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|')
   for row in rows:
     dense = next((r for r in rows if r['size'] == row['size'] and r['variant'] == 'dense'
                   and r['weight_dtype'] == 'float32'), row)
     print(f'| {row["size"]} | {row["variant"]} | {row["weight_dtype"]} | '
           f'{row["params"] / 1e6:.1f}M | {row["ms"]:.2f} | '
           f'{row["per_layer_ms"]:.3f} | {dense["ms"] / row["ms"]:.2f}x | {row["loop_ms"]:.2f} | '
+          f'{dense["loop_ms"] / row["loop_ms"]:.2f}x | {row["return_ms"]:.2f} ({row["buffers"]}) | '
           f'{row["weight_bytes"] / 1e6:.1f} + {row["cache_bytes"] / 1e6:.1f} | '
           f'{row["bandwidth"] / 1e9:.1f} | {row["floor_ms"]:.2f} | '
           f'{row["floor_ms"] / row["ms"]:.0%} | {row["floor_ms"] / row["loop_ms"]:.0%} |')
