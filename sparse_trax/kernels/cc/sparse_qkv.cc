@@ -175,8 +175,8 @@ SPARSE_TRAX_VNNI_TARGET void IntegerPanel(const int32_t* group, const int8_t* b,
   const int64_t full_end = std::min(j1, k / 2);       // pairs with both rows in b
   for (int64_t j = j0; j < j1; ++j) {
     const int8_t* row = b + 2 * j * n + col;
-    __builtin_prefetch(row + row_ahead * n);
-    __builtin_prefetch(row + (row_ahead + 1) * n);
+    PrefetchLine(row + row_ahead * n);
+    PrefetchLine(row + (row_ahead + 1) * n);
     const __m128i first = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row));
     const __m128i second = j < full_end ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + n))
                                         : _mm_setzero_si128();     // k odd: the last row alone
