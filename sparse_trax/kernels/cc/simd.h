@@ -18,6 +18,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #if defined(__AVX2__) || defined(__AVX512F__)
@@ -448,10 +449,11 @@ SPARSE_TRAX_VNNI_TARGET inline void DotRowsQuantizedTile(const int8_t* rows, int
 }
 #endif  // SPARSE_TRAX_AVX512
 
-// `count` (1..4) int8 rows against quantized activations q: DotRowsQuantizedFixed.
+// `count` (1..4) int8 rows against quantized activations q: DotRowsQuantizedFixed,
+// each row prefetching `ahead_bytes` past what it reads.
 inline void DotRowsQuantized(const int8_t* rows, int count, const int16_t* q, int64_t n,
-                             float* out) {
-  const AheadInMatrix<int8_t> ahead{rows, n};
+                             float* out, int64_t ahead_bytes = kPrefetchBytes) {
+  const AheadInMatrix<int8_t> ahead{rows, n, ahead_bytes};
   switch (count) {
     case 4: DotRowsQuantizedFixed<4>(rows, q, n, out, ahead); break;
     case 3: DotRowsQuantizedFixed<3>(rows, q, n, out, ahead); break;
@@ -459,6 +461,81 @@ inline void DotRowsQuantized(const int8_t* rows, int count, const int16_t* q, in
     default: DotRowsQuantizedFixed<1>(rows, q, n, out, ahead); break;
   }
 }
+
+// Whether rows of storage W meet integer activations (int8 ones do).
+template <typename W>
+constexpr bool kIntegerActivations = std::is_same_v<W, Int8Weights>;
+
+// One activation vector per position ([positions, width] float32) as the rows of
+// storage W read it: for int8 rows also rounded to 15-bit integers, a scale each.
+template <typename W>
+class PositionVectors {
+ public:
+  PositionVectors(const float* values, int64_t positions, int64_t width)
+      : values_(values), width_(width) {
+    if constexpr (kIntegerActivations<W>) {
+      quantized_.resize(positions * width);
+      scales_.resize(positions);
+      for (int64_t p = 0; p < positions; ++p) {
+        scales_[p] = QuantizeActivations(values + p * width, width, &quantized_[p * width]);
+      }
+    }
+  }
+
+  // out[r] = rows[r] . v[p] for `count` (1..4) consecutive rows of a matrix, each row
+  // prefetching `ahead_bytes` past what it reads.
+  void Dot(const typename W::Type* rows, int count, int64_t p, float* out,
+           int64_t ahead_bytes = kPrefetchBytes) const {
+    if constexpr (kIntegerActivations<W>) {
+      DotRowsQuantized(rows, count, &quantized_[p * width_], width_, out, ahead_bytes);
+      for (int r = 0; r < count; ++r) out[r] *= scales_[p];
+    } else {
+      DotRows<W>(rows, count, values_ + p * width_, width_, out, ahead_bytes);
+    }
+  }
+
+  // Whether Tile runs: int8 rows, a CPU with VNNI.
+  static bool HasTile() {
+#ifdef SPARSE_TRAX_AVX512
+    if constexpr (kIntegerActivations<W>) return HasVnni();
+#endif
+    return false;
+  }
+
+  // out[q * 4 + r] = rows[r] . v[p + q] for 4 consecutive rows and positions p..p + 3,
+  // as Dot gives each (the same floats), each row widened once for the four (HasTile()).
+  void Tile(const typename W::Type* rows, int64_t p, float* out) const {
+#ifdef SPARSE_TRAX_AVX512
+    if constexpr (kIntegerActivations<W>) {
+      DotRowsQuantizedTile(rows, width_, &quantized_[p * width_], width_, out);
+      for (int q = 0; q < 4; ++q) {
+        for (int r = 0; r < 4; ++r) out[q * 4 + r] *= scales_[p + q];
+      }
+      return;
+    }
+#endif
+    for (int q = 0; q < 4; ++q) Dot(rows, 4, p + q, out + 4 * q);
+  }
+
+  // row . v[p] for one row, prefetching through `ahead` (called as ahead(0, byte offset)).
+  template <typename Ahead>
+  float DotOne(const typename W::Type* row, int64_t p, const Ahead& ahead) const {
+    float out;
+    if constexpr (kIntegerActivations<W>) {
+      DotRowsQuantizedFixed<1>(row, &quantized_[p * width_], width_, &out, ahead);
+      return out * scales_[p];
+    } else {
+      DotRowsFixed<W, 1>(row, values_ + p * width_, width_, &out, ahead);
+      return out;
+    }
+  }
+
+ private:
+  const float* values_;
+  int64_t width_;
+  std::vector<int16_t> quantized_;
+  std::vector<float> scales_;
+};
 
 // y += coefficient * row over n stored weights (converted in registers), prefetching
 // through `ahead` (called as ahead(0, byte offset), as DotRowsFixed's).

@@ -24,8 +24,6 @@
 // meet four positions at a time (DotRowsQuantizedTile: each row widened once for four,
 // the same floats): a 64-position prefill of that layer 66.8 -> 54.1 ms (median of 7).
 
-#include <type_traits>
-
 #include "simd.h"
 #include "handlers.h"
 
@@ -37,79 +35,6 @@ struct SparseFFMatrices {
   StoredRows<W> c_in, c_out, w1, w2;
   const float* c_bias;
   const float* b1;
-};
-
-// Whether rows of storage W meet integer activations (int8 ones do).
-template <typename W>
-constexpr bool kIntegerActivations = std::is_same_v<W, Int8Weights>;
-
-// One activation vector per position ([positions, width] float32) as the rows of
-// storage W read it: for int8 rows also rounded to 15-bit integers, a scale each.
-template <typename W>
-class PositionVectors {
- public:
-  PositionVectors(const float* values, int64_t positions, int64_t width)
-      : values_(values), width_(width) {
-    if constexpr (kIntegerActivations<W>) {
-      quantized_.resize(positions * width);
-      scales_.resize(positions);
-      for (int64_t p = 0; p < positions; ++p) {
-        scales_[p] = QuantizeActivations(values + p * width, width, &quantized_[p * width]);
-      }
-    }
-  }
-
-  // out[r] = rows[r] . v[p] for `count` (1..4) consecutive rows of a matrix.
-  void Dot(const typename W::Type* rows, int count, int64_t p, float* out) const {
-    if constexpr (kIntegerActivations<W>) {
-      DotRowsQuantized(rows, count, &quantized_[p * width_], width_, out);
-      for (int r = 0; r < count; ++r) out[r] *= scales_[p];
-    } else {
-      DotRows<W>(rows, count, values_ + p * width_, width_, out);
-    }
-  }
-
-  // Whether Tile runs: int8 rows, a CPU with VNNI.
-  static bool HasTile() {
-#ifdef SPARSE_TRAX_AVX512
-    if constexpr (kIntegerActivations<W>) return HasVnni();
-#endif
-    return false;
-  }
-
-  // out[q * 4 + r] = rows[r] . v[p + q] for 4 consecutive rows and positions p..p + 3,
-  // as Dot gives each (the same floats), each row widened once for the four (HasTile()).
-  void Tile(const typename W::Type* rows, int64_t p, float* out) const {
-#ifdef SPARSE_TRAX_AVX512
-    if constexpr (kIntegerActivations<W>) {
-      DotRowsQuantizedTile(rows, width_, &quantized_[p * width_], width_, out);
-      for (int q = 0; q < 4; ++q) {
-        for (int r = 0; r < 4; ++r) out[q * 4 + r] *= scales_[p + q];
-      }
-      return;
-    }
-#endif
-    for (int q = 0; q < 4; ++q) Dot(rows, 4, p + q, out + 4 * q);
-  }
-
-  // row . v[p] for one row, prefetching through `ahead` (called as ahead(0, byte offset)).
-  template <typename Ahead>
-  float DotOne(const typename W::Type* row, int64_t p, const Ahead& ahead) const {
-    float out;
-    if constexpr (kIntegerActivations<W>) {
-      DotRowsQuantizedFixed<1>(row, &quantized_[p * width_], width_, &out, ahead);
-      return out * scales_[p];
-    } else {
-      DotRowsFixed<W, 1>(row, values_ + p * width_, width_, &out, ahead);
-      return out;
-    }
-  }
-
- private:
-  const float* values_;
-  int64_t width_;
-  std::vector<int16_t> quantized_;
-  std::vector<float> scales_;
 };
 
 // Rows read one after another as if they were one array (the chosen rows of W1 or W2):
