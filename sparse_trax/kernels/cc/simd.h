@@ -499,11 +499,20 @@ inline void DotRowsQuantizedAny(const int8_t* rows, const int16_t* q, int64_t n,
   DotRowsQuantizedFixed<C>(rows, q, n, out, ahead);
 }
 
-// `count` (1..4) int8 rows against quantized activations q: DotRowsQuantizedAny,
+// `count` (1..8) int8 rows against quantized activations q: DotRowsQuantizedAny,
 // each row prefetching `ahead_bytes` past what it reads.
 inline void DotRowsQuantized(const int8_t* rows, int count, const int16_t* q, int64_t n,
                              float* out, int64_t ahead_bytes = kPrefetchBytes) {
   const AheadInMatrix<int8_t> ahead{rows, n, ahead_bytes};
+  if (count > 4) {
+    if (count == 8) {
+      DotRowsQuantizedAny<8>(rows, q, n, out, ahead);
+    } else {
+      DotRowsQuantized(rows, 4, q, n, out, ahead_bytes);
+      DotRowsQuantized(rows + 4 * n, count - 4, q, n, out + 4, ahead_bytes);
+    }
+    return;
+  }
   switch (count) {
     case 4: DotRowsQuantizedAny<4>(rows, q, n, out, ahead); break;
     case 3: DotRowsQuantizedAny<3>(rows, q, n, out, ahead); break;
@@ -521,6 +530,10 @@ constexpr bool kIntegerActivations = std::is_same_v<W, Int8Weights>;
 template <typename W>
 class PositionVectors {
  public:
+  // The most rows Dot takes at once: eight int8 rows against integers (eight streams
+  // of one byte a weight), four rows otherwise.
+  static constexpr int kMostRows = kIntegerActivations<W> ? 8 : 4;
+
   PositionVectors(const float* values, int64_t positions, int64_t width)
       : values_(values), width_(width) {
     if constexpr (kIntegerActivations<W>) {
@@ -532,8 +545,8 @@ class PositionVectors {
     }
   }
 
-  // out[r] = rows[r] . v[p] for `count` (1..4) consecutive rows of a matrix, each row
-  // prefetching `ahead_bytes` past what it reads.
+  // out[r] = rows[r] . v[p] for `count` consecutive rows of a matrix (1..kMostRows), each
+  // row prefetching `ahead_bytes` past what it reads.
   void Dot(const typename W::Type* rows, int count, int64_t p, float* out,
            int64_t ahead_bytes = kPrefetchBytes) const {
     if constexpr (kIntegerActivations<W>) {
