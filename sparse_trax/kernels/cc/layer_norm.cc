@@ -12,8 +12,8 @@ ffi::Error LayerNormImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> scale,
                          ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> y,
                          float epsilon) {
   auto dims = x.dimensions();
-  if (dims.size() != 2 || scale.element_count() != dims[1] ||
-      bias.element_count() != dims[1]) {
+  if (dims.size() != 2 || static_cast<int64_t>(scale.element_count()) != dims[1] ||
+      static_cast<int64_t>(bias.element_count()) != dims[1]) {
     return ffi::Error::InvalidArgument("layer_norm: x [rows, d], scale [d], bias [d]");
   }
   const int64_t rows = dims[0], d = dims[1];
