@@ -182,12 +182,14 @@ def sparse_ff_integer_reference(w, x, n):
 @pytest.mark.parametrize('shape, d_ff, n', [((1, 1, 24), 96, 8), ((2, 2, 33), 64, 4),
                                             ((1, 7, 40), 512, 16), ((1, 21, 24), 256, 16),
                                             ((1, 2, 64), 1360, 16), ((1, 3, 200), 512, 8),
-                                            ((1, 6, 200), 2048, 16), ((1, 5, 64), 1360, 16)])
+                                            ((1, 6, 200), 2048, 16), ((1, 5, 64), 1360, 16),
+                                            ((1, 2, 4100), 1360, 16), ((1, 1, 40), 96, 12)])
 def test_sparse_ff_kernel_equals_the_masked_dense_computation(storage, shape, d_ff, n):
   """The kernel on float32 / bfloat16 / int8 weights, 1..21 positions (a prefill,
   more positions than units per block; with VNNI, int8 rows meet four positions at a
   time, then the rest one by one), odd widths, a split over two threads with a tail in
-  the controller rank (1360 / 16 = 85), against the eval layer (the one-hot
+  the controller rank (1360 / 16 = 85; at d 4100, int8 rows of c_in eight at a time,
+  parts of 40 and 45 rows), blocks of 12 (int8: a group of eight, then four), against the eval layer (the one-hot
   mask on the whole product) on the same weights. int8 rows meet activations rounded to
   15-bit integers: there the kernel equals that computation in float64, and the eval
   layer within the rounding's bound."""
