@@ -77,24 +77,24 @@ void SparseFFBlocks(const SparseFFMatrices<W>& w, const PositionVectors<W>& x,
                     int64_t rank, int64_t n_per_block, int64_t n_blocks, int64_t first_block,
                     int64_t end_block, float* y_part, int32_t* chosen) {
   typedef typename W::Type T;
-  // 1. The controller: each block's rows, four at a time for every position (eight
-  // int8 rows at a time where positions come one by one: a 17B-width int8 layer's
-  // decoded token 0.86x / 0.91x the time of four, 800M width 0.91x, the same bits).
+  // 1. The controller: each block's rows, four at a time, for every position. (Eight
+  // int8 rows at a time, for positions one by one, measured 0.86x / 0.91x the time of
+  // four for a 17B-width int8 layer's decoded token in one hour and 1.45x in another,
+  // when the machine's bandwidth read 54 GB/s: not kept.)
   const bool tile = positions >= 4 && PositionVectors<W>::HasTile();
   std::vector<int64_t> best(positions);
   std::vector<float> best_logit(positions);
-  float logits[8];
-  const int64_t group = (!tile && kIntegerActivations<W>) ? 8 : 4;
+  float logits[4];
   for (int64_t b = first_block; b < end_block; ++b) {
     const int64_t first = b * n_per_block, end = first + n_per_block;
-    for (int64_t u = first; u < end; u += group) {
-      const int count = end - u < group ? static_cast<int>(end - u) : static_cast<int>(group);
+    for (int64_t u = first; u < end; u += 4) {
+      const int count = end - u < 4 ? static_cast<int>(end - u) : 4;
       // (Measured: without this group prefetch, beside each row's own, a 17B-width
       // layer took 2.7 ms against 1.6. Into L1: with this one and RowSequence's asking
       // for L2 only, the 17B-width int8 layer took 1.22x the time, 2.26 against 1.85 ms
       // in an A/B, though the rows' own prefetches gain from L2.)
       PrefetchToL1(reinterpret_cast<const char*>(w.c_out.Row(u)) + kPrefetchBytes,
-               group * rank * sizeof(T));
+               4 * rank * sizeof(T));
       auto choose = [&](int64_t p, const float* raw) {
         for (int r = 0; r < count; ++r) {
           const float logit = raw[r] * w.c_out.Scale(u + r) + w.c_bias[u + r];
