@@ -55,7 +55,11 @@ def _kernel_extensions():
             'simd.h', 'handlers.h') + tuple(f'{n}.cc' for n in KERNEL_SOURCES)],
         include_dirs=[_xla_ffi_include_dir(), 'sparse_trax/kernels/cc'],
         define_macros=[('SPARSE_TRAX_MODULE', module)],
-        extra_compile_args=['-std=c++17', '-O3', '-fvisibility=hidden'] +
+        # -fno-wrapv undoes the -fwrapv in Python's own CFLAGS, which setuptools passes
+        # first: with it, the 17B-width int8 sparse FF layer took 1.39x the time (the
+        # same source, in one process; signed overflow defined to wrap keeps GCC from
+        # reasoning about the kernels' int64_t loop counters).
+        extra_compile_args=['-std=c++17', '-O3', '-fno-wrapv', '-fvisibility=hidden'] +
         ([march] if march else []),
         language='c++',
         optional=True))
