@@ -179,7 +179,8 @@ void SparseFF(ffi::ThreadPool& pool, const SparseFFMatrices<W>& w, const float* 
   // low = c_in x for every position, c_in's rows split over the parts (groups of four,
   // each read once for all positions; eight long int8 rows at a time where positions
   // come one by one: at 17B width, d 6144, the layer's decoded token 0.83x the time of
-  // four, at 800M width, d 1024, 1.04-1.07x, so there it keeps four).
+  // four at a slow hour, 1.00x at a fast one; at 800M width, d 1024, 1.04-1.07x, so
+  // there it keeps four).
   const bool tile = positions >= 4 && PositionVectors<W>::HasTile();
   const int64_t group = (tile || d_model < 4096) ? 4 : PositionVectors<W>::kMostRows;
   auto low_rows = [&](int part) {

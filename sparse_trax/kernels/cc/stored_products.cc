@@ -24,8 +24,10 @@
 namespace sparse_trax_kernels {
 namespace {
 
-// Rows per group of a matvec: four rows share each load of x.
-constexpr int64_t kMatvecRows = 4;
+// Rows of one tile of a prompt's product: four rows meet four positions at once
+// (PositionVectors::Tile). A single position reads PositionVectors<W>::kMostRows rows
+// at a time (eight int8 rows, four otherwise), all sharing each load of x.
+constexpr int64_t kTileRows = 4;
 
 // How far ahead in each row a matvec prefetches. The rows of a matrix follow one
 // another, so with rows shorter than this it reads lines of the groups to come: with
@@ -45,16 +47,16 @@ void StoredMatvec(ffi::ThreadPool& pool, const float* x, StoredRows<W> w, int64_
   auto work = [&](int part) {
     int64_t first, end;
     PartRange(d_out, part, n_parts, kRows, &first, &end);
-    float out[4 * kMatvecRows];
+    float out[4 * kTileRows];
     for (int64_t o = first; o < end; o += kRows) {
       const int count = end - o < kRows ? static_cast<int>(end - o) : kRows;
       int64_t p = 0;                      // the rows stay in cache across positions
-      if (tile && count % kMatvecRows == 0) {
+      if (tile && count % kTileRows == 0) {
         for (; p + 4 <= positions; p += 4) {
-          for (int r0 = 0; r0 < count; r0 += kMatvecRows) {
+          for (int r0 = 0; r0 < count; r0 += kTileRows) {
             vectors.Tile(w.Row(o + r0), p, out);
             for (int q = 0; q < 4; ++q) {
-              for (int r = 0; r < kMatvecRows; ++r) {
+              for (int r = 0; r < kTileRows; ++r) {
                 y[(p + q) * d_out + o + r0 + r] = out[q * 4 + r] * w.Scale(o + r0 + r);
               }
             }
