@@ -268,7 +268,7 @@ def sparse_ff_outputs():
 @BUILT
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason='needs two CPUs')
 def test_sparse_ff_kernel_gives_the_same_bits_on_one_thread_or_two(tmp_path):
-  """The chunks of blocks are sixteenths whatever the number of threads: a process
+  """The chunks of blocks follow the shapes, never the number of threads: a process
   held to one CPU (XLA's pool then has one thread, the kernel one part) gets the
   bits this one gets (with chunks sized by the thread count they were 4.5e-8 apart)."""
   out = tmp_path / 'one_thread.npz'
