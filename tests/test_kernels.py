@@ -330,12 +330,14 @@ def sparse_qkv_integer_reference(w, history, x, m_kernel):
 @pytest.mark.parametrize('d, s, batch, length, length_kernel, sizes', [
     (48, 4, 2, 1, 3, (3, 3, 1)), (64, 4, 1, 2, 3, (3, 3, 1)), (512, 8, 1, 1, 3, (3, 3, 1)),
     (96, 6, 1, 2, 2, (3, 3, 1)), (40, 4, 1, 1, 1, (3, 3, 1)), (45, 5, 1, 3, 1, (3, 3, 1)),
-    (72, 8, 2, 2, 3, (3, 3, 1)), (64, 4, 2, 20, 3, (3, 3, 1)), (48, 6, 1, 5, 2, (5, 1, 3))])
+    (72, 8, 2, 2, 3, (3, 3, 1)), (64, 4, 2, 20, 3, (3, 3, 1)), (48, 6, 1, 5, 2, (5, 1, 3)),
+    (2048, 8, 1, 1, 3, (3, 3, 1))])
 def test_sparse_qkv_kernel_equals_its_integer_computation(d, s, batch, length, length_kernel,
                                                           sizes):
   """On int8 weights with VNNI, `kernels.sparse_qkv` equals its computation in float64
   (activations rounded to 15-bit integers per module row and per patch): odd channel
-  counts (12, 16, 10: column tails), two threads (512), length kernels 3, 2 and 1, odd
+  counts (12, 16, 10: column tails), one part (512: weights under 1 MB) and two
+  threads (2048: 1.9 MB of int8 weights), length kernels 3, 2 and 1, odd
   contracted lengths (45 and 9 x 3: a last row of weights without its pair), rows of
   activations in two groups of 16 (72: 2 x 2 positions x 8 modules), a prefill of 2 x 20
   positions (run 16 positions at a time: one chunk spans both batch rows), kernel sizes
