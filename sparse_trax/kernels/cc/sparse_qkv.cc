@@ -298,7 +298,7 @@ void SparseQKV(ffi::ThreadPool& pool, const SparseQKVMatrices<W>& w, const float
   // every weight row once: the products read far more weights than activations. A part
   // handed to the pool costs a few microseconds: a decoded position takes one part where
   // the layer's weights are small and its products few (at 800M width, d 1024, S 16,
-  // C 64, 3 x 3 kernels: 175 KB in int8, 350 KB in bfloat16, 700 KB in float32; the
+  // C 64, 3 x 3 kernels: 166 KB in int8, 332 KB in bfloat16, 664 KB in float32; the
   // attention block of 24 such layers took 0.86x / 0.92x the time in one part with int8
   // storage, 0.92x with bfloat16, 0.98x with float32; in-process A/Bs, 12-20 rounds; this
   // rule against the former one, 16 rounds: int8 0.92x, bfloat16 0.91x, float32 0.96x,
