@@ -657,6 +657,17 @@ inline void PartRange(int64_t total, int part, int n_parts, int64_t multiple, in
   *end = part + 1 == n_parts ? total : total * (part + 1) / n_parts / multiple * multiple;
 }
 
+// Whether a product is worth handing half of to XLA's pool: a part handed off costs a
+// few microseconds (scheduling, a pool thread waking and stealing, the caller waiting),
+// more than the half of a small product saves. Each kernel gives the bytes of weights
+// from which its split paid when measured (`min_bytes`, at its call site); from 4M
+// multiply-adds (a prefill's many positions) every split pays.
+constexpr int64_t kSplitProducts = 1 << 22;
+
+inline bool WorthSplitting(int64_t weight_bytes, int64_t products, int64_t min_bytes) {
+  return weight_bytes >= min_bytes || products >= kSplitProducts;
+}
+
 // A pause inside a spin-wait (lets the other hardware thread of a core run).
 inline void SpinPause() {
 #if defined(__x86_64__) || defined(__i386__)

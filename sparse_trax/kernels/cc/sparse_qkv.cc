@@ -390,7 +390,7 @@ void SparseQKV(ffi::ThreadPool& pool, const SparseQKVMatrices<W>& w, const float
   const int64_t products = std::min(rows, kPositionsPerChunk) * d * n_modules * c_in;
   const int n_parts = (pool.num_threads() > 1 && c_in >= 32 && c_out >= 32 &&
                        products >= (1 << 18) &&
-                       (weight_bytes >= kSplitWeightBytes || products >= (1 << 22)))
+                       WorthSplitting(weight_bytes, products, kSplitWeightBytes))
                           ? 2 : 1;
 #ifdef SPARSE_TRAX_AVX512
   const bool integer = std::is_same_v<W, Int8Weights> && HasVnni();
