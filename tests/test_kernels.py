@@ -183,13 +183,16 @@ def sparse_ff_integer_reference(w, x, n):
                                             ((1, 7, 40), 512, 16), ((1, 21, 24), 256, 16),
                                             ((1, 2, 64), 1360, 16), ((1, 3, 200), 512, 8),
                                             ((1, 6, 200), 2048, 16), ((1, 5, 64), 1360, 16),
-                                            ((1, 2, 4100), 1360, 16), ((1, 1, 40), 96, 12)])
+                                            ((1, 2, 4100), 1360, 16), ((1, 1, 40), 96, 12),
+                                            ((1, 3, 40), 2048, 32)])
 def test_sparse_ff_kernel_equals_the_masked_dense_computation(storage, shape, d_ff, n):
   """The kernel on float32 / bfloat16 / int8 weights, 1..21 positions (a prefill,
   more positions than units per block; with VNNI, int8 rows meet four positions at a
   time, then the rest one by one), odd widths, a split over two threads with a tail in
   the controller rank (1360 / 16 = 85; at d 4100, int8 rows of c_in eight at a time,
-  parts of 40 and 45 rows), blocks of 12 (int8: a group of eight, then four), against the eval layer (the one-hot
+  parts of 40 and 45 rows), blocks of 12 (int8: a group of eight, then four), blocks of
+  32 over a rank of 64 (int8: sixteen rows at a time, three positions one by one),
+  against the eval layer (the one-hot
   mask on the whole product) on the same weights. int8 rows meet activations rounded to
   15-bit integers: there the kernel equals that computation in float64, and the eval
   layer within the rounding's bound."""
@@ -238,6 +241,27 @@ def test_sparse_ff_kernel_gives_the_same_bits_on_every_call(storage):
   first = np.asarray(kernel(w, x))
   for _ in range(100):
     np.testing.assert_array_equal(kernel(w, x), first)
+
+
+@BUILT
+@pytest.mark.parametrize('d_ff, n, d', [(2048, 16, 64), (6144, 64, 128)])
+def test_sparse_ff_kernel_gives_a_position_the_same_bits_alone_or_in_a_prefill(d_ff, n, d):
+  """int8 weights: five positions in one call (with VNNI the controller meets the first
+  four as a tile, the fifth alone) give each position the bits a call of that position
+  alone gives (there controller ranks of 128 and 96, an 800M-width layer's, take sixteen
+  rows at a time), so a prompt's prefill chooses the units token-by-token decoding
+  chooses."""
+  fused = tl.SparseFF(d_ff, n_elements_in_block=n, mode='predict')
+  x = jax.random.normal(jax.random.key(1), (1, 5, d))
+  w, _ = fused.init(x, rng=jax.random.key(0))
+  w = tl.quantize_weights(dict(w, controller_bias=jax.random.normal(jax.random.key(2), (d_ff,))),
+                          'int8')
+  kernel = jax.jit(lambda w, x: fused.forward_with_units(w, x, None))
+  y_all, units_all = kernel(w, x)
+  for t in range(5):
+    y_one, units_one = kernel(w, x[:, t:t + 1])
+    np.testing.assert_array_equal(units_one[:, 0], units_all[:, t])
+    np.testing.assert_array_equal(y_one[:, 0], y_all[:, t])
 
 
 ONE_THREAD_SPARSE_FF = textwrap.dedent('''

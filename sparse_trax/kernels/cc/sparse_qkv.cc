@@ -160,32 +160,6 @@ struct IntegerRows {
   // The first pair of 16-row group q.
   int32_t* Group(int64_t q) { return pairs.data() + q * pairs_per_row * 16; }
   const int32_t* Group(int64_t q) const { return pairs.data() + q * pairs_per_row * 16; }
-
- private:
-  // block[g] holds row g's 16 pairs; after, block[t] holds pair t of the 16 rows.
-  static void Transpose16(__m512i block[16]) {
-    __m512i t[16];
-    for (int i = 0; i < 16; i += 2) {            // pairs of rows, interleaved by 32 bits
-      t[i] = _mm512_unpacklo_epi32(block[i], block[i + 1]);
-      t[i + 1] = _mm512_unpackhi_epi32(block[i], block[i + 1]);
-    }
-    for (int i = 0; i < 16; i += 4) {            // then fours, by 64 bits
-      block[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
-      block[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
-      block[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
-      block[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
-    }
-    for (int i = 0; i < 16; i += 8) {            // then 128-bit quarters, twice
-      for (int j = 0; j < 4; ++j) {
-        t[i + j] = _mm512_shuffle_i32x4(block[i + j], block[i + j + 4], 0x88);
-        t[i + j + 4] = _mm512_shuffle_i32x4(block[i + j], block[i + j + 4], 0xdd);
-      }
-    }
-    for (int j = 0; j < 8; ++j) {
-      block[j] = _mm512_shuffle_i32x4(t[j], t[j + 8], 0x88);
-      block[j + 8] = _mm512_shuffle_i32x4(t[j], t[j + 8], 0xdd);
-    }
-  }
 };
 
 // Group q of `rows` (a position's 16 modules where n_modules is 16): a[s, i] = x[i] D[i, s]
@@ -227,11 +201,6 @@ inline void SetModuleGroup(IntegerRows& rows, int64_t q, const float* x, const i
     _mm512_storeu_si512(lines + 16 * j, _mm512_maskz_mov_epi32(rounded, pair));
   }
 }
-
-// Applies MACRO(g) for g = 0..15 (the named accumulators of IntegerPanel).
-#define SPARSE_TRAX_FOR_16(MACRO) \
-  MACRO(0) MACRO(1) MACRO(2) MACRO(3) MACRO(4) MACRO(5) MACRO(6) MACRO(7) \
-  MACRO(8) MACRO(9) MACRO(10) MACRO(11) MACRO(12) MACRO(13) MACRO(14) MACRO(15)
 
 // total[g, 0:16] += sum_{i in [2 j0, 2 j1)} qa[g, i] b[i, col:col + 16] for G rows of one
 // group of IntegerRows (`group`: its first pair), int8 b [k, n]: each pair of b's rows,
