@@ -69,6 +69,37 @@ class RowSequence {
   int64_t count_, row_bytes_;
 };
 
+// Pass 1 for one block where PositionVectors::HasDot16 (short int8 rows, positions one
+// by one): each position's logits of the block's rows, sixteen rows at a time (Dot16:
+// the same floats as four at a time), then their argmax (the first of equal maxima).
+// Four at a time, each group's four reductions and scalar argmax steps waited on one
+// another: a third of an 800M-width layer's samples went to this pass (rank 96).
+// logits: [positions, n_per_block] scratch; best[p]: the unit chosen for position p.
+template <typename W>
+void ChooseBySixteens(const SparseFFMatrices<W>& w, const PositionVectors<W>& low,
+                      int64_t positions, int64_t rank, int64_t first, int64_t n_per_block,
+                      float* logits, int64_t* best) {
+  for (int64_t u = first; u < first + n_per_block; u += 16) {
+    PrefetchToL1(reinterpret_cast<const char*>(w.c_out.Row(u)) + kPrefetchBytes,
+                 16 * rank * sizeof(typename W::Type));
+    for (int64_t p = 0; p < positions; ++p) {
+      float* logit = logits + p * n_per_block + (u - first);
+      low.Dot16(w.c_out.Row(u), p, logit);
+      for (int r = 0; r < 16; ++r) {
+        logit[r] = logit[r] * w.c_out.Scale(u + r) + w.c_bias[u + r];   // as `choose`
+      }
+    }
+  }
+  for (int64_t p = 0; p < positions; ++p) {
+    const float* logit = logits + p * n_per_block;
+    int64_t r_best = 0;
+    for (int64_t r = 1; r < n_per_block; ++r) {
+      if (logit[r] > logit[r_best]) r_best = r;
+    }
+    best[p] = first + r_best;
+  }
+}
+
 // Blocks [first_block, end_block) for every position, in the three passes: writes each
 // block's choice to chosen[p, b] and adds the chosen units' sum to y_part[p].
 template <typename W>
@@ -85,70 +116,54 @@ void SparseFFBlocks(const SparseFFMatrices<W>& w, const PositionVectors<W>& x,
   std::vector<int64_t> best(positions);
   std::vector<float> best_logit(positions);
   float logits[4];
-  // Short int8 rows (an 800M-width layer's rank 96), positions one by one: sixteen rows
-  // at a time (Dot16: the same floats), each block's logits first, then its argmax.
-  // Four at a time, each group's four reductions and scalar argmax steps waited on one
-  // another: a third of the layer's samples went to this pass.
+  // (Short int8 rows, positions one by one: sixteen at a time, ChooseBySixteens.)
   const bool sixteen = !tile && low.HasDot16() && n_per_block % 16 == 0;
   std::vector<float> block_logits(sixteen ? positions * n_per_block : 0);
   for (int64_t b = first_block; b < end_block; ++b) {
     const int64_t first = b * n_per_block, end = first + n_per_block;
-    for (int64_t u = first; sixteen && u < end; u += 16) {
-      PrefetchToL1(reinterpret_cast<const char*>(w.c_out.Row(u)) + kPrefetchBytes,
-                   16 * rank * sizeof(T));
-      for (int64_t p = 0; p < positions; ++p) {
-        float* logit = &block_logits[p * n_per_block + (u - first)];
-        low.Dot16(w.c_out.Row(u), p, logit);
-        for (int r = 0; r < 16; ++r) {
-          logit[r] = logit[r] * w.c_out.Scale(u + r) + w.c_bias[u + r];   // as `choose`
-        }
-      }
-    }
-    for (int64_t p = 0; sixteen && p < positions; ++p) {
-      const float* logit = &block_logits[p * n_per_block];
-      int64_t r_best = 0;                         // the first of equal maxima, as argmax
-      for (int64_t r = 1; r < n_per_block; ++r) {
-        if (logit[r] > logit[r_best]) r_best = r;
-      }
-      best[p] = first + r_best;
-    }
-    for (int64_t u = first; !sixteen && u < end; u += 4) {
-      const int count = end - u < 4 ? static_cast<int>(end - u) : 4;
-      // (Measured: without this group prefetch, beside each row's own, a 17B-width
-      // layer took 2.7 ms against 1.6. Into L1: with this one and RowSequence's asking
-      // for L2 only, the 17B-width int8 layer took 1.22x the time, 2.26 against 1.85 ms
-      // in an A/B, though the rows' own prefetches gain from L2.)
-      PrefetchToL1(reinterpret_cast<const char*>(w.c_out.Row(u)) + kPrefetchBytes,
-               4 * rank * sizeof(T));
-      auto choose = [&](int64_t p, const float* raw) {
-        for (int r = 0; r < count; ++r) {
-          const float logit = raw[r] * w.c_out.Scale(u + r) + w.c_bias[u + r];
-          if (u + r == first || logit > best_logit[p]) {   // the first of equal maxima, as argmax
-            best_logit[p] = logit;
-            best[p] = u + r;
+    if (sixteen) {
+      ChooseBySixteens(w, low, positions, rank, first, n_per_block, block_logits.data(),
+                       best.data());
+    } else {
+      for (int64_t u = first; u < end; u += 4) {
+        const int count = end - u < 4 ? static_cast<int>(end - u) : 4;
+        // (Measured: without this group prefetch, beside each row's own, a 17B-width
+        // layer took 2.7 ms against 1.6. Into L1: with this one and RowSequence's asking
+        // for L2 only, the 17B-width int8 layer took 1.22x the time, 2.26 against 1.85 ms
+        // in an A/B, though the rows' own prefetches gain from L2.)
+        PrefetchToL1(reinterpret_cast<const char*>(w.c_out.Row(u)) + kPrefetchBytes,
+                     4 * rank * sizeof(T));
+        auto choose = [&](int64_t p, const float* raw) {
+          for (int r = 0; r < count; ++r) {
+            const float logit = raw[r] * w.c_out.Scale(u + r) + w.c_bias[u + r];
+            // (the first of equal maxima, as argmax)
+            if (u + r == first || logit > best_logit[p]) {
+              best_logit[p] = logit;
+              best[p] = u + r;
+            }
+          }
+        };
+        int64_t p = 0;
+        if (count == 4 && tile) {          // many positions: four at a time
+          float raw[16];
+          for (; p + 4 <= positions; p += 4) {
+            low.Tile(w.c_out.Row(u), p, raw);
+            for (int q = 0; q < 4; ++q) choose(p + q, raw + 4 * q);
           }
         }
-      };
-      int64_t p = 0;
-      if (count == 4 && tile) {          // many positions: four at a time
-        float raw[16];
-        for (; p + 4 <= positions; p += 4) {
-          low.Tile(w.c_out.Row(u), p, raw);
-          for (int q = 0; q < 4; ++q) choose(p + q, raw + 4 * q);
+        for (; p < positions; ++p) {
+          if (sizeof(T) >= 2) {
+            // float32 / bfloat16 rows one after another: one sequential stream through
+            // the group, where four rows side by side read four streams 4 x rank bytes
+            // apart (the same sums, bit for bit). A 17B-width layer's decoded token,
+            // float32: 0.90 / 0.89x the time, bfloat16 0.95x; 800M width 0.95x / 0.99x
+            // (in-process A/Bs). int8 rows keep the integer product of the whole group.
+            for (int r = 0; r < count; ++r) low.Dot(w.c_out.Row(u + r), 1, p, logits + r);
+          } else {
+            low.Dot(w.c_out.Row(u), count, p, logits);
+          }
+          choose(p, logits);
         }
-      }
-      for (; p < positions; ++p) {
-        if (sizeof(T) >= 2) {
-          // float32 / bfloat16 rows one after another: one sequential stream through
-          // the group, where four rows side by side read four streams 4 x rank bytes
-          // apart (the same sums, bit for bit). A 17B-width layer's decoded token,
-          // float32: 0.90 / 0.89x the time, bfloat16 0.95x; 800M width 0.95x / 0.99x
-          // (in-process A/Bs). int8 rows keep the integer product of the whole group.
-          for (int r = 0; r < count; ++r) low.Dot(w.c_out.Row(u + r), 1, p, logits + r);
-        } else {
-          low.Dot(w.c_out.Row(u), count, p, logits);
-        }
-        choose(p, logits);
       }
     }
     for (int64_t p = 0; p < positions; ++p) {
