@@ -8,7 +8,10 @@ a. (--part block) One decoder block at 17B width (d_model 6144, d_ff 49152,
    against 9.5 ms run first). ms per token (median of --tokens after warm-up,
    state donated), bytes a token reads, the floor (bytes / the bandwidth
    measured in that process before and after its timing, the mean), speedup
-   over dense (the paper's Table 1: 20x for FF+QKV at 17B).
+   over dense (the paper's Table 1: 20x for FF+QKV at 17B). --rounds times
+   (3) the variants in turn (dense, ..., dense, ...): this machine's bandwidth
+   moves within minutes, so each round's speedup is against that round's dense
+   block, and the summary gives min / median over the rounds.
 b. (--part model) The whole all-sparse decoder at that width (24 layers, N 64,
    multiplicative-conv attention S 16, loss sparsity 4, vocab 32k: about 16B
    parameters), its weights made by `model.init(..., weight_dtype='int8')`
@@ -21,7 +24,7 @@ b. (--part model) The whole all-sparse decoder at that width (24 layers, N 64,
    bandwidth), then min / median, peak resident memory, and each layer
    family's share of a token (the family timed alone at this width, int8).
 
-  python benchmarks/giant_decode.py --part block [--tokens 16] [--variant NAME]
+  python benchmarks/giant_decode.py --part block [--tokens 16] [--rounds 3] [--variants NAME ...]
   python benchmarks/giant_decode.py --part model [--layers 24] [--tokens 64] [--prompt 64]
 """
 
@@ -245,6 +248,11 @@ def main():
   parser.add_argument('--layers', type=int, default=24)
   parser.add_argument('--prompt', type=int, default=64, help='prompt tokens (model)')
   parser.add_argument('--runs', type=int, default=3, help='timed runs (model)')
+  parser.add_argument('--rounds', type=int, default=3,
+                      help='(block) rounds of the variants in turn, each in its own process')
+  parser.add_argument('--variants', nargs='+', choices=list(BLOCK_VARIANTS),
+                      default=list(BLOCK_VARIANTS),
+                      help='(block) variants timed (dense is always one: the baseline)')
   parser.add_argument('--variant', choices=list(BLOCK_VARIANTS), default=None,
                       help='(block) time this variant alone in this process and print it as JSON')
   args = parser.parse_args()
@@ -258,27 +266,47 @@ def main():
     row['bandwidth'] = (before + memory_bandwidth()) / 2
     print(json.dumps(row))
     return
-  rows = []
-  for variant in BLOCK_VARIANTS:
-    child = subprocess.run(
-        [sys.executable, os.path.abspath(__file__), '--part', 'block', '--variant', variant,
-         '--tokens', str(args.tokens)], capture_output=True, text=True, check=False)
-    if child.returncode != 0:
-      sys.exit(f'the {variant!r} block failed:\n{child.stderr[-3000:]}')
-    rows.append(json.loads(child.stdout.strip().splitlines()[-1]))
-    print(f'  measured {variant}: {rows[-1]["ms"]:.2f} ms '
-          f'(bandwidth {rows[-1]["bandwidth"] / 1e9:.1f} GB/s)', flush=True)
+  if args.rounds < 1:
+    parser.error('--rounds must be at least 1')
+  variants = ['dense'] + [v for v in BLOCK_VARIANTS if v in args.variants and v != 'dense']
+  rounds = []                      # rounds[r][variant]: that process's JSON row
+  for r in range(args.rounds):
+    rows = {}
+    for variant in variants:
+      child = subprocess.run(
+          [sys.executable, os.path.abspath(__file__), '--part', 'block', '--variant', variant,
+           '--tokens', str(args.tokens)], capture_output=True, text=True, check=False)
+      if child.returncode != 0:
+        sys.exit(f'the {variant!r} block failed:\n{child.stderr[-3000:]}')
+      rows[variant] = json.loads(child.stdout.strip().splitlines()[-1])
+      print(f'  round {r + 1}/{args.rounds} {variant}: {rows[variant]["ms"]:.2f} ms '
+            f'(bandwidth {rows[variant]["bandwidth"] / 1e9:.1f} GB/s)', flush=True)
+    rounds.append(rows)
   print(f'\none decoder block at 17B width (d_model {D_MODEL}, d_ff {D_FF}, {N_HEADS} heads), '
-        f'float32, batch 1, median of {args.tokens} tokens, each variant in its own process')
-  print('| variant | params | ms/token | MB read | GB/s | floor ms | floor / measured | '
-        'speedup vs dense |')
-  print('|---|---|---|---|---|---|---|---|')
-  for row in rows:
-    floor = 1e3 * row['bytes'] / row['bandwidth']
-    print(f'| {row["variant"]} | {row["params"] / 1e6:.0f}M | {row["ms"]:.2f} | '
-          f'{row["bytes"] / 1e6:.0f} | {row["bandwidth"] / 1e9:.1f} | {floor:.2f} | '
-          f'{floor / row["ms"]:.0%} | {rows[0]["ms"] / row["ms"]:.1f}x |')
-
+        f'float32, batch 1, median of {args.tokens} tokens, each variant in its own process, '
+        f'{args.rounds} rounds of the variants in turn')
+  print('| round | variant | params | ms/token | MB read | GB/s | floor ms | floor / measured | '
+        'speedup vs that round\'s dense |')
+  print('|---|---|---|---|---|---|---|---|---|')
+  for r, rows in enumerate(rounds):
+    for variant in variants:
+      row = rows[variant]
+      floor = 1e3 * row['bytes'] / row['bandwidth']
+      print(f'| {r + 1} | {variant} | {row["params"] / 1e6:.0f}M | {row["ms"]:.2f} | '
+            f'{row["bytes"] / 1e6:.0f} | {row["bandwidth"] / 1e9:.1f} | {floor:.2f} | '
+            f'{floor / row["ms"]:.0%} | {rows["dense"]["ms"] / row["ms"]:.1f}x |')
+  print(f'\nover the {args.rounds} rounds (min / median; speedups each against its own round\'s dense)')
+  print('| variant | ms/token | floor / measured | speedup vs dense | speedups by round |')
+  print('|---|---|---|---|---|')
+  for variant in variants:
+    ms = [rows[variant]['ms'] for rows in rounds]
+    share = [1e3 * rows[variant]['bytes'] / rows[variant]['bandwidth'] / rows[variant]['ms']
+             for rows in rounds]
+    speedups = [rows['dense']['ms'] / rows[variant]['ms'] for rows in rounds]
+    print(f'| {variant} | {min(ms):.2f} / {statistics.median(ms):.2f} | '
+          f'{min(share):.0%} / {statistics.median(share):.0%} | '
+          f'{min(speedups):.1f}x / {statistics.median(speedups):.1f}x | '
+          f'{", ".join(f"{x:.1f}x" for x in speedups)} |')
 
 if __name__ == '__main__':
   main()
