@@ -100,6 +100,15 @@ void ChooseBySixteens(const SparseFFMatrices<W>& w, const PositionVectors<W>& lo
   }
 }
 
+// The largest group of four controller rows (bytes) that pass 1 prefetches as a whole
+// into L1, beside each row's own prefetch. Longer groups flood the core's outstanding
+// misses with prefetches the rows' own and the hardware's already cover: at 17B width
+// in float32 (rank 768, 12 KB a group) a layer took 0.91x and 0.89x the time without it
+// (three and two stacked layers, in-process A/Bs of 16 rounds; 7.45 -> 6.69 ms), in
+// bfloat16 (6 KB) 1.01x, where at 800M width in float32 (rank 96, 1.5 KB) it took 1.12x
+// and int8 at 17B width (3 KB) 1.7x (see pass 1).
+constexpr int64_t kGroupPrefetchMostBytes = 8 << 10;
+
 // Blocks [first_block, end_block) for every position, in the three passes: writes each
 // block's choice to chosen[p, b] and adds the chosen units' sum to y_part[p].
 template <typename W>
@@ -113,6 +122,7 @@ void SparseFFBlocks(const SparseFFMatrices<W>& w, const PositionVectors<W>& x,
   // four for a 17B-width int8 layer's decoded token in one hour and 1.45x in another,
   // when the machine's bandwidth read 54 GB/s: not kept.)
   const bool tile = positions >= 4 && PositionVectors<W>::HasTile();
+  const bool group_prefetch = 4 * rank * static_cast<int64_t>(sizeof(T)) <= kGroupPrefetchMostBytes;
   std::vector<int64_t> best(positions);
   std::vector<float> best_logit(positions);
   float logits[4];
@@ -130,9 +140,12 @@ void SparseFFBlocks(const SparseFFMatrices<W>& w, const PositionVectors<W>& x,
         // (Measured: without this group prefetch, beside each row's own, a 17B-width
         // layer took 2.7 ms against 1.6. Into L1: with this one and RowSequence's asking
         // for L2 only, the 17B-width int8 layer took 1.22x the time, 2.26 against 1.85 ms
-        // in an A/B, though the rows' own prefetches gain from L2.)
-        PrefetchToL1(reinterpret_cast<const char*>(w.c_out.Row(u)) + kPrefetchBytes,
-                     4 * rank * sizeof(T));
+        // in an A/B, though the rows' own prefetches gain from L2. Past
+        // kGroupPrefetchMostBytes it is left to the rows' own: see there.)
+        if (group_prefetch) {
+          PrefetchToL1(reinterpret_cast<const char*>(w.c_out.Row(u)) + kPrefetchBytes,
+                       4 * rank * sizeof(T));
+        }
         auto choose = [&](int64_t p, const float* raw) {
           for (int r = 0; r < count; ++r) {
             const float logit = raw[r] * w.c_out.Scale(u + r) + w.c_bias[u + r];
