@@ -109,7 +109,8 @@ def test_kernels_called_from_several_threads_at_once_stay_correct():
                                                      (12, 300, 1248)])
 def test_vecmat_kernel_equals_its_reference(storage, positions, d_in, d_out):
   """In-major weights [d_in, d_out] (scales per contracted row): groups of 8, 4, 2, 1
-  rows; column tiles with single-column tails; 16-row blocks with a tail (300)."""
+  rows; column tiles with single-column tails; blocks of 16 rows (64 for a group of four)
+  with a tail (300 = 18 x 16 + 12 = 4 x 64 + 44)."""
   w = stored(jax.random.normal(jax.random.key(0), (d_in, d_out)), storage)
   a = jax.random.normal(jax.random.key(1), (positions, d_in))
   want = np.asarray(a, np.float64) @ exact(w)
