@@ -288,20 +288,21 @@ def main():
   print('| round | variant | params | ms/token | MB read | GB/s | floor ms | floor / measured | '
         'speedup vs that round\'s dense |')
   print('|---|---|---|---|---|---|---|---|---|')
+  def floor_ms(row):               # the bytes a token reads at the bandwidth measured
+    return 1e3 * row['bytes'] / row['bandwidth']
+
   for r, rows in enumerate(rounds):
     for variant in variants:
       row = rows[variant]
-      floor = 1e3 * row['bytes'] / row['bandwidth']
       print(f'| {r + 1} | {variant} | {row["params"] / 1e6:.0f}M | {row["ms"]:.2f} | '
-            f'{row["bytes"] / 1e6:.0f} | {row["bandwidth"] / 1e9:.1f} | {floor:.2f} | '
-            f'{floor / row["ms"]:.0%} | {rows["dense"]["ms"] / row["ms"]:.1f}x |')
+            f'{row["bytes"] / 1e6:.0f} | {row["bandwidth"] / 1e9:.1f} | {floor_ms(row):.2f} | '
+            f'{floor_ms(row) / row["ms"]:.0%} | {rows["dense"]["ms"] / row["ms"]:.1f}x |')
   print(f'\nover the {args.rounds} rounds (min / median; speedups each against its own round\'s dense)')
   print('| variant | ms/token | floor / measured | speedup vs dense | speedups by round |')
   print('|---|---|---|---|---|')
   for variant in variants:
     ms = [rows[variant]['ms'] for rows in rounds]
-    share = [1e3 * rows[variant]['bytes'] / rows[variant]['bandwidth'] / rows[variant]['ms']
-             for rows in rounds]
+    share = [floor_ms(rows[variant]) / rows[variant]['ms'] for rows in rounds]
     speedups = [rows['dense']['ms'] / rows[variant]['ms'] for rows in rounds]
     print(f'| {variant} | {min(ms):.2f} / {statistics.median(ms):.2f} | '
           f'{min(share):.0%} / {statistics.median(share):.0%} | '

@@ -83,11 +83,12 @@ constexpr int64_t kVecmatRowBlock = 16;
 // The sums run in the same order either way (each tile adds its rows one by one).
 constexpr int64_t kVecmatRowBlockOfFour = 64;
 
-// How far ahead in each of a block's rows a tile prefetches. The block's 16 rows are 16
-// streams at once: at kPrefetchBytes (2 KB) ahead each they asked for 32 KB in flight,
-// all of L1, and evicted each other's lines. The 16B model's vocabulary (int8, 6144 x
-// 8000 in two parts of 4000 columns): 256 B ahead 0.70-0.79 of 2 KB's time, 128-512 B
-// about the same, 1 KB 0.92 (A/B in one process, 9 rounds each).
+// How far ahead in each of a block's rows a tile prefetches. The block's rows are as
+// many streams at once: 16 of them at kPrefetchBytes (2 KB) ahead each asked for 32 KB
+// in flight, all of L1, and evicted each other's lines. The 16B model's vocabulary
+// (int8, 6144 x 8000 in two parts of 4000 columns; 16-row blocks then): 256 B ahead
+// 0.70-0.79 of 2 KB's time, 128-512 B about the same, 1 KB 0.92 (A/B in one process,
+// 9 rounds each). Not measured again with 64-row blocks (kVecmatRowBlockOfFour).
 constexpr int64_t kVecmatAheadBytes = 256;
 
 // y[g, col:col + 16 V] += sum_{i in [i0, i1)} coefficient[i - i0][g] w[i, col:col + 16 V]
@@ -132,8 +133,9 @@ void VecmatBlock(const float (*coefficient)[8], const typename W::Type* w, int64
 }
 
 // Columns are split over the thread pool. Each part takes up to 8 rows of a at a time
-// and walks the weights in blocks of 16 rows; within a block, tiles of columns keep
-// their sums in registers (reading the weights once per group of rows).
+// and walks the weights in blocks of 16 rows (64 for four rows of a); within a block,
+// tiles of columns keep their sums in registers (reading the weights once per group
+// of rows).
 // Streaming each weight row across all columns instead, with the sums in y, ran at
 // a third of the bandwidth (y's traffic through the cache outweighed the weights).
 template <typename W>
